@@ -1,0 +1,12 @@
+//! Route and plugin configuration for aigw: the one JSON shape used by routes files,
+//! the REST admin API, gRPC (as proto3 JSON) and `/config_dump` (CONTRACT §2).
+//!
+//! Pure: no I/O. Generated proto types stop here (`proto_json`).
+
+pub mod proto_json;
+pub mod route;
+pub mod secrets;
+pub mod snapshot;
+pub mod vars;
+
+pub use route::{AiProxyConfig, Provider, Route, RouteSpec, ValidationError};

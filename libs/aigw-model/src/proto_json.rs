@@ -1,0 +1,118 @@
+//! Conversions between the proto `Route` and its JSON object form (they are the
+//! same object: proto3 JSON of a Route equals the REST/file JSON).
+
+use std::collections::BTreeMap;
+
+use aigw_proto::config::v1 as pb;
+use prost_types::{ListValue, Struct, value::Kind};
+use serde_json::{Map, Number, Value};
+
+use crate::route::{Route, ValidationError};
+
+pub fn prost_to_json(v: &prost_types::Value) -> Value {
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::BoolValue(b)) => Value::Bool(*b),
+        Some(Kind::NumberValue(n)) => number(*n),
+        Some(Kind::StringValue(s)) => Value::String(s.clone()),
+        Some(Kind::ListValue(l)) => list_to_json(l),
+        Some(Kind::StructValue(s)) => struct_to_json(s),
+    }
+}
+
+/// Protobuf numbers are doubles: integral values become JSON integers again.
+fn number(n: f64) -> Value {
+    if n.fract() == 0.0 && n.abs() < 9.0e15 {
+        Value::Number(Number::from(n as i64))
+    } else {
+        Number::from_f64(n).map(Value::Number).unwrap_or(Value::Null)
+    }
+}
+
+pub fn list_to_json(l: &ListValue) -> Value {
+    Value::Array(l.values.iter().map(prost_to_json).collect())
+}
+
+pub fn struct_to_json(s: &Struct) -> Value {
+    Value::Object(s.fields.iter().map(|(k, v)| (k.clone(), prost_to_json(v))).collect::<Map<_, _>>())
+}
+
+pub fn json_to_prost(v: &Value) -> prost_types::Value {
+    let kind = match v {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(b) => Kind::BoolValue(*b),
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        Value::String(s) => Kind::StringValue(s.clone()),
+        Value::Array(a) => Kind::ListValue(ListValue { values: a.iter().map(json_to_prost).collect() }),
+        Value::Object(o) => Kind::StructValue(json_to_struct(o)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+pub fn json_to_struct(o: &Map<String, Value>) -> Struct {
+    Struct { fields: o.iter().map(|(k, v)| (k.clone(), json_to_prost(v))).collect::<BTreeMap<_, _>>() }
+}
+
+/// Proto route → JSON object (only the fields that are set).
+pub fn route_from_proto(r: &pb::Route) -> Value {
+    let route = Route {
+        id: r.id.clone(),
+        name: r.name.clone(),
+        desc: r.desc.clone(),
+        uri: r.uri.clone(),
+        uris: r.uris.clone(),
+        methods: r.methods.clone(),
+        host: r.host.clone(),
+        hosts: r.hosts.clone(),
+        vars: r.vars.as_ref().map(list_to_json),
+        priority: r.priority,
+        plugins: r.plugins.iter().map(|(k, v)| (k.clone(), struct_to_json(v))).collect(),
+        labels: r.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        status: r.status.map(|s| s.clamp(0, 255) as u8),
+    };
+    serde_json::to_value(route).unwrap_or(Value::Null)
+}
+
+/// JSON route object → proto route. The JSON must already be a valid route.
+pub fn route_to_proto(v: &Value) -> Result<pb::Route, ValidationError> {
+    let r: Route = serde_json::from_value(v.clone()).map_err(|e| ValidationError::new("(root)", e.to_string()))?;
+    Ok(pb::Route {
+        id: r.id,
+        name: r.name,
+        desc: r.desc,
+        uri: r.uri,
+        uris: r.uris,
+        methods: r.methods,
+        host: r.host,
+        hosts: r.hosts,
+        vars: match r.vars {
+            Some(Value::Array(a)) => Some(ListValue { values: a.iter().map(json_to_prost).collect() }),
+            _ => None,
+        },
+        priority: r.priority,
+        plugins: r
+            .plugins
+            .iter()
+            .map(|(k, v)| (k.clone(), json_to_struct(v.as_object().cloned().as_ref().unwrap_or(&Map::new()))))
+            .collect(),
+        labels: r.labels.into_iter().collect(),
+        status: r.status.map(i32::from),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn route_round_trip() {
+        let v = json!({"id": "r1", "uri": "/v1/*", "methods": ["POST"], "priority": 3,
+            "vars": [["post_arg.model", "==", "gpt"], ["http_x", ">", 1.5]],
+            "plugins": {"ai-proxy": {"provider": "openai", "auth": {"header": {"a": "b"}}, "timeout": 30000,
+                "options": {"temperature": 0.5, "stream": true, "stop": null}}},
+            "labels": {"team": "ml"}, "status": 1});
+        let p = route_to_proto(&v).unwrap();
+        assert_eq!(route_from_proto(&p), v);
+    }
+}

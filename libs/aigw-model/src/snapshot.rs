@@ -1,0 +1,166 @@
+//! Snapshots: the full route set with a content-hash version, and routes files.
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::route::{RouteSpec, ValidationError};
+
+/// Content hash of a route set: the same routes give the same version on every
+/// replica and after every restart (xDS versions must not collide).
+/// `routes` must be sorted by id; serde_json's map keeps keys sorted, so the
+/// encoding is canonical.
+pub fn version_of(routes: &[Value]) -> String {
+    let mut h = Sha256::new();
+    for r in routes {
+        h.update(serde_json::to_vec(r).unwrap_or_default());
+        h.update([0u8]);
+    }
+    hex::encode(&h.finalize()[..12])
+}
+
+/// Errors of a routes file.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("cannot parse routes file: {0}")]
+    Parse(String),
+    #[error("routes[{index}] (id {id:?}): {err}")]
+    Route { index: usize, id: String, err: ValidationError },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Parses a routes file (`{routes: [Route…]}`, YAML or JSON), replaces `${VAR}` and
+/// `${VAR:=default}` in string values from `env`, and validates every route.
+pub fn parse_routes_file(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Value>, FileError> {
+    let doc: Value = if text.trim_start().starts_with('{') {
+        serde_json::from_str(text).map_err(|e| FileError::Parse(e.to_string()))?
+    } else {
+        serde_yaml_ng::from_str(text).map_err(|e| FileError::Parse(e.to_string()))?
+    };
+    let mut doc = match doc {
+        Value::Null => serde_json::json!({"routes": []}),
+        d => d,
+    };
+    substitute_env(&mut doc, env).map_err(FileError::Invalid)?;
+    let obj = doc.as_object_mut().ok_or_else(|| FileError::Invalid("the routes file must be an object {routes: [...]}".into()))?;
+    if let Some(k) = obj.keys().find(|k| *k != "routes") {
+        return Err(FileError::Invalid(format!("unknown top-level field {k:?}; expected only \"routes\"")));
+    }
+    let routes = match obj.remove("routes") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(FileError::Invalid("routes must be an array".into())),
+    };
+    let mut seen = std::collections::HashSet::new();
+    for (index, r) in routes.iter().enumerate() {
+        let id = r.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+        RouteSpec::from_json(r).map_err(|err| FileError::Route { index, id: id.clone(), err })?;
+        if !seen.insert(id.clone()) {
+            return Err(FileError::Invalid(format!("routes[{index}]: duplicate route id {id:?}")));
+        }
+    }
+    Ok(routes)
+}
+
+fn substitute_env(v: &mut Value, env: &dyn Fn(&str) -> Option<String>) -> Result<(), String> {
+    match v {
+        Value::String(s) if s.contains("${") => *s = expand(s, env)?,
+        Value::Array(a) => a.iter_mut().try_for_each(|x| substitute_env(x, env))?,
+        Value::Object(o) => o.values_mut().try_for_each(|x| substitute_env(x, env))?,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Expands `${NAME}` and `${NAME:=default}`.
+pub fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or_else(|| format!("unterminated ${{ in {s:?}"))?;
+        let inner = &after[..end];
+        let (name, default) = match inner.split_once(":=") {
+            Some((n, d)) => (n, Some(d)),
+            None => (inner, None),
+        };
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(format!("invalid variable name {name:?} in {s:?}"));
+        }
+        match env(name).or_else(|| default.map(str::to_owned)) {
+            Some(v) => out.push_str(&v),
+            None => return Err(format!("environment variable {name} is not set")),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn env(n: &str) -> Option<String> {
+        match n {
+            "KEY" => Some("sk-test".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn expand_cases() {
+        assert_eq!(expand("Bearer ${KEY}", &env).unwrap(), "Bearer sk-test");
+        assert_eq!(expand("${NOPE:=dflt}-${KEY}", &env).unwrap(), "dflt-sk-test");
+        assert_eq!(expand("no vars $ here", &env).unwrap(), "no vars $ here");
+        assert!(expand("${NOPE}", &env).unwrap_err().contains("NOPE is not set"));
+        assert!(expand("${KEY", &env).unwrap_err().contains("unterminated"));
+        assert!(expand("${BAD-NAME}", &env).unwrap_err().contains("invalid variable"));
+    }
+
+    const YAML: &str = r#"
+routes:
+  - id: chat
+    uri: /anything
+    plugins:
+      ai-proxy:
+        provider: openai
+        auth:
+          header:
+            Authorization: "Bearer ${KEY}"
+"#;
+
+    #[test]
+    fn yaml_and_json_files() {
+        let r = parse_routes_file(YAML, &env).unwrap();
+        assert_eq!(r[0].pointer("/plugins/ai-proxy/auth/header/Authorization").unwrap(), "Bearer sk-test");
+        let j = json!({"routes": r}).to_string();
+        assert_eq!(parse_routes_file(&j, &env).unwrap(), r);
+        assert!(parse_routes_file("", &env).unwrap().is_empty());
+    }
+
+    #[test]
+    fn file_errors() {
+        assert!(matches!(parse_routes_file("routes: [", &env), Err(FileError::Parse(_))));
+        assert!(matches!(parse_routes_file("{\"routes\": [}", &env), Err(FileError::Parse(_))));
+        assert!(parse_routes_file("rutes: []", &env).unwrap_err().to_string().contains("unknown top-level field"));
+        let dup = format!("{YAML}{}", YAML.replace("routes:\n", ""));
+        assert!(parse_routes_file(&dup, &env).unwrap_err().to_string().contains("duplicate route id"));
+        let bad = YAML.replace("provider: openai", "provider: nope");
+        let e = parse_routes_file(&bad, &env).unwrap_err().to_string();
+        assert!(e.contains("routes[0]") && e.contains("plugins.ai-proxy.provider"), "{e}");
+        let missing = YAML.replace("${KEY}", "${UNSET_VAR}");
+        assert!(parse_routes_file(&missing, &env).unwrap_err().to_string().contains("UNSET_VAR"));
+    }
+
+    #[test]
+    fn versions_are_content_hashes() {
+        let a = vec![json!({"id": "a", "uri": "/a"})];
+        let b = vec![json!({"uri": "/a", "id": "a"})];
+        assert_eq!(version_of(&a), version_of(&b));
+        assert_ne!(version_of(&a), version_of(&[json!({"id": "a", "uri": "/b"})]));
+        assert_ne!(version_of(&[]), version_of(&a));
+    }
+}
