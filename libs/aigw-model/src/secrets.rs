@@ -74,6 +74,14 @@ impl DataKey {
     }
 }
 
+/// A random 128-bit token as 32 hex characters (generated admin keys).
+pub fn random_token() -> String {
+    use aes_gcm::aead::rand_core::RngCore;
+    let mut b = [0u8; 16];
+    OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
 pub fn is_encrypted(v: &str) -> bool {
     v.starts_with(ENC_PREFIX)
 }

@@ -1,1 +1,91 @@
+//! aigw-config: stores routes, validates them, encrypts secrets and publishes
+//! versioned snapshots to proxies. gRPC (with reflection) and the APISIX-compatible
+//! REST admin API share one port.
 
+pub mod error;
+pub mod grpc;
+pub mod rest;
+pub mod routes;
+pub mod store;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aigw_model::secrets::DataKey;
+use aigw_proto::config::v1::config_service_server::ConfigServiceServer;
+use aigw_proto::discovery::v1::discovery_service_server::DiscoveryServiceServer;
+use axum::response::IntoResponse;
+use tokio::net::TcpListener;
+
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub admin_key: String,
+    pub node_token: Option<String>,
+    pub data_key: Option<DataKey>,
+}
+
+/// Serves until `shutdown` resolves, then drains for at most 5 s (discovery streams
+/// never end on their own).
+pub async fn run(cfg: Config, listener: TcpListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let (store, loaded) = store::Store::open(&cfg.data_dir)?;
+    tracing::info!(dir = %cfg.data_dir.display(), routes = loaded.len(), "store opened");
+    if cfg.data_key.is_none() {
+        tracing::warn!("no --data-encryption-key: secret fields are stored as given (reads still redact them)");
+    }
+    let (routes, snapshots) = routes::RouteService::new(store, loaded, cfg.data_key).map_err(|e| anyhow::anyhow!(e.message))?;
+    let control_plane = format!("aigw-config/{}", std::process::id());
+    let xds = aigw_xds::XdsServer::new(snapshots, control_plane, cfg.node_token);
+    let admin_key = Arc::new(cfg.admin_key);
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(aigw_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(aigw_proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let key = admin_key.clone();
+    let config_svc = ConfigServiceServer::with_interceptor(grpc::ConfigGrpc { routes: routes.clone() }, move |req: tonic::Request<()>| {
+        let got = req.metadata().get("x-api-key").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        if aigw_xds::server::constant_time_eq(got.as_bytes(), key.as_bytes()) {
+            Ok(req)
+        } else {
+            Err(tonic::Status::unauthenticated("missing or wrong admin key (x-api-key)"))
+        }
+    });
+    let grpc = tonic::service::Routes::new(reflection)
+        .add_service(reflection_alpha)
+        .add_service(config_svc)
+        .add_service(DiscoveryServiceServer::new(xds.clone()))
+        .prepare()
+        .into_axum_router();
+    let rest = rest::router(rest::RestState { routes, admin_key, xds });
+    let app = grpc.merge(rest).fallback(not_found);
+
+    let addr = listener.local_addr()?;
+    tracing::info!(kind = "admin", addr = %addr, "listening");
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = drain_tx.send(());
+    });
+    tokio::select! {
+        r = server => r?,
+        _ = async {
+            let _ = drain_rx.await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        } => tracing::info!("drain timeout reached"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Unknown paths: gRPC clients get UNIMPLEMENTED, REST clients a JSON 404.
+async fn not_found(req: axum::extract::Request) -> axum::response::Response {
+    let is_grpc = req.headers().get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|c| c.starts_with("application/grpc"));
+    if is_grpc {
+        tonic::Status::unimplemented(format!("unknown method {}", req.uri().path())).into_http::<axum::body::Body>()
+    } else {
+        (axum::http::StatusCode::NOT_FOUND, axum::Json(serde_json::json!({"error_msg": format!("not found: {}", req.uri().path())}))).into_response()
+    }
+}

@@ -1,1 +1,79 @@
-fn main(){}
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// aigw-config: stores routes, validates them, encrypts secrets and publishes
+/// snapshots to aigw-proxy nodes. gRPC and the APISIX admin REST API share --listen.
+#[derive(Parser, Debug)]
+#[command(name = "aigw-config", version)]
+struct Args {
+    /// gRPC + admin REST listen address.
+    #[arg(long, env = "AIGW_LISTEN", default_value = "127.0.0.1:9180")]
+    listen: SocketAddr,
+    /// Directory of the embedded durable store.
+    #[arg(long, env = "AIGW_DATA_DIR", default_value = "./aigw-data")]
+    data_dir: PathBuf,
+    /// Admin key required as `x-api-key` (gRPC) / `X-API-KEY` (REST). Generated and printed once when unset.
+    #[arg(long, env = "AIGW_ADMIN_KEY", hide_env_values = true)]
+    admin_key: Option<String>,
+    /// Token proxies must present (metadata `x-node-token`) on discovery streams.
+    #[arg(long, env = "AIGW_NODE_TOKEN", hide_env_values = true)]
+    node_token: Option<String>,
+    /// 32-byte key (64 hex chars or base64) to encrypt secret fields with AES-256-GCM.
+    #[arg(long, env = "AIGW_DATA_ENCRYPTION_KEY", hide_env_values = true)]
+    data_encryption_key: Option<String>,
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "AIGW_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    /// Log format: text or json.
+    #[arg(long, env = "AIGW_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = real_main(args) {
+        eprintln!("aigw-config: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main(args: Args) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level).map_err(|e| anyhow::anyhow!("--log-level: {e}"))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    if args.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let data_key = match &args.data_encryption_key {
+        Some(k) => Some(aigw_model::secrets::DataKey::parse(k).map_err(|e| anyhow::anyhow!("--data-encryption-key: {e}"))?),
+        None => None,
+    };
+    let admin_key = match args.admin_key.filter(|k| !k.is_empty()) {
+        Some(k) => k,
+        None => {
+            let k = aigw_model::secrets::random_token();
+            eprintln!("aigw-config: generated admin key (pass --admin-key to choose one): {k}");
+            k
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+        let cfg = aigw_config::Config { data_dir: args.data_dir, admin_key, node_token: args.node_token, data_key };
+        aigw_config::run(cfg, listener, shutdown_signal()).await
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,1 +1,102 @@
-fn main(){}
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// aigw-proxy: a stateless LLM gateway node. Give it exactly one config source:
+/// --routes FILE (standalone) or --config-service URL (subscribe to aigw-config).
+#[derive(Parser, Debug)]
+#[command(name = "aigw-proxy", version)]
+struct Args {
+    /// Data-plane listen address (HTTP/1.1 and h2c).
+    #[arg(long, env = "AIGW_LISTEN", default_value = "127.0.0.1:9080")]
+    listen: SocketAddr,
+    /// Status listener: /healthz, /readyz, /config_dump, /metrics.
+    #[arg(long, env = "AIGW_STATUS_LISTEN", default_value = "127.0.0.1:9091")]
+    status_listen: SocketAddr,
+    /// Standalone mode: a YAML or JSON routes file {routes: [...]}, watched for changes.
+    #[arg(long, env = "AIGW_ROUTES", conflicts_with = "config_service", required_unless_present = "config_service")]
+    routes: Option<PathBuf>,
+    /// Subscribe to aigw-config at this URL (http://HOST:PORT).
+    #[arg(long, env = "AIGW_CONFIG_SERVICE")]
+    config_service: Option<String>,
+    /// Node id sent to the config service (default: hostname-pid).
+    #[arg(long, env = "AIGW_NODE_ID")]
+    node_id: Option<String>,
+    /// Token presented to the config service (metadata x-node-token).
+    #[arg(long, env = "AIGW_NODE_TOKEN", hide_env_values = true)]
+    node_token: Option<String>,
+    /// Persist the last applied snapshot here; used at start while the config service is unreachable.
+    #[arg(long, env = "AIGW_SNAPSHOT_CACHE", requires = "config_service")]
+    snapshot_cache: Option<PathBuf>,
+    /// 32-byte key (64 hex chars or base64) that decrypts secret fields.
+    #[arg(long, env = "AIGW_DATA_ENCRYPTION_KEY", hide_env_values = true)]
+    data_encryption_key: Option<String>,
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "AIGW_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    /// Log format: text or json.
+    #[arg(long, env = "AIGW_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = real_main(args) {
+        eprintln!("aigw-proxy: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main(args: Args) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level).map_err(|e| anyhow::anyhow!("--log-level: {e}"))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    if args.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let data_key = match &args.data_encryption_key {
+        Some(k) => Some(aigw_model::secrets::DataKey::parse(k).map_err(|e| anyhow::anyhow!("--data-encryption-key: {e}"))?),
+        None => None,
+    };
+    let source = match (args.routes, args.config_service) {
+        (Some(path), None) => aigw_proxy::Source::File(path),
+        (None, Some(url)) => {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                anyhow::bail!("--config-service must be http://HOST:PORT or https://HOST:PORT, got {url:?}");
+            }
+            let node_id = args.node_id.unwrap_or_else(|| {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "aigw-proxy".into());
+                format!("{host}-{}", std::process::id())
+            });
+            aigw_proxy::Source::Xds(aigw_proxy::sources::XdsSource {
+                endpoint: url,
+                node_id,
+                node_token: args.node_token,
+                cache: args.snapshot_cache.map(|path| aigw_proxy::sources::SnapshotCache { path }),
+                key: data_key.clone(),
+            })
+        }
+        _ => anyhow::bail!("give exactly one of --routes FILE or --config-service URL"),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let data = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+        let status = tokio::net::TcpListener::bind(args.status_listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.status_listen))?;
+        aigw_proxy::run(aigw_proxy::Config { source, data_key }, data, status, shutdown_signal()).await
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,58 @@
+//! The one place admin errors become gRPC statuses and REST responses.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidArgument,
+    NotFound,
+    Unauthenticated,
+    Internal,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn invalid(m: impl Into<String>) -> Self {
+        Self { code: ErrorCode::InvalidArgument, message: m.into() }
+    }
+    pub fn not_found(id: &str) -> Self {
+        Self { code: ErrorCode::NotFound, message: format!("route {id:?} not found") }
+    }
+    pub fn unauthenticated() -> Self {
+        Self { code: ErrorCode::Unauthenticated, message: "missing or wrong admin key (x-api-key)".into() }
+    }
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "internal error");
+        Self { code: ErrorCode::Internal, message: format!("internal error: {e}") }
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(e: ApiError) -> Self {
+        match e.code {
+            ErrorCode::InvalidArgument => tonic::Status::invalid_argument(e.message),
+            ErrorCode::NotFound => tonic::Status::not_found(e.message),
+            ErrorCode::Unauthenticated => tonic::Status::unauthenticated(e.message),
+            ErrorCode::Internal => tonic::Status::internal(e.message),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match self.code {
+            ErrorCode::InvalidArgument => StatusCode::BAD_REQUEST,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (status, axum::Json(serde_json::json!({ "error_msg": self.message }))).into_response()
+    }
+}

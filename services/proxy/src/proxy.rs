@@ -1,0 +1,409 @@
+//! The data plane: route a request, read its body with a bound, and forward it to the
+//! route's provider, streaming the answer back as it arrives.
+//!
+//! Each request loads the config snapshot once and holds that `Arc` until its response
+//! body ends, so a snapshot swap never changes a request half-way.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use aigw_model::Provider;
+use aigw_model::vars::{Var, VarSource, VarValue, lookup};
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::Value;
+
+use crate::errors::{GatewayError, error_response};
+use crate::protocol::{self, Protocol};
+use crate::router::MatchInput;
+use crate::runtime::{CompiledRoute, RuntimeConfig};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Shared state of a proxy node.
+pub struct AppState {
+    pub config: ArcSwap<RuntimeConfig>,
+    pub ready: AtomicBool,
+    pub client: HttpClient,
+    pub metrics: Metrics,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    pub requests: AtomicU64,
+    pub gateway_errors: AtomicU64,
+    pub upstream_errors: AtomicU64,
+    pub config_applied: AtomicU64,
+    pub config_rejected: AtomicU64,
+}
+
+impl AppState {
+    pub fn new(client: HttpClient) -> Arc<AppState> {
+        Arc::new(AppState {
+            config: ArcSwap::from_pointee(RuntimeConfig::empty()),
+            ready: AtomicBool::new(false),
+            client,
+            metrics: Metrics::default(),
+        })
+    }
+
+    /// Swaps in a compiled snapshot; the node is ready from the first one on.
+    pub fn apply(&self, cfg: RuntimeConfig) {
+        tracing::info!(version = %cfg.version, routes = cfg.routes.len(), "config applied");
+        self.config.store(Arc::new(cfg));
+        self.ready.store(true, Ordering::Release);
+        self.metrics.config_applied.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Builds the upstream HTTP client: rustls with ring, webpki roots, HTTP/1.1 and HTTP/2 via ALPN.
+pub fn build_client() -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))
+        .expect("ring provider supports the default protocol versions")
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(60))
+        .pool_max_idle_per_host(30)
+        .build(https)
+}
+
+static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn request_id() -> String {
+    use std::hash::BuildHasher;
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let seed = *SEED.get_or_init(|| std::collections::hash_map::RandomState::new().hash_one(Instant::now()));
+    format!("{seed:016x}{:08x}", REQUEST_COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Request facts exposed to `vars`.
+struct RequestVars<'a> {
+    path: &'a str,
+    request_uri: &'a str,
+    query: &'a str,
+    method: &'a str,
+    host: &'a str,
+    scheme: &'a str,
+    remote: String,
+    headers: &'a HeaderMap,
+    body: Option<&'a Value>,
+    decoded: std::cell::OnceCell<Vec<(String, String)>>,
+}
+
+fn pct_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or(()) {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl RequestVars<'_> {
+    fn args(&self) -> &[(String, String)] {
+        self.decoded.get_or_init(|| {
+            self.query
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| match p.split_once('=') {
+                    Some((k, v)) => (pct_decode(k), pct_decode(v)),
+                    None => (pct_decode(p), String::new()),
+                })
+                .collect()
+        })
+    }
+}
+
+impl VarSource for RequestVars<'_> {
+    fn get<'a>(&'a self, var: &Var) -> Option<VarValue<'a>> {
+        match var {
+            Var::Uri => Some(VarValue::Str(self.path)),
+            Var::RequestUri => Some(VarValue::Str(self.request_uri)),
+            Var::Host => Some(VarValue::Str(self.host)),
+            Var::Method => Some(VarValue::Str(self.method)),
+            Var::Scheme => Some(VarValue::Str(self.scheme)),
+            Var::RemoteAddr => Some(VarValue::Str(&self.remote)),
+            Var::QueryString => Some(VarValue::Str(self.query)),
+            Var::Arg(name) => self.args().iter().find(|(k, _)| k == name).map(|(_, v)| VarValue::Str(v)),
+            Var::Http(name) => self.headers.get(name.as_str()).and_then(|v| v.to_str().ok()).map(VarValue::Str),
+            Var::Cookie(name) => self
+                .headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|kv| kv.trim().split_once('='))
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| VarValue::Str(v)),
+            Var::PostArg(path) => self.body.and_then(|b| lookup(b, path)).map(VarValue::Json),
+        }
+    }
+}
+
+/// Entry point for every data-plane request.
+pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, remote: SocketAddr) -> Result<Response<ProxyBody>, Infallible> {
+    state.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    let shape = protocol::client_shape(req.uri().path());
+    let rid = request_id();
+    let mut resp = match route_and_forward(&state, req, remote, &rid).await {
+        Ok(r) => r,
+        Err(e) => {
+            if e.status.is_server_error() && e.from_upstream {
+                state.metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);
+            } else {
+                state.metrics.gateway_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::debug!(request_id = %rid, status = e.status.as_u16(), error = %e.message, "gateway error");
+            error_response(shape, &e)
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&rid) {
+        resp.headers_mut().insert(HeaderName::from_static("x-aigw-request-id"), v);
+    }
+    Ok(resp)
+}
+
+async fn route_and_forward(state: &AppState, req: Request<Incoming>, remote: SocketAddr, rid: &str) -> Result<Response<ProxyBody>, GatewayError> {
+    let cfg = state.config.load_full();
+    let (parts, body) = req.into_parts();
+    let host = host_of_parts(&parts);
+    let path = parts.uri.path().to_owned();
+    let input = MatchInput { path: &path, method: parts.method.as_str(), host: &host };
+
+    // Largest body any path/method/host candidate accepts: the bound for reading it.
+    let mut limit = 0u64;
+    cfg.router.first_where(&path, |r| {
+        if r.matches_static(&input) {
+            limit = limit.max(r.spec.ai_proxy.max_req_body_size);
+        }
+        false
+    });
+    if limit == 0 {
+        return Err(GatewayError::no_route(&path));
+    }
+    if let Some(len) = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+        && len > limit
+    {
+        return Err(GatewayError::too_large(len, limit));
+    }
+    let bytes = match Limited::new(body, limit as usize).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return Err(GatewayError::too_large(limit + 1, limit)),
+        Err(e) => return Err(GatewayError::bad_request(format!("could not read the request body: {e}"))),
+    };
+    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json").to_owned();
+    let is_json = content_type.to_ascii_lowercase().starts_with("application/json");
+    let json: Option<Value> = if is_json && !bytes.is_empty() { serde_json::from_slice(&bytes).ok() } else { None };
+    let form: Option<Value> = if content_type.starts_with("application/x-www-form-urlencoded") {
+        let text = String::from_utf8_lossy(&bytes);
+        Some(Value::Object(
+            text.split('&').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (pct_decode(k), Value::String(pct_decode(v)))).collect(),
+        ))
+    } else {
+        None
+    };
+    let vars = RequestVars {
+        path: &path,
+        request_uri: parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or(&path),
+        query: parts.uri.query().unwrap_or_default(),
+        method: parts.method.as_str(),
+        host: &host,
+        scheme: "http",
+        remote: remote.ip().to_string(),
+        headers: &parts.headers,
+        body: json.as_ref().or(form.as_ref()),
+        decoded: Default::default(),
+    };
+    let route = cfg.router.find(&input, &vars).ok_or_else(|| GatewayError::no_route(&path))?;
+    drop(vars);
+    if bytes.len() as u64 > route.spec.ai_proxy.max_req_body_size {
+        return Err(GatewayError::too_large(bytes.len() as u64, route.spec.ai_proxy.max_req_body_size));
+    }
+    if !is_json {
+        return Err(GatewayError::bad_request(format!("unsupported content-type: {content_type}, only application/json is supported")));
+    }
+    if bytes.is_empty() {
+        return Err(GatewayError::bad_request("request body is empty"));
+    }
+    let body_json = match json {
+        Some(v) => v,
+        None => {
+            let e = serde_json::from_slice::<Value>(&bytes).err().map(|e| e.to_string()).unwrap_or_default();
+            return Err(GatewayError::bad_request(format!("could not parse JSON request body: {e}")));
+        }
+    };
+    let proto = protocol::detect(&path, &body_json).ok_or_else(|| GatewayError::bad_request("no matching AI protocol for the request"))?;
+    forward(state, &route, &parts, &path, bytes, body_json, proto, rid).await
+}
+
+fn host_of_parts(parts: &http::request::Parts) -> String {
+    let raw = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).or_else(|| parts.uri.host()).unwrap_or_default();
+    let no_port = match raw.rfind(':') {
+        Some(i) if !raw.ends_with(']') && raw[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &raw[..i],
+        _ => raw,
+    };
+    no_port.to_ascii_lowercase()
+}
+
+/// Headers never forwarded upstream: hop-by-hop, and those the gateway sets itself.
+const DROP_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "accept-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "cookie",
+];
+
+/// Client credentials, never forwarded when the route configures its own.
+const CREDENTIAL_HEADERS: &[&str] = &["authorization", "x-api-key", "api-key", "x-goog-api-key"];
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    state: &AppState,
+    route: &Arc<CompiledRoute>,
+    parts: &http::request::Parts,
+    path: &str,
+    original: Bytes,
+    mut body: Value,
+    proto: Protocol,
+    rid: &str,
+) -> Result<Response<ProxyBody>, GatewayError> {
+    let ap = &route.spec.ai_proxy;
+    if matches!(ap.provider, Provider::Bedrock | Provider::VertexAi) {
+        return Err(GatewayError::not_implemented(format!("provider {} is not implemented yet in this build", ap.provider.as_str())));
+    }
+    let pc = ap.provider_conf.as_ref();
+    let native = protocol::native_path(ap.provider, proto, pc);
+    if native.is_none() && proto != Protocol::Passthrough {
+        return Err(GatewayError::bad_request(format!(
+            "provider {} does not support {} protocol (supported: {})",
+            ap.provider.as_str(),
+            proto.name(),
+            protocol::supported(ap.provider).join(", ")
+        )));
+    }
+    let (origin, mut path_q) = match &route.endpoint {
+        Some(ep) => (format!("{}://{}", ep.scheme, ep.authority), ep.path_and_query.clone()),
+        None => (protocol::default_origin(ap.provider, pc).unwrap_or_default(), None),
+    };
+    if path_q.is_none() {
+        path_q = match (proto, native) {
+            (Protocol::Passthrough, _) => Some(parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or(path).to_owned()),
+            (_, Some(p)) => Some(p),
+            _ => None,
+        };
+    }
+    let mut path_q = path_q.ok_or_else(|| GatewayError::bad_request("could not resolve upstream path: override.endpoint needs a path"))?;
+    for (k, v) in &route.auth_query {
+        path_q.push(if path_q.contains('?') { '&' } else { '?' });
+        path_q.push_str(k);
+        path_q.push('=');
+        path_q.push_str(v);
+    }
+    let url = format!("{origin}{path_q}");
+
+    // Body: `options` overwrite top-level fields (the route owner decides); azure takes
+    // the model from its deployment URL. An unchanged body goes out byte-for-byte.
+    let mut changed = false;
+    if let Some(opts) = &ap.options {
+        for (k, v) in opts {
+            if body.get(k) != Some(v) {
+                body[k] = v.clone();
+                changed = true;
+            }
+        }
+    }
+    if ap.provider == Provider::AzureOpenai && body.as_object_mut().and_then(|o| o.remove("model")).is_some() {
+        changed = true;
+    }
+    let out_body = if changed { Bytes::from(serde_json::to_vec(&body).unwrap_or_default()) } else { original };
+
+    let mut builder = Request::builder().method(if proto == Protocol::Passthrough { parts.method.clone() } else { Method::POST }).uri(&url);
+    let has_creds = route.has_credentials();
+    let headers = builder.headers_mut().ok_or_else(|| GatewayError::internal(format!("invalid upstream URL {url}")))?;
+    for (name, value) in &parts.headers {
+        let n = name.as_str();
+        if DROP_HEADERS.contains(&n) || (has_creds && CREDENTIAL_HEADERS.contains(&n)) {
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    for (name, value) in &route.auth_headers {
+        headers.insert(name.clone(), value.clone());
+    }
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let upstream_req = builder.body(Full::new(out_body)).map_err(|e| GatewayError::internal(format!("building upstream request: {e}")))?;
+
+    let started = Instant::now();
+    let resp = match tokio::time::timeout(route.timeout, state.client.request(upstream_req)).await {
+        Err(_) => return Err(GatewayError::upstream_timeout(route.timeout)),
+        Ok(Err(e)) => return Err(GatewayError::upstream_connect(&e)),
+        Ok(Ok(r)) => r,
+    };
+    let latency = started.elapsed();
+    tracing::debug!(request_id = %rid, route = %route.id(), upstream = %origin, status = resp.status().as_u16(), "upstream responded");
+    let (mut rparts, rbody) = resp.into_parts();
+    for h in ["connection", "keep-alive", "transfer-encoding", "trailer", "upgrade", "proxy-connection"] {
+        rparts.headers.remove(h);
+    }
+    if let Ok(v) = HeaderValue::from_str(&latency.as_millis().to_string()) {
+        rparts.headers.insert(HeaderName::from_static("x-aigw-upstream-latency-ms"), v);
+    }
+    let body = rbody.map_err(|e| Box::new(e) as BoxError).boxed();
+    Ok(Response::from_parts(rparts, body))
+}
+
+/// Status code helper for callers that only need a plain response.
+pub fn status_only(status: StatusCode) -> Response<ProxyBody> {
+    let mut r = Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed());
+    *r.status_mut() = status;
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(super::pct_decode("a%20b+c%2Fd%zz%"), "a b c/d%zz%");
+    }
+}

@@ -1,0 +1,57 @@
+//! The status listener: `/healthz`, `/readyz`, `/config_dump` (secrets redacted), `/metrics`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+
+use crate::proxy::{AppState, ProxyBody};
+
+fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<ProxyBody> {
+    let mut r = Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    r
+}
+
+pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    Ok(match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "text/plain", "ok\n"),
+        "/readyz" => {
+            if state.ready.load(Ordering::Acquire) {
+                text(StatusCode::OK, "text/plain", "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "no config applied yet\n")
+            }
+        }
+        "/config_dump" => {
+            let dump = state.config.load().dump();
+            text(StatusCode::OK, "application/json", serde_json::to_vec_pretty(&dump).unwrap_or_default())
+        }
+        "/metrics" => text(StatusCode::OK, "text/plain; version=0.0.4", metrics(&state)),
+        _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    })
+}
+
+fn metrics(state: &AppState) -> String {
+    let m = &state.metrics;
+    let cfg = state.config.load();
+    let mut out = String::new();
+    for (name, help, kind, v) in [
+        ("aigw_proxy_requests_total", "Data-plane requests received.", "counter", m.requests.load(Ordering::Relaxed)),
+        ("aigw_proxy_gateway_errors_total", "Requests answered with a gateway-made error.", "counter", m.gateway_errors.load(Ordering::Relaxed)),
+        ("aigw_proxy_upstream_errors_total", "Requests that failed reaching the upstream.", "counter", m.upstream_errors.load(Ordering::Relaxed)),
+        ("aigw_proxy_config_applied_total", "Config snapshots applied.", "counter", m.config_applied.load(Ordering::Relaxed)),
+        ("aigw_proxy_config_rejected_total", "Config snapshots or files rejected.", "counter", m.config_rejected.load(Ordering::Relaxed)),
+        ("aigw_proxy_routes", "Routes in the applied snapshot.", "gauge", cfg.routes.len() as u64),
+        ("aigw_proxy_ready", "1 once a config is applied.", "gauge", state.ready.load(Ordering::Relaxed) as u64),
+    ] {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
+    }
+    out.push_str(&format!("# HELP aigw_proxy_config_info Applied snapshot version.\n# TYPE aigw_proxy_config_info gauge\naigw_proxy_config_info{{version=\"{}\"}} 1\n", cfg.version));
+    out
+}
