@@ -4,18 +4,11 @@ use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = [
-        "aigw/config/v1/config.proto",
-        "aigw/discovery/v1/discovery.proto",
-        "aigw/tokencache/v1/tokencache.proto",
-    ];
+    let files = ["aigw/config/v1/config.proto", "aigw/discovery/v1/discovery.proto", "aigw/tokencache/v1/tokencache.proto"];
     let fds = protox::compile(files, [&root])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("aigw_descriptor.bin"), fds.encode_to_vec())?;
-    tonic_prost_build::configure()
-        .build_server(true)
-        .build_client(true)
-        .compile_fds(fds)?;
+    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(fds)?;
     println!("cargo:rerun-if-changed={}", root.display());
     Ok(())
 }

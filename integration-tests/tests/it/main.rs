@@ -1,1 +1,7 @@
+//! One integration-test binary: every scenario starts the real binaries on
+//! 127.0.0.1:0 ports and talks to them over real sockets; only the LLM providers
+//! are fakes.
 
+mod common;
+mod config_plane;
+mod standalone;

@@ -315,11 +315,7 @@ pub fn validate_id(id: &str) -> Result<(), ValidationError> {
         && id.len() <= 64
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         && !id.bytes().all(|b| b == b'.');
-    if ok {
-        Ok(())
-    } else {
-        Err(ValidationError::new("id", "must be 1..64 characters of [a-zA-Z0-9._-] and not only dots"))
-    }
+    if ok { Ok(()) } else { Err(ValidationError::new("id", "must be 1..64 characters of [a-zA-Z0-9._-] and not only dots")) }
 }
 
 impl RouteSpec {
@@ -382,10 +378,7 @@ impl RouteSpec {
                     http_logger = Some(c);
                 }
                 other => {
-                    return Err(ValidationError::new(
-                        path,
-                        format!("unknown plugin {other:?}, supported plugins: ai-proxy, http-logger"),
-                    ));
+                    return Err(ValidationError::new(path, format!("unknown plugin {other:?}, supported plugins: ai-proxy, http-logger")));
                 }
             }
         }
@@ -437,11 +430,7 @@ fn range(path: &str, v: u64, min: u64, max: Option<u64>) -> Result<(), Validatio
 }
 
 fn non_empty(path: &str, v: &str) -> Result<(), ValidationError> {
-    if v.is_empty() {
-        Err(ValidationError::new(format!("{AP}.{path}"), "must not be empty (minLength 1)"))
-    } else {
-        Ok(())
-    }
+    if v.is_empty() { Err(ValidationError::new(format!("{AP}.{path}"), "must not be empty (minLength 1)")) } else { Ok(()) }
 }
 
 fn validate_ai_proxy(c: &AiProxyConfig) -> Result<(), ValidationError> {
@@ -527,13 +516,11 @@ fn validate_ai_proxy(c: &AiProxyConfig) -> Result<(), ValidationError> {
                 return Err(ValidationError::new(format!("{AP}.auth.aws"), "bedrock requires auth.aws"));
             }
         }
-        Provider::OpenaiCompatible | Provider::AzureOpenai => {
-            if ov.endpoint.is_none() {
-                return Err(ValidationError::new(
-                    format!("{AP}.override.endpoint"),
-                    format!("{} requires override.endpoint", c.provider.as_str()),
-                ));
-            }
+        Provider::OpenaiCompatible | Provider::AzureOpenai if ov.endpoint.is_none() => {
+            return Err(ValidationError::new(
+                format!("{AP}.override.endpoint"),
+                format!("{} requires override.endpoint", c.provider.as_str()),
+            ));
         }
         _ => {}
     }
@@ -663,7 +650,10 @@ mod tests {
         check(&[(&ap("auth/gcp"), json!({"service_account_json": "$env://SA"}))], None);
         check(&[(&ap("auth/aws"), json!({"access_key_id": "", "secret_access_key": "s"}))], Some(&["auth.aws.access_key_id", "minLength"]));
         check(&[(&ap("auth/aws"), json!({"access_key_id": "a", "secret_access_key": ""}))], Some(&["secret_access_key", "minLength"]));
-        check(&[(&ap("auth/aws"), json!({"access_key_id": "a", "secret_access_key": "s", "session_token": ""}))], Some(&["session_token", "minLength"]));
+        check(
+            &[(&ap("auth/aws"), json!({"access_key_id": "a", "secret_access_key": "s", "session_token": ""}))],
+            Some(&["session_token", "minLength"]),
+        );
         check(&[(&ap("auth/aws"), json!({"access_key_id": "a"}))], Some(&["missing field `secret_access_key`"]));
     }
 
@@ -696,9 +686,18 @@ mod tests {
         check(&[(&ap("override"), json!({"llm_options": {"max_tokens": 0}}))], Some(&["llm_options.max_tokens", "minimum 1"]));
         check(&[(&ap("override"), json!({"llm_options": {"max_tokens": 5}}))], None);
         check(&[(&ap("override"), json!({"llm_options": {"temperature": 1}}))], Some(&["llm_options", "unknown field `temperature`"]));
-        check(&[(&ap("override"), json!({"request_body": {"openai-chat": {"a": 1}, "anthropic-messages": {}, "openai-responses": {},
-            "openai-embeddings": {}, "bedrock-converse": {}}}))], None);
-        check(&[(&ap("override"), json!({"request_body": {"not-a-protocol": {}}}))], Some(&["request_body", "unknown field `not-a-protocol`"]));
+        check(
+            &[(
+                &ap("override"),
+                json!({"request_body": {"openai-chat": {"a": 1}, "anthropic-messages": {}, "openai-responses": {},
+            "openai-embeddings": {}, "bedrock-converse": {}}}),
+            )],
+            None,
+        );
+        check(
+            &[(&ap("override"), json!({"request_body": {"not-a-protocol": {}}}))],
+            Some(&["request_body", "unknown field `not-a-protocol`"]),
+        );
         check(&[(&ap("override"), json!({"request_body": {"openai-chat": [1]}}))], Some(&["request_body.openai-chat", "invalid type"]));
         check(&[(&ap("override"), json!({"request_body_force_override": "yes"}))], Some(&["request_body_force_override"]));
         check(&[(&ap("override"), json!({"endpoints": "x"}))], Some(&["unknown field `endpoints`"]));
@@ -720,7 +719,10 @@ mod tests {
         let (pa, pv) = p("bedrock");
         let aws = json!({"access_key_id": "AKID", "secret_access_key": "s"});
         check(&[(&pa, pv.clone()), (&ap("auth/aws"), aws.clone())], Some(&["bedrock requires provider_conf.region"]));
-        check(&[(&pa, pv.clone()), (&ap("auth/aws"), aws.clone()), (&ap("provider_conf"), json!({"region": ""}))], Some(&["provider_conf.region", "minLength"]));
+        check(
+            &[(&pa, pv.clone()), (&ap("auth/aws"), aws.clone()), (&ap("provider_conf"), json!({"region": ""}))],
+            Some(&["provider_conf.region", "minLength"]),
+        );
         check(&[(&pa, pv.clone()), (&ap("provider_conf"), json!({"region": "us-east-1"}))], Some(&["bedrock requires auth.aws"]));
         check(&[(&pa, pv), (&ap("auth/aws"), aws), (&ap("provider_conf"), json!({"region": "us-east-1"}))], None);
         check(&[(&ap("provider_conf"), json!({"zone": "x"}))], Some(&["provider_conf", "unknown field `zone`"]));
@@ -728,7 +730,13 @@ mod tests {
 
     #[test]
     fn http_logger_schema() {
-        check(&[("/plugins/http-logger", json!({"uri": "http://127.0.0.1:1234/logs", "batch_max_size": 1, "timeout": 3, "headers": {"a": "b"}}))], None);
+        check(
+            &[(
+                "/plugins/http-logger",
+                json!({"uri": "http://127.0.0.1:1234/logs", "batch_max_size": 1, "timeout": 3, "headers": {"a": "b"}}),
+            )],
+            None,
+        );
         check(&[("/plugins/http-logger", json!({"batch_max_size": 1}))], Some(&["plugins.http-logger", "missing field `uri`"]));
         check(&[("/plugins/http-logger", json!({"uri": "nope"}))], Some(&["plugins.http-logger.uri"]));
         check(&[("/plugins/http-logger", json!({"uri": "http://h/", "batch_max_size": 0}))], Some(&["batch_max_size", "minimum 1"]));

@@ -163,7 +163,12 @@ fn parse_op(s: &str, path: &str) -> Result<Op, ExprError> {
         "~*" => Op::RegexCi,
         "in" | "IN" => Op::In,
         "has" | "HAS" => Op::Has,
-        _ => return Err(err(path, format!("unknown operator {s:?}; supported: ==, ~=, >, >=, <, <=, ~~, ~*, in, has, and ! before an operator"))),
+        _ => {
+            return Err(err(
+                path,
+                format!("unknown operator {s:?}; supported: ==, ~=, >, >=, <, <=, ~~, ~*, in, has, and ! before an operator"),
+            ));
+        }
     })
 }
 
@@ -216,7 +221,8 @@ impl Expr {
             Some("!") => (true, 2),
             _ => (false, 1),
         };
-        let op_str = arr.get(op_idx).and_then(Value::as_str).ok_or_else(|| err(&format!("{path}[{op_idx}]"), "operator must be a string"))?;
+        let op_str =
+            arr.get(op_idx).and_then(Value::as_str).ok_or_else(|| err(&format!("{path}[{op_idx}]"), "operator must be a string"))?;
         let op = parse_op(op_str, &format!("{path}[{op_idx}]"))?;
         if arr.len() != op_idx + 2 {
             return Err(err(path, format!("expected [var, {}op, value]", if negate { "\"!\", " } else { "" })));

@@ -18,5 +18,4 @@ pub mod tokencache {
 }
 
 /// Encoded `FileDescriptorSet` of every aigw proto, for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/aigw_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/aigw_descriptor.bin"));

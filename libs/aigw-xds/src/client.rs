@@ -165,7 +165,8 @@ async fn one_stream(cfg: &ClientConfig, applier: &Applier, version: &mut String)
         let v = resp.version_info.clone();
         let routes = resp.routes;
         // Compiling a large snapshot is CPU work: keep it off the async workers.
-        let result = tokio::task::spawn_blocking(move || applier(&v, routes)).await.unwrap_or_else(|e| Err(format!("applier panicked: {e}")));
+        let result =
+            tokio::task::spawn_blocking(move || applier(&v, routes)).await.unwrap_or_else(|e| Err(format!("applier panicked: {e}")));
         let ack = match result {
             Ok(()) => {
                 tracing::info!(version = %resp.version_info, "applied snapshot from config service");

@@ -147,7 +147,8 @@ impl XdsServer {
         self.metrics.streams_active.fetch_add(1, Ordering::Relaxed);
         let mut guard = StreamGuard { server: self.clone(), node: None };
         let mut snapshots = self.snapshots.clone();
-        let mut st = StreamState { nonce_counter: 0, last_nonce: String::new(), last_sent: None, client_version: String::new(), subscribed: false };
+        let mut st =
+            StreamState { nonce_counter: 0, last_nonce: String::new(), last_sent: None, client_version: String::new(), subscribed: false };
         loop {
             tokio::select! {
                 msg = inbound.message() => {

@@ -27,7 +27,11 @@ pub struct Config {
 
 /// Serves until `shutdown` resolves, then drains for at most 5 s (discovery streams
 /// never end on their own).
-pub async fn run(cfg: Config, listener: TcpListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: Config,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let (store, loaded) = store::Store::open(&cfg.data_dir)?;
     tracing::info!(dir = %cfg.data_dir.display(), routes = loaded.len(), "store opened");
     if cfg.data_key.is_none() {
@@ -38,9 +42,8 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: impl std::future:
     let xds = aigw_xds::XdsServer::new(snapshots, control_plane, cfg.node_token);
     let admin_key = Arc::new(cfg.admin_key);
 
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(aigw_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let reflection =
+        tonic_reflection::server::Builder::configure().register_encoded_file_descriptor_set(aigw_proto::FILE_DESCRIPTOR_SET).build_v1()?;
     let reflection_alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(aigw_proto::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
@@ -86,6 +89,7 @@ async fn not_found(req: axum::extract::Request) -> axum::response::Response {
     if is_grpc {
         tonic::Status::unimplemented(format!("unknown method {}", req.uri().path())).into_http::<axum::body::Body>()
     } else {
-        (axum::http::StatusCode::NOT_FOUND, axum::Json(serde_json::json!({"error_msg": format!("not found: {}", req.uri().path())}))).into_response()
+        (axum::http::StatusCode::NOT_FOUND, axum::Json(serde_json::json!({"error_msg": format!("not found: {}", req.uri().path())})))
+            .into_response()
     }
 }

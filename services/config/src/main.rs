@@ -62,7 +62,8 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+        let listener =
+            tokio::net::TcpListener::bind(args.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
         let cfg = aigw_config::Config { data_dir: args.data_dir, admin_key, node_token: args.node_token, data_key };
         aigw_config::run(cfg, listener, shutdown_signal()).await
     })

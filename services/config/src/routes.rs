@@ -33,7 +33,11 @@ pub struct PutOutcome {
 
 impl RouteService {
     /// Builds the service over a loaded store; returns it and the snapshot channel.
-    pub fn new(store: Store, mut routes: BTreeMap<String, Value>, key: Option<DataKey>) -> Result<(Arc<Self>, watch::Receiver<Arc<Snapshot>>), ApiError> {
+    pub fn new(
+        store: Store,
+        mut routes: BTreeMap<String, Value>,
+        key: Option<DataKey>,
+    ) -> Result<(Arc<Self>, watch::Receiver<Arc<Snapshot>>), ApiError> {
         for (id, r) in routes.iter_mut() {
             if let Err(e) = RouteSpec::from_json(r) {
                 tracing::warn!(route = %id, error = %e, "stored route no longer validates; it is still published");

@@ -50,7 +50,8 @@ impl Store {
             }
             let Some(id) = name.strip_suffix(".json") else { continue };
             let bytes = fs::read(&path).map_err(io(&path))?;
-            let value: Value = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt { path: path.clone(), msg: e.to_string() })?;
+            let value: Value =
+                serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt { path: path.clone(), msg: e.to_string() })?;
             routes.insert(id.to_owned(), value);
         }
         Ok((Store { dir, tmp_counter: AtomicU64::new(0) }, routes))

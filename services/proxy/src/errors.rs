@@ -45,7 +45,12 @@ impl GatewayError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "api_error", "internal_error", m)
     }
     pub fn upstream_timeout(after: std::time::Duration) -> Self {
-        let mut e = Self::new(StatusCode::GATEWAY_TIMEOUT, "api_error", "upstream_timeout", format!("upstream did not answer within {} ms", after.as_millis()));
+        let mut e = Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "api_error",
+            "upstream_timeout",
+            format!("upstream did not answer within {} ms", after.as_millis()),
+        );
         e.from_upstream = true;
         e
     }

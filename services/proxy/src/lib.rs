@@ -25,7 +25,7 @@ pub enum Source {
     /// Standalone: a routes file, watched.
     File(PathBuf),
     /// Subscribed to aigw-config.
-    Xds(sources::XdsSource),
+    Xds(Box<sources::XdsSource>),
 }
 
 pub struct Config {
@@ -35,7 +35,12 @@ pub struct Config {
 
 /// Runs the node until `shutdown` resolves, then drains in-flight requests (30 s at most).
 /// In file mode the first load must succeed: its error is returned.
-pub async fn run(cfg: Config, data: TcpListener, status: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: Config,
+    data: TcpListener,
+    status: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let state = proxy::AppState::new(proxy::build_client());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut stopped = stop_rx.clone();
@@ -48,7 +53,7 @@ pub async fn run(cfg: Config, data: TcpListener, status: TcpListener, shutdown: 
             tokio::spawn(sources::watch_file(path, cfg.data_key, state.clone(), first));
         }
         Source::Xds(src) => {
-            tokio::spawn(sources::run_xds(src, state.clone(), stop_signal));
+            tokio::spawn(sources::run_xds(*src, state.clone(), stop_signal));
         }
     }
     tracing::info!(kind = "data", addr = %data.local_addr()?, "listening");

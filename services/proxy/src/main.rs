@@ -68,22 +68,25 @@ fn real_main(args: Args) -> anyhow::Result<()> {
                 anyhow::bail!("--config-service must be http://HOST:PORT or https://HOST:PORT, got {url:?}");
             }
             let node_id = args.node_id.unwrap_or_else(|| {
-                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "aigw-proxy".into());
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_owned())
+                    .unwrap_or_else(|_| "aigw-proxy".into());
                 format!("{host}-{}", std::process::id())
             });
-            aigw_proxy::Source::Xds(aigw_proxy::sources::XdsSource {
+            aigw_proxy::Source::Xds(Box::new(aigw_proxy::sources::XdsSource {
                 endpoint: url,
                 node_id,
                 node_token: args.node_token,
                 cache: args.snapshot_cache.map(|path| aigw_proxy::sources::SnapshotCache { path }),
                 key: data_key.clone(),
-            })
+            }))
         }
         _ => anyhow::bail!("give exactly one of --routes FILE or --config-service URL"),
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let data = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+        let data =
+            tokio::net::TcpListener::bind(args.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
         let status = tokio::net::TcpListener::bind(args.status_listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.status_listen))?;

@@ -196,7 +196,12 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, remote: Socket
     Ok(resp)
 }
 
-async fn route_and_forward(state: &AppState, req: Request<Incoming>, remote: SocketAddr, rid: &str) -> Result<Response<ProxyBody>, GatewayError> {
+async fn route_and_forward(
+    state: &AppState,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+    rid: &str,
+) -> Result<Response<ProxyBody>, GatewayError> {
     let cfg = state.config.load_full();
     let (parts, body) = req.into_parts();
     let host = host_of_parts(&parts);

@@ -83,7 +83,11 @@ impl CompiledRoute {
             return true;
         }
         hosts.any(|h| match h.strip_prefix("*.") {
-            Some(suffix) => input.host.len() > suffix.len() + 1 && input.host.ends_with(suffix) && input.host.as_bytes()[input.host.len() - suffix.len() - 1] == b'.',
+            Some(suffix) => {
+                input.host.len() > suffix.len() + 1
+                    && input.host.ends_with(suffix)
+                    && input.host.as_bytes()[input.host.len() - suffix.len() - 1] == b'.'
+            }
             None => h.eq_ignore_ascii_case(input.host),
         })
     }

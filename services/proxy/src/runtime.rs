@@ -39,7 +39,10 @@ impl CompiledRoute {
 
     /// Whether the route brings its own credentials (client ones are then never forwarded).
     pub fn has_credentials(&self) -> bool {
-        !self.auth_headers.is_empty() || !self.auth_query.is_empty() || self.spec.ai_proxy.auth.gcp.is_some() || self.spec.ai_proxy.auth.aws.is_some()
+        !self.auth_headers.is_empty()
+            || !self.auth_query.is_empty()
+            || self.spec.ai_proxy.auth.gcp.is_some()
+            || self.spec.ai_proxy.auth.aws.is_some()
     }
 }
 
@@ -159,7 +162,8 @@ mod tests {
         assert_eq!(c.auth_query, vec![("key".to_owned(), "a%20b".to_owned())]);
         assert!(c.has_credentials());
         for bare in ["https://h.example", "https://h.example/"] {
-            let c = compile_route(&route(json!({"provider": "openai", "auth": {}, "override": {"endpoint": bare}})), None, &|_| None).unwrap();
+            let c =
+                compile_route(&route(json!({"provider": "openai", "auth": {}, "override": {"endpoint": bare}})), None, &|_| None).unwrap();
             assert!(c.endpoint.unwrap().path_and_query.is_none(), "{bare}");
         }
     }

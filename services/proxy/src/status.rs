@@ -43,8 +43,18 @@ fn metrics(state: &AppState) -> String {
     let mut out = String::new();
     for (name, help, kind, v) in [
         ("aigw_proxy_requests_total", "Data-plane requests received.", "counter", m.requests.load(Ordering::Relaxed)),
-        ("aigw_proxy_gateway_errors_total", "Requests answered with a gateway-made error.", "counter", m.gateway_errors.load(Ordering::Relaxed)),
-        ("aigw_proxy_upstream_errors_total", "Requests that failed reaching the upstream.", "counter", m.upstream_errors.load(Ordering::Relaxed)),
+        (
+            "aigw_proxy_gateway_errors_total",
+            "Requests answered with a gateway-made error.",
+            "counter",
+            m.gateway_errors.load(Ordering::Relaxed),
+        ),
+        (
+            "aigw_proxy_upstream_errors_total",
+            "Requests that failed reaching the upstream.",
+            "counter",
+            m.upstream_errors.load(Ordering::Relaxed),
+        ),
         ("aigw_proxy_config_applied_total", "Config snapshots applied.", "counter", m.config_applied.load(Ordering::Relaxed)),
         ("aigw_proxy_config_rejected_total", "Config snapshots or files rejected.", "counter", m.config_rejected.load(Ordering::Relaxed)),
         ("aigw_proxy_routes", "Routes in the applied snapshot.", "gauge", cfg.routes.len() as u64),
