@@ -138,3 +138,29 @@ pub async fn run_xds(src: XdsSource, state: Arc<AppState>, shutdown: impl std::f
     });
     aigw_xds::client::run(cfg, applier, shutdown).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The quickstart's routes file must always load, with no environment set.
+    #[test]
+    fn example_routes_file_compiles() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/routes.yaml");
+        let cfg = load_file(&path, None).unwrap();
+        assert_eq!(cfg.routes.len(), 3);
+    }
+
+    #[test]
+    fn snapshot_cache_round_trip_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::env::temp_dir().join(format!("aigw-cache-test-{}.json", std::process::id()));
+        let cache = SnapshotCache { path: path.clone() };
+        cache.store("v1", &[json!({"id": "a"})]).unwrap();
+        assert_eq!(cache.load().unwrap(), ("v1".to_owned(), vec![json!({"id": "a"})]));
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        std::fs::write(&path, b"{garbage").unwrap();
+        assert!(cache.load().is_none());
+        std::fs::remove_file(&path).unwrap();
+    }
+}
