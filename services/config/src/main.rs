@@ -1,4 +1,3 @@
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -41,13 +40,7 @@ fn main() {
 }
 
 fn real_main(args: Args) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level).map_err(|e| anyhow::anyhow!("--log-level: {e}"))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
-    if args.log_format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    aigw_telemetry::init_logging(&args.log_level, &args.log_format)?;
     let data_key = match &args.data_encryption_key {
         Some(k) => Some(aigw_model::secrets::DataKey::parse(k).map_err(|e| anyhow::anyhow!("--data-encryption-key: {e}"))?),
         None => None,
@@ -65,16 +58,6 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         let listener =
             tokio::net::TcpListener::bind(args.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
         let cfg = aigw_config::Config { data_dir: args.data_dir, admin_key, node_token: args.node_token, data_key };
-        aigw_config::run(cfg, listener, shutdown_signal()).await
+        aigw_config::run(cfg, listener, aigw_telemetry::shutdown_signal()).await
     })
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
 }
