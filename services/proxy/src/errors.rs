@@ -7,8 +7,8 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use serde_json::json;
 
-use crate::protocol::ClientShape;
 use crate::proxy::ProxyBody;
+use aigw_llm::protocol::ClientShape;
 
 #[derive(Debug, Clone)]
 pub struct GatewayError {
@@ -37,6 +37,11 @@ impl GatewayError {
             "request_too_large",
             format!("request size {size} is greater than the maximum size {max} allowed"),
         )
+    }
+    pub fn bad_gateway(m: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::BAD_GATEWAY, "api_error", "bad_gateway", m);
+        e.from_upstream = true;
+        e
     }
     pub fn not_implemented(m: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_IMPLEMENTED, "api_error", "not_implemented", m)
@@ -87,7 +92,7 @@ pub fn error_response(shape: ClientShape, e: &GatewayError) -> Response<ProxyBod
         ClientShape::Anthropic => json!({"type": "error", "error": {"type": anthropic_type(e.status), "message": e.message}}),
     };
     let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
-    let mut r = Response::new(Full::new(bytes).map_err(|never| match never {}).boxed());
+    let mut r = Response::new(Full::new(bytes).map_err(|never| match never {}).boxed_unsync());
     *r.status_mut() = e.status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r

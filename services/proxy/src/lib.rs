@@ -1,13 +1,14 @@
 //! aigw-proxy: a stateless LLM gateway node. It takes its routes from a file
 //! (standalone) or from aigw-config, and runs the provider pipeline.
 
+pub mod body;
 pub mod errors;
-pub mod protocol;
 pub mod proxy;
 pub mod router;
 pub mod runtime;
 pub mod sources;
 pub mod status;
+pub mod upstream;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -41,14 +42,14 @@ pub async fn run(
     status: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let state = proxy::AppState::new(proxy::build_client());
+    let state = proxy::AppState::new();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut stopped = stop_rx.clone();
     let stop_signal = async move { wait_stop(&mut stopped).await };
     match cfg.source {
         Source::File(path) => {
             let first = std::fs::read(&path).unwrap_or_default();
-            let compiled = sources::load_file(&path, cfg.data_key.as_ref()).map_err(|e| anyhow::anyhow!(e))?;
+            let compiled = sources::load_file(&path, cfg.data_key.as_ref(), &state.upstreams).map_err(|e| anyhow::anyhow!(e))?;
             state.apply(compiled);
             tokio::spawn(sources::watch_file(path, cfg.data_key, state.clone(), first));
         }

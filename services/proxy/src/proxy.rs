@@ -16,27 +16,28 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::combinators::BoxBody;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::Value;
 
+use crate::body::{Limits, ObservedBody, Outcome, Summary};
+use crate::upstream::Upstreams;
+
 use crate::errors::{GatewayError, error_response};
-use crate::protocol::{self, Protocol};
 use crate::router::MatchInput;
 use crate::runtime::{CompiledRoute, RuntimeConfig};
+use aigw_llm::protocol::{self, Protocol};
+use aigw_llm::shaping::{Shaping, shape};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type ProxyBody = BoxBody<Bytes, BoxError>;
-pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Shared state of a proxy node.
 pub struct AppState {
     pub config: ArcSwap<RuntimeConfig>,
     pub ready: AtomicBool,
-    pub client: HttpClient,
+    pub upstreams: Upstreams,
     pub metrics: Metrics,
 }
 
@@ -47,14 +48,17 @@ pub struct Metrics {
     pub upstream_errors: AtomicU64,
     pub config_applied: AtomicU64,
     pub config_rejected: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub completion_tokens: AtomicU64,
+    pub streams_aborted: AtomicU64,
 }
 
 impl AppState {
-    pub fn new(client: HttpClient) -> Arc<AppState> {
+    pub fn new() -> Arc<AppState> {
         Arc::new(AppState {
             config: ArcSwap::from_pointee(RuntimeConfig::empty()),
             ready: AtomicBool::new(false),
-            client,
+            upstreams: Upstreams::default(),
             metrics: Metrics::default(),
         })
     }
@@ -66,24 +70,6 @@ impl AppState {
         self.ready.store(true, Ordering::Release);
         self.metrics.config_applied.fetch_add(1, Ordering::Relaxed);
     }
-}
-
-/// Builds the upstream HTTP client: rustls with ring, webpki roots, HTTP/1.1 and HTTP/2 via ALPN.
-pub fn build_client() -> HttpClient {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))
-        .expect("ring provider supports the default protocol versions")
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(60))
-        .pool_max_idle_per_host(30)
-        .build(https)
 }
 
 static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -197,7 +183,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, remote: Socket
 }
 
 async fn route_and_forward(
-    state: &AppState,
+    state: &Arc<AppState>,
     req: Request<Incoming>,
     remote: SocketAddr,
     rid: &str,
@@ -271,7 +257,7 @@ async fn route_and_forward(
         }
     };
     let proto = protocol::detect(&path, &body_json).ok_or_else(|| GatewayError::bad_request("no matching AI protocol for the request"))?;
-    forward(state, &route, &parts, &path, bytes, body_json, proto, rid).await
+    forward(state, cfg.clone(), &route, &parts, &path, bytes, body_json, proto, rid).await
 }
 
 fn host_of_parts(parts: &http::request::Parts) -> String {
@@ -304,7 +290,8 @@ const CREDENTIAL_HEADERS: &[&str] = &["authorization", "x-api-key", "api-key", "
 
 #[allow(clippy::too_many_arguments)]
 async fn forward(
-    state: &AppState,
+    state: &Arc<AppState>,
+    cfg: Arc<RuntimeConfig>,
     route: &Arc<CompiledRoute>,
     parts: &http::request::Parts,
     path: &str,
@@ -313,6 +300,7 @@ async fn forward(
     proto: Protocol,
     rid: &str,
 ) -> Result<Response<ProxyBody>, GatewayError> {
+    let started = Instant::now();
     let ap = &route.spec.ai_proxy;
     if matches!(ap.provider, Provider::Bedrock | Provider::VertexAi) {
         return Err(GatewayError::not_implemented(format!("provider {} is not implemented yet in this build", ap.provider.as_str())));
@@ -327,43 +315,37 @@ async fn forward(
             protocol::supported(ap.provider).join(", ")
         )));
     }
-    let (origin, mut path_q) = match &route.endpoint {
-        Some(ep) => (format!("{}://{}", ep.scheme, ep.authority), ep.path_and_query.clone()),
-        None => (protocol::default_origin(ap.provider, pc).unwrap_or_default(), None),
+    let mut path_q = match (route.endpoint.as_ref().and_then(|e| e.path_and_query.clone()), proto, native) {
+        (Some(p), _, _) => p,
+        (None, Protocol::Passthrough, _) => parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or(path).to_owned(),
+        (None, _, Some(p)) => p,
+        (None, _, None) => return Err(GatewayError::bad_request("could not resolve upstream path: override.endpoint needs a path")),
     };
-    if path_q.is_none() {
-        path_q = match (proto, native) {
-            (Protocol::Passthrough, _) => Some(parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or(path).to_owned()),
-            (_, Some(p)) => Some(p),
-            _ => None,
-        };
-    }
-    let mut path_q = path_q.ok_or_else(|| GatewayError::bad_request("could not resolve upstream path: override.endpoint needs a path"))?;
     for (k, v) in &route.auth_query {
         path_q.push(if path_q.contains('?') { '&' } else { '?' });
         path_q.push_str(k);
         path_q.push('=');
         path_q.push_str(v);
     }
-    let url = format!("{origin}{path_q}");
+    let url = format!("{}{path_q}", route.origin);
 
-    // Body: `options` overwrite top-level fields (the route owner decides); azure takes
-    // the model from its deployment URL. An unchanged body goes out byte-for-byte.
-    let mut changed = false;
-    if let Some(opts) = &ap.options {
-        for (k, v) in opts {
-            if body.get(k) != Some(v) {
-                body[k] = v.clone();
-                changed = true;
-            }
-        }
-    }
-    if ap.provider == Provider::AzureOpenai && body.as_object_mut().and_then(|o| o.remove("model")).is_some() {
-        changed = true;
-    }
+    let request_model = body.get("model").and_then(Value::as_str).map(str::to_owned);
+    let ov = ap.override_.as_ref();
+    let shaping = Shaping {
+        provider: ap.provider,
+        target: proto,
+        options: ap.options.as_ref(),
+        max_tokens: ov.and_then(|o| o.llm_options.as_ref()).and_then(|l| l.max_tokens),
+        request_body: ov.and_then(|o| o.request_body.as_ref()).and_then(|rb| request_body_for(rb, proto)),
+        force_request_body: ov.is_some_and(|o| o.request_body_force_override),
+    };
+    let changed = shape(&mut body, &shaping);
+    let stream_requested = proto.is_stream(&body);
+    let llm_model = ap.model().map(str::to_owned).or_else(|| request_model.clone());
     let out_body = if changed { Bytes::from(serde_json::to_vec(&body).unwrap_or_default()) } else { original };
 
-    let mut builder = Request::builder().method(if proto == Protocol::Passthrough { parts.method.clone() } else { Method::POST }).uri(&url);
+    let method = if proto == Protocol::Passthrough { parts.method.clone() } else { Method::POST };
+    let mut builder = Request::builder().method(method).uri(&url);
     let has_creds = route.has_credentials();
     let headers = builder.headers_mut().ok_or_else(|| GatewayError::internal(format!("invalid upstream URL {url}")))?;
     for (name, value) in &parts.headers {
@@ -379,28 +361,80 @@ async fn forward(
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     let upstream_req = builder.body(Full::new(out_body)).map_err(|e| GatewayError::internal(format!("building upstream request: {e}")))?;
 
-    let started = Instant::now();
-    let resp = match tokio::time::timeout(route.timeout, state.client.request(upstream_req)).await {
+    // The connection cap (`keepalive_pool`): wait for a permit within the route timeout.
+    let up = route.upstream.clone();
+    let permit = tokio::time::timeout(route.timeout, up.permits.clone().acquire_owned())
+        .await
+        .map_err(|_| GatewayError::upstream_timeout(route.timeout))?
+        .map_err(|_| GatewayError::internal("upstream closed"))?;
+    let sent = Instant::now();
+    let resp = match tokio::time::timeout(route.timeout, up.client.request(upstream_req)).await {
         Err(_) => return Err(GatewayError::upstream_timeout(route.timeout)),
         Ok(Err(e)) => return Err(GatewayError::upstream_connect(&e)),
         Ok(Ok(r)) => r,
     };
-    let latency = started.elapsed();
-    tracing::debug!(request_id = %rid, route = %route.id(), upstream = %origin, status = resp.status().as_u16(), "upstream responded");
+    let latency = sent.elapsed();
     let (mut rparts, rbody) = resp.into_parts();
+    let status = rparts.status;
+    tracing::debug!(request_id = %rid, route = %route.id(), upstream = %route.origin, status = status.as_u16(), "upstream responded");
+    let is_sse = rparts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|c| c.contains("text/event-stream"));
+    if !is_sse
+        && let (Some(max), Some(len)) = (
+            ap.max_response_bytes,
+            rparts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()),
+        )
+        && len > max
+    {
+        return Err(GatewayError::bad_gateway(format!(
+            "max_response_bytes exceeded: the upstream body has {len} bytes, the limit is {max}"
+        )));
+    }
     for h in ["connection", "keep-alive", "transfer-encoding", "trailer", "upgrade", "proxy-connection"] {
         rparts.headers.remove(h);
     }
     if let Ok(v) = HeaderValue::from_str(&latency.as_millis().to_string()) {
         rparts.headers.insert(HeaderName::from_static("x-aigw-upstream-latency-ms"), v);
     }
-    let body = rbody.map_err(|e| Box::new(e) as BoxError).boxed();
-    Ok(Response::from_parts(rparts, body))
+    let limits = Limits {
+        read_timeout: route.timeout,
+        max_duration: ap.max_stream_duration_ms.map(std::time::Duration::from_millis),
+        max_bytes: ap.max_response_bytes,
+    };
+    let st = state.clone();
+    let (route_id, rid_owned) = (route.id().to_owned(), rid.to_owned());
+    let on_done = Box::new(move |s: Summary| {
+        st.metrics.prompt_tokens.fetch_add(s.obs.usage.prompt, Ordering::Relaxed);
+        st.metrics.completion_tokens.fetch_add(s.obs.usage.completion, Ordering::Relaxed);
+        if s.outcome != Outcome::Complete {
+            st.metrics.streams_aborted.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::debug!(
+            request_id = %rid_owned, route = %route_id, status = status.as_u16(), outcome = ?s.outcome,
+            request_type = if stream_requested { "ai_stream" } else { "ai_chat" },
+            request_model = request_model.as_deref().unwrap_or(""), llm_model = llm_model.as_deref().unwrap_or(""),
+            prompt_tokens = s.obs.usage.prompt, completion_tokens = s.obs.usage.completion, total_tokens = s.obs.usage.total,
+            ttft_ms = s.ttft.map(|d| d.as_millis() as u64).unwrap_or(0), upstream_ms = s.upstream_time.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64, "llm request done"
+        );
+    });
+    let body = ObservedBody::new(rbody, is_sse, proto, limits, sent, Box::new((cfg, permit)), on_done);
+    Ok(Response::from_parts(rparts, BodyExt::boxed_unsync(body)))
+}
+
+fn request_body_for(rb: &aigw_model::route::RequestBodyOverrides, proto: Protocol) -> Option<&serde_json::Map<String, Value>> {
+    match proto {
+        Protocol::OpenAiChat => rb.openai_chat.as_ref(),
+        Protocol::OpenAiResponses => rb.openai_responses.as_ref(),
+        Protocol::OpenAiEmbeddings => rb.openai_embeddings.as_ref(),
+        Protocol::AnthropicMessages => rb.anthropic_messages.as_ref(),
+        Protocol::BedrockConverse => rb.bedrock_converse.as_ref(),
+        Protocol::Passthrough => rb.passthrough.as_ref(),
+    }
 }
 
 /// Status code helper for callers that only need a plain response.
 pub fn status_only(status: StatusCode) -> Response<ProxyBody> {
-    let mut r = Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed());
+    let mut r = Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed_unsync());
     *r.status_mut() = status;
     r
 }

@@ -10,6 +10,7 @@ use http::{HeaderName, HeaderValue, Uri};
 use serde_json::Value;
 
 use crate::router::Router;
+use crate::upstream::{ClientKey, Upstream, Upstreams};
 
 /// `override.endpoint`, parsed.
 #[derive(Debug, Clone)]
@@ -30,6 +31,9 @@ pub struct CompiledRoute {
     /// Pre-encoded `k=v` pairs.
     pub auth_query: Vec<(String, String)>,
     pub timeout: std::time::Duration,
+    /// `scheme://authority` requests go to.
+    pub origin: String,
+    pub upstream: Arc<Upstream>,
 }
 
 impl CompiledRoute {
@@ -77,7 +81,13 @@ impl RuntimeConfig {
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 /// Compiles a whole snapshot; any error rejects all of it (never half-applied).
-pub fn compile(version: &str, routes: Vec<Value>, key: Option<&DataKey>, env: EnvLookup<'_>) -> Result<RuntimeConfig, String> {
+pub fn compile(
+    version: &str,
+    routes: Vec<Value>,
+    key: Option<&DataKey>,
+    env: EnvLookup<'_>,
+    upstreams: &Upstreams,
+) -> Result<RuntimeConfig, String> {
     let mut compiled = Vec::with_capacity(routes.len());
     let mut seen = std::collections::HashSet::with_capacity(routes.len());
     for r in &routes {
@@ -85,7 +95,7 @@ pub fn compile(version: &str, routes: Vec<Value>, key: Option<&DataKey>, env: En
         if !seen.insert(id.to_owned()) {
             return Err(format!("route {id:?}: duplicate id"));
         }
-        let c = compile_route(r, key, env).map_err(|e| format!("route {id:?}: {e}"))?;
+        let c = compile_route(r, key, env, upstreams).map_err(|e| format!("route {id:?}: {e}"))?;
         if c.spec.route.status != Some(0) {
             compiled.push(Arc::new(c));
         }
@@ -94,7 +104,7 @@ pub fn compile(version: &str, routes: Vec<Value>, key: Option<&DataKey>, env: En
     Ok(RuntimeConfig { version: version.to_owned(), router, routes: compiled, source: routes })
 }
 
-pub fn compile_route(v: &Value, key: Option<&DataKey>, env: EnvLookup<'_>) -> Result<CompiledRoute, String> {
+pub fn compile_route(v: &Value, key: Option<&DataKey>, env: EnvLookup<'_>, upstreams: &Upstreams) -> Result<CompiledRoute, String> {
     let mut clear = v.clone();
     secrets::reveal_route(&mut clear, key, env).map_err(|e| e.to_string())?;
     let spec = RouteSpec::from_json(&clear).map_err(|e| e.to_string())?;
@@ -111,7 +121,20 @@ pub fn compile_route(v: &Value, key: Option<&DataKey>, env: EnvLookup<'_>) -> Re
         auth_headers.push((name, value));
     }
     let auth_query = ap.auth.query.iter().flatten().map(|(k, v)| (encode_query(k), encode_query(v))).collect();
-    Ok(CompiledRoute { timeout: std::time::Duration::from_millis(ap.timeout), spec, endpoint, auth_headers, auth_query })
+    let origin = match &endpoint {
+        Some(ep) => format!("{}://{}", ep.scheme, ep.authority),
+        None => aigw_llm::protocol::default_origin(ap.provider, ap.provider_conf.as_ref())
+            .ok_or_else(|| format!("provider {} needs override.endpoint", ap.provider.as_str()))?,
+    };
+    let upstream = upstreams.get(&ClientKey {
+        origin: origin.clone(),
+        ssl_verify: ap.ssl_verify,
+        keepalive: ap.keepalive,
+        keepalive_timeout_ms: ap.keepalive_timeout,
+        keepalive_pool: ap.keepalive_pool,
+        connect_timeout_ms: ap.timeout,
+    });
+    Ok(CompiledRoute { timeout: std::time::Duration::from_millis(ap.timeout), spec, endpoint, auth_headers, auth_query, origin, upstream })
 }
 
 fn parse_endpoint(ep: &str) -> Result<Endpoint, String> {
@@ -152,6 +175,7 @@ mod tests {
                 "override": {"endpoint": "http://127.0.0.1:8080/v1/chat/completions?api-version=1"}})),
             None,
             &|_| None,
+            &Upstreams::default(),
         )
         .unwrap();
         let ep = c.endpoint.as_ref().unwrap();
@@ -162,8 +186,13 @@ mod tests {
         assert_eq!(c.auth_query, vec![("key".to_owned(), "a%20b".to_owned())]);
         assert!(c.has_credentials());
         for bare in ["https://h.example", "https://h.example/"] {
-            let c =
-                compile_route(&route(json!({"provider": "openai", "auth": {}, "override": {"endpoint": bare}})), None, &|_| None).unwrap();
+            let c = compile_route(
+                &route(json!({"provider": "openai", "auth": {}, "override": {"endpoint": bare}})),
+                None,
+                &|_| None,
+                &Upstreams::default(),
+            )
+            .unwrap();
             assert!(c.endpoint.unwrap().path_and_query.is_none(), "{bare}");
         }
     }
@@ -173,18 +202,18 @@ mod tests {
         let good = route(json!({"provider": "openai", "auth": {}}));
         let mut bad = route(json!({"provider": "openai", "auth": {"header": {"a": "$env://MISSING"}}}));
         bad["id"] = json!("bad");
-        let err = compile("v", vec![good.clone(), bad], None, &|_| None).err().unwrap();
+        let err = compile("v", vec![good.clone(), bad], None, &|_| None, &Upstreams::default()).err().unwrap();
         assert!(err.contains("route \"bad\"") && err.contains("MISSING"), "{err}");
-        let err = compile("v", vec![good.clone(), good.clone()], None, &|_| None).err().unwrap();
+        let err = compile("v", vec![good.clone(), good.clone()], None, &|_| None, &Upstreams::default()).err().unwrap();
         assert!(err.contains("duplicate"), "{err}");
-        let ok = compile("v", vec![good], None, &|_| None).unwrap();
+        let ok = compile("v", vec![good], None, &|_| None, &Upstreams::default()).unwrap();
         assert_eq!(ok.routes.len(), 1);
     }
 
     #[test]
     fn dump_redacts_secrets() {
         let r = route(json!({"provider": "openai", "auth": {"header": {"Authorization": "Bearer sk-secret"}}}));
-        let cfg = compile("v1", vec![r], None, &|_| None).unwrap();
+        let cfg = compile("v1", vec![r], None, &|_| None, &Upstreams::default()).unwrap();
         let dump = cfg.dump().to_string();
         assert!(!dump.contains("sk-secret") && dump.contains("v1"), "{dump}");
     }

@@ -13,18 +13,19 @@ use serde_json::{Value, json};
 
 use crate::proxy::AppState;
 use crate::runtime;
+use crate::upstream::Upstreams;
 
 fn env_lookup(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
 /// Loads, validates and compiles a routes file.
-pub fn load_file(path: &Path, key: Option<&DataKey>) -> Result<runtime::RuntimeConfig, String> {
+pub fn load_file(path: &Path, key: Option<&DataKey>, upstreams: &Upstreams) -> Result<runtime::RuntimeConfig, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut routes = parse_routes_file(&text, &env_lookup).map_err(|e| format!("{}: {e}", path.display()))?;
     routes.sort_by(|a, b| a.get("id").and_then(Value::as_str).cmp(&b.get("id").and_then(Value::as_str)));
     let version = version_of(&routes);
-    runtime::compile(&version, routes, key, &env_lookup).map_err(|e| format!("{}: {e}", path.display()))
+    runtime::compile(&version, routes, key, &env_lookup, upstreams).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Polls the routes file and re-applies it on change. Polling (not inotify) also sees
@@ -39,8 +40,8 @@ pub async fn watch_file(path: PathBuf, key: Option<DataKey>, state: Arc<AppState
             continue;
         }
         last = bytes;
-        let (p, k) = (path.clone(), key.clone());
-        match tokio::task::spawn_blocking(move || load_file(&p, k.as_ref())).await {
+        let (p, k, st) = (path.clone(), key.clone(), state.clone());
+        match tokio::task::spawn_blocking(move || load_file(&p, k.as_ref(), &st.upstreams)).await {
             Ok(Ok(cfg)) => {
                 if cfg.version != state.config.load().version {
                     state.apply(cfg);
@@ -101,7 +102,7 @@ pub async fn run_xds(src: XdsSource, state: Arc<AppState>, shutdown: impl std::f
     if let Some(cache) = &src.cache
         && let Some((version, routes)) = cache.load()
     {
-        match runtime::compile(&version, routes, src.key.as_ref(), &env_lookup) {
+        match runtime::compile(&version, routes, src.key.as_ref(), &env_lookup, &state.upstreams) {
             Ok(cfg) => {
                 tracing::info!(version = %version, file = %cache.path.display(), "serving cached snapshot until the config service answers");
                 state.apply(cfg);
@@ -120,7 +121,7 @@ pub async fn run_xds(src: XdsSource, state: Arc<AppState>, shutdown: impl std::f
     let applier: aigw_xds::Applier = Arc::new(move |version: &str, routes| {
         let mut json: Vec<Value> = routes.iter().map(route_from_proto).collect();
         json.sort_by(|a, b| a.get("id").and_then(Value::as_str).cmp(&b.get("id").and_then(Value::as_str)));
-        match runtime::compile(version, json, key.as_ref(), &env_lookup) {
+        match runtime::compile(version, json, key.as_ref(), &env_lookup, &st.upstreams) {
             Ok(compiled) => {
                 if let Some(c) = &cache
                     && let Err(e) = c.store(version, &compiled.source)
@@ -147,7 +148,7 @@ mod tests {
     #[test]
     fn example_routes_file_compiles() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/routes.yaml");
-        let cfg = load_file(&path, None).unwrap();
+        let cfg = load_file(&path, None, &Upstreams::default()).unwrap();
         assert_eq!(cfg.routes.len(), 3);
     }
 

@@ -1,0 +1,8 @@
+//! LLM protocol knowledge for aigw, free of I/O so it can be unit-tested, fuzzed and
+//! benchmarked: which protocol a request speaks, where each provider serves it, how a
+//! body is shaped for the provider, how SSE is framed, and where usage hides.
+
+pub mod protocol;
+pub mod shaping;
+pub mod sse;
+pub mod usage;

@@ -1,0 +1,294 @@
+//! What a response tells about cost: token usage, the model that answered, tool calls,
+//! time to first token, and errors inside a 200 stream. Observers run beside the byte
+//! stream and never change it.
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+use crate::protocol::Protocol;
+use crate::sse;
+
+/// Token usage, OpenAI semantics: `prompt` includes cached tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt: u64,
+    pub completion: u64,
+    pub total: u64,
+    pub cache_read: u64,
+    pub cache_creation: u64,
+    pub reasoning: u64,
+}
+
+impl Usage {
+    /// Later non-zero values win; total is at least prompt + completion.
+    pub fn merge(&mut self, o: &Usage) {
+        for (mine, theirs) in [
+            (&mut self.prompt, o.prompt),
+            (&mut self.completion, o.completion),
+            (&mut self.total, o.total),
+            (&mut self.cache_read, o.cache_read),
+            (&mut self.cache_creation, o.cache_creation),
+            (&mut self.reasoning, o.reasoning),
+        ] {
+            if theirs != 0 {
+                *mine = theirs;
+            }
+        }
+        self.total = self.total.max(self.prompt + self.completion);
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+struct Details {
+    cached_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+    reasoning_tokens: Option<u64>,
+}
+
+/// Every usage spelling of the OpenAI family (chat, Responses, embeddings, DeepSeek).
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+struct RawUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    total_tokens: Option<u64>,
+    prompt_tokens_details: Option<Details>,
+    input_tokens_details: Option<Details>,
+    completion_tokens_details: Option<Details>,
+    output_tokens_details: Option<Details>,
+    prompt_cache_hit_tokens: Option<u64>,
+}
+
+impl RawUsage {
+    fn to_usage(&self) -> Usage {
+        let pd = self.prompt_tokens_details.as_ref().or(self.input_tokens_details.as_ref());
+        let cd = self.completion_tokens_details.as_ref().or(self.output_tokens_details.as_ref());
+        let mut u = Usage {
+            prompt: self.prompt_tokens.or(self.input_tokens).unwrap_or(0),
+            completion: self.completion_tokens.or(self.output_tokens).unwrap_or(0),
+            total: self.total_tokens.unwrap_or(0),
+            cache_read: pd.and_then(|d| d.cached_tokens).or(self.prompt_cache_hit_tokens).unwrap_or(0),
+            cache_creation: pd.and_then(|d| d.cache_creation_input_tokens).unwrap_or(0),
+            reasoning: cd.and_then(|d| d.reasoning_tokens).unwrap_or(0),
+        };
+        u.total = u.total.max(u.prompt + u.completion);
+        u
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+struct Delta {
+    tool_calls: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+struct Choice {
+    delta: Option<Delta>,
+    message: Option<Delta>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+struct ResponseItem {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// The fields of any OpenAI-family JSON body or chunk that matter here.
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+struct Body {
+    model: Option<String>,
+    usage: Option<RawUsage>,
+    choices: Option<Vec<Choice>>,
+    error: Option<serde_json::Value>,
+    /// Responses API: `response.*` events wrap the response object.
+    response: Option<Box<Body>>,
+    output: Option<Vec<ResponseItem>>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    item: Option<ResponseItem>,
+    message: Option<String>,
+}
+
+/// What was observed of one response.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observation {
+    pub usage: Usage,
+    pub model: Option<String>,
+    pub has_tool_calls: bool,
+    /// An error reported inside the body (e.g. `data: {"error": ...}` in a 200 stream).
+    pub error: Option<String>,
+    /// The protocol's end marker was seen (`[DONE]`, `response.completed`, …).
+    pub done: bool,
+    pub events: u64,
+    /// Bytes of a partial event dropped at the end of the stream.
+    pub truncated_bytes: usize,
+}
+
+impl Observation {
+    fn absorb(&mut self, b: &Body) {
+        if let Some(m) = &b.model
+            && !m.is_empty()
+        {
+            self.model = Some(m.clone());
+        }
+        if let Some(u) = &b.usage {
+            self.usage.merge(&u.to_usage());
+        }
+        if let Some(choices) = &b.choices
+            && choices.iter().any(|c| c.delta.as_ref().or(c.message.as_ref()).is_some_and(|d| d.tool_calls.is_some()))
+        {
+            self.has_tool_calls = true;
+        }
+        if b.output.as_ref().is_some_and(|o| o.iter().any(|i| i.kind == "function_call"))
+            || b.item.as_ref().is_some_and(|i| i.kind == "function_call")
+        {
+            self.has_tool_calls = true;
+        }
+        if let Some(e) = &b.error
+            && !e.is_null()
+        {
+            let msg = e.get("message").and_then(|m| m.as_str()).map(str::to_owned).unwrap_or_else(|| e.to_string());
+            self.error = Some(msg);
+        }
+        if let Some(r) = &b.response {
+            self.absorb(r);
+        }
+    }
+}
+
+/// Observes a non-streamed JSON body.
+pub fn observe_json(bytes: &[u8]) -> Observation {
+    let mut o = Observation::default();
+    if let Ok(b) = serde_json::from_slice::<Body>(bytes) {
+        o.absorb(&b);
+        o.done = true;
+    }
+    o
+}
+
+/// Observes an SSE stream as it passes.
+#[derive(Debug)]
+pub struct StreamObserver {
+    proto: Protocol,
+    parser: sse::Parser,
+    events: Vec<sse::Event>,
+    pub obs: Observation,
+}
+
+impl StreamObserver {
+    pub fn new(proto: Protocol) -> StreamObserver {
+        StreamObserver { proto, parser: sse::Parser::new(), events: Vec::new(), obs: Observation::default() }
+    }
+
+    pub fn feed(&mut self, chunk: &[u8]) {
+        self.parser.push(chunk, &mut self.events);
+        self.drain();
+    }
+
+    pub fn finish(&mut self) -> &Observation {
+        self.obs.truncated_bytes = self.parser.finish(&mut self.events);
+        self.drain();
+        &self.obs
+    }
+
+    fn drain(&mut self) {
+        for ev in self.events.drain(..) {
+            self.obs.events += 1;
+            let data = ev.data.trim();
+            if data.is_empty() {
+                continue;
+            }
+            if data == "[DONE]" {
+                self.obs.done = true;
+                continue;
+            }
+            let Ok(b) = serde_json::from_str::<Body>(data) else { continue };
+            self.obs.absorb(&b);
+            let kind = if ev.event.is_empty() { b.kind.as_deref().unwrap_or_default() } else { ev.event.as_str() };
+            match (self.proto, kind) {
+                (Protocol::OpenAiResponses, "response.completed" | "response.incomplete") => self.obs.done = true,
+                (Protocol::OpenAiResponses, "response.failed") => {
+                    self.obs.done = true;
+                    let err = b.response.as_ref().and_then(|r| r.error.as_ref()).and_then(|e| e.get("message")).and_then(|m| m.as_str());
+                    self.obs.error = Some(err.unwrap_or("response failed").to_owned());
+                }
+                (_, "error") => {
+                    self.obs.error = Some(b.message.clone().or_else(|| self.obs.error.clone()).unwrap_or_else(|| "stream error".into()));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(proto: Protocol, text: &str) -> Observation {
+        let mut s = StreamObserver::new(proto);
+        for c in text.as_bytes().chunks(7) {
+            s.feed(c);
+        }
+        s.finish().clone()
+    }
+
+    #[test]
+    fn chat_stream_usage_tools_and_done() {
+        let t = "data: {\"model\":\"gpt-4o\",\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}],\"usage\":null}\n\n\
+                 : OPENROUTER PROCESSING\n\n\
+                 data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"c\"}]}}]}\n\n\
+                 data: {\"choices\":[],\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":5,\"total_tokens\":15,\
+                 \"prompt_tokens_details\":{\"cached_tokens\":4},\"completion_tokens_details\":{\"reasoning_tokens\":2}}}\n\n\
+                 data: [DONE]\n\n";
+        let o = stream(Protocol::OpenAiChat, t);
+        assert_eq!(o.usage, Usage { prompt: 10, completion: 5, total: 15, cache_read: 4, cache_creation: 0, reasoning: 2 });
+        assert_eq!(o.model.as_deref(), Some("gpt-4o"));
+        assert!(o.has_tool_calls && o.done && o.error.is_none());
+    }
+
+    #[test]
+    fn deepseek_cache_hits_and_missing_total() {
+        let o = observe_json(br#"{"usage":{"prompt_tokens":7,"completion_tokens":3,"prompt_cache_hit_tokens":5}}"#);
+        assert_eq!((o.usage.total, o.usage.cache_read), (10, 5));
+    }
+
+    #[test]
+    fn responses_stream() {
+        let t = "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"model\":\"gpt-4.1\"}}\n\n\
+                 event: response.output_item.added\ndata: {\"type\":\"response.output_item.added\",\"item\":{\"type\":\"function_call\"}}\n\n\
+                 event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":50,\
+                 \"input_tokens_details\":{\"cached_tokens\":1},\"output_tokens\":12,\"output_tokens_details\":{\"reasoning_tokens\":3},\"total_tokens\":62}}}\n\n";
+        let o = stream(Protocol::OpenAiResponses, t);
+        assert_eq!(o.usage, Usage { prompt: 50, completion: 12, total: 62, cache_read: 1, cache_creation: 0, reasoning: 3 });
+        assert!(o.has_tool_calls && o.done);
+        let f =
+            stream(Protocol::OpenAiResponses, "data: {\"type\":\"response.failed\",\"response\":{\"error\":{\"message\":\"boom\"}}}\n\n");
+        assert_eq!(f.error.as_deref(), Some("boom"));
+    }
+
+    #[test]
+    fn errors_inside_a_200_stream_and_truncation() {
+        let o = stream(Protocol::OpenAiChat, "data: {\"error\":{\"message\":\"overloaded\"}}\n\ndata: {\"choi");
+        assert_eq!(o.error.as_deref(), Some("overloaded"));
+        assert!(!o.done);
+        assert_eq!(o.truncated_bytes, "data: {\"choi".len());
+    }
+
+    #[test]
+    fn non_stream_bodies() {
+        let o = observe_json(br#"{"model":"m","choices":[{"message":{"content":"x","tool_calls":[{}]}}],"usage":{"prompt_tokens":23,"completion_tokens":8,"total_tokens":31}}"#);
+        assert_eq!((o.usage.prompt, o.usage.completion, o.usage.total), (23, 8, 31));
+        assert!(o.has_tool_calls);
+        let e = observe_json(br#"{"object":"list","data":[],"usage":{"prompt_tokens":2,"total_tokens":2}}"#);
+        assert_eq!((e.usage.prompt, e.usage.total), (2, 2));
+        assert_eq!(observe_json(b"not json"), Observation::default());
+    }
+}

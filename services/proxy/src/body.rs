@@ -1,0 +1,257 @@
+//! The response body wrapper: forwards each upstream frame the moment it arrives and
+//! observes it on the side (usage, model, tool calls, time to first token). It enforces
+//! the per-read `timeout`, `max_stream_duration_ms` and `max_response_bytes`, and never
+//! ends a stream silently truncated: a stream that breaks, stalls, hits a limit or ends
+//! without its end marker gets a terminal error event in the client's protocol.
+//! Dropping it (client gone) drops the upstream body, which closes that connection at once.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use aigw_llm::protocol::Protocol;
+use aigw_llm::usage::{Observation, StreamObserver, observe_json};
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use serde_json::json;
+use tokio::time::Sleep;
+
+use crate::proxy::BoxError;
+
+/// How a response ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Complete,
+    ClientGone,
+    UpstreamError(String),
+    ReadTimeout,
+    DurationLimit,
+    BytesLimit,
+    /// The stream ended without its protocol's end marker.
+    Truncated,
+}
+
+/// Handed to the completion hook once per response.
+#[derive(Debug)]
+pub struct Summary {
+    pub obs: Observation,
+    pub outcome: Outcome,
+    /// From sending the upstream request to its first body byte.
+    pub ttft: Option<Duration>,
+    /// From sending the upstream request to the end of its body.
+    pub upstream_time: Duration,
+    pub bytes: u64,
+    pub stream: bool,
+}
+
+pub type OnDone = Box<dyn FnOnce(Summary) + Send>;
+
+enum Mode {
+    Stream(Box<StreamObserver>),
+    /// Non-streamed JSON kept (up to a cap) for usage extraction at the end.
+    Json(Vec<u8>),
+}
+
+/// Non-stream bodies larger than this are forwarded but not parsed for usage.
+const JSON_KEEP_CAP: usize = 8 << 20;
+
+pub struct Limits {
+    pub read_timeout: Duration,
+    pub max_duration: Option<Duration>,
+    pub max_bytes: Option<u64>,
+}
+
+pub struct ObservedBody {
+    inner: Incoming,
+    mode: Mode,
+    proto: Protocol,
+    read_timeout: Duration,
+    read_sleep: Pin<Box<Sleep>>,
+    deadline: Option<Pin<Box<Sleep>>>,
+    max_bytes: Option<u64>,
+    bytes: u64,
+    started: Instant,
+    ttft: Option<Duration>,
+    tail: Option<Bytes>,
+    finished: bool,
+    on_done: Option<OnDone>,
+    /// Held until the body ends: the config snapshot and the connection permit.
+    _hold: Box<dyn Send>,
+}
+
+impl ObservedBody {
+    pub fn new(
+        inner: Incoming,
+        stream: bool,
+        proto: Protocol,
+        limits: Limits,
+        started: Instant,
+        hold: Box<dyn Send>,
+        on_done: OnDone,
+    ) -> Self {
+        let mode = if stream { Mode::Stream(Box::new(StreamObserver::new(proto))) } else { Mode::Json(Vec::new()) };
+        let deadline = if stream { limits.max_duration.map(|d| Box::pin(tokio::time::sleep_until((started + d).into()))) } else { None };
+        ObservedBody {
+            inner,
+            mode,
+            proto,
+            read_timeout: limits.read_timeout,
+            read_sleep: Box::pin(tokio::time::sleep(limits.read_timeout)),
+            deadline,
+            max_bytes: limits.max_bytes,
+            bytes: 0,
+            started,
+            ttft: None,
+            tail: None,
+            finished: false,
+            on_done: Some(on_done),
+            _hold: hold,
+        }
+    }
+
+    fn is_stream(&self) -> bool {
+        matches!(self.mode, Mode::Stream(_))
+    }
+
+    fn complete(&mut self, outcome: Outcome) {
+        self.finished = true;
+        let obs = match &mut self.mode {
+            Mode::Stream(o) => o.finish().clone(),
+            Mode::Json(buf) => {
+                let o = observe_json(buf);
+                buf.clear();
+                o
+            }
+        };
+        if let Some(f) = self.on_done.take() {
+            f(Summary {
+                obs,
+                outcome,
+                ttft: self.ttft,
+                upstream_time: self.started.elapsed(),
+                bytes: self.bytes,
+                stream: self.is_stream(),
+            });
+        }
+    }
+
+    /// Ends the response early. A stream gets a terminal error event; a plain body can
+    /// only be cut (its status and length are already sent).
+    fn abort(&mut self, outcome: Outcome, code: &str, message: String) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        tracing::warn!(outcome = ?outcome, bytes = self.bytes, duration_ms = self.started.elapsed().as_millis() as u64, "aborting upstream response: {message}");
+        let stream = self.is_stream();
+        self.complete(outcome);
+        if stream {
+            Poll::Ready(Some(Ok(Frame::data(terminal_event(self.proto, code, &message)))))
+        } else {
+            Poll::Ready(Some(Err(message.into())))
+        }
+    }
+}
+
+/// The error event that ends a broken stream, in the client's protocol.
+pub fn terminal_event(proto: Protocol, code: &str, message: &str) -> Bytes {
+    let text = match proto {
+        Protocol::OpenAiResponses => format!(
+            "event: error\ndata: {}\n\n",
+            json!({"type": "error", "code": code, "message": message, "param": null, "sequence_number": 0})
+        ),
+        Protocol::AnthropicMessages => {
+            format!("event: error\ndata: {}\n\n", json!({"type": "error", "error": {"type": "api_error", "message": message}}))
+        }
+        _ => format!("data: {}\n\n", json!({"error": {"message": message, "type": "api_error", "code": code}})),
+    };
+    Bytes::from(text)
+}
+
+impl Body for ObservedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Some(t) = this.tail.take() {
+            return Poll::Ready(Some(Ok(Frame::data(t))));
+        }
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        if let Some(d) = &mut this.deadline
+            && d.as_mut().poll(cx).is_ready()
+        {
+            return this.abort(Outcome::DurationLimit, "max_stream_duration_exceeded", "max_stream_duration_ms exceeded".into());
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    if this.ttft.is_none() {
+                        this.ttft = Some(this.started.elapsed());
+                    }
+                    this.bytes += data.len() as u64;
+                    if let Some(max) = this.max_bytes
+                        && this.bytes > max
+                    {
+                        return this.abort(Outcome::BytesLimit, "max_response_bytes_exceeded", "max_response_bytes exceeded".into());
+                    }
+                    match &mut this.mode {
+                        Mode::Stream(o) => o.feed(data),
+                        Mode::Json(buf) => {
+                            if buf.len() + data.len() <= JSON_KEEP_CAP {
+                                buf.extend_from_slice(data);
+                            }
+                        }
+                    }
+                    let next = tokio::time::Instant::now() + this.read_timeout;
+                    this.read_sleep.as_mut().reset(next);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.abort(Outcome::UpstreamError(e.to_string()), "upstream_stream_error", format!("upstream stream failed: {e}"))
+            }
+            Poll::Ready(None) => {
+                let missing_end = match &mut this.mode {
+                    Mode::Stream(o) => {
+                        let obs = o.finish();
+                        matches!(this.proto, Protocol::OpenAiChat | Protocol::OpenAiResponses) && !obs.done && obs.error.is_none()
+                    }
+                    Mode::Json(_) => false,
+                };
+                if missing_end {
+                    return this.abort(
+                        Outcome::Truncated,
+                        "upstream_stream_truncated",
+                        "upstream stream ended before its end marker".into(),
+                    );
+                }
+                this.complete(Outcome::Complete);
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if this.read_sleep.as_mut().poll(cx).is_ready() {
+                    let ms = this.read_timeout.as_millis();
+                    return this.abort(Outcome::ReadTimeout, "upstream_timeout", format!("no data from the upstream for {ms} ms"));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.finished && self.tail.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.is_stream() { SizeHint::default() } else { self.inner.size_hint() }
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        if !self.finished {
+            tracing::info!(bytes = self.bytes, "client disconnected; upstream read aborted");
+            self.complete(Outcome::ClientGone);
+        }
+    }
+}
