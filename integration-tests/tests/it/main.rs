@@ -4,4 +4,5 @@
 
 mod common;
 mod config_plane;
+mod pipeline;
 mod standalone;

@@ -67,11 +67,12 @@ pub fn shape(body: &mut Value, s: &Shaping<'_>) -> bool {
         }
     }
     let openai_chat = s.provider == Provider::Openai && s.target == Protocol::OpenAiChat;
-    if openai_chat && !obj.contains_key("max_completion_tokens") {
-        if let Some(v) = obj.remove("max_tokens") {
-            obj.insert("max_completion_tokens".into(), v);
-            changed = true;
-        }
+    if openai_chat
+        && !obj.contains_key("max_completion_tokens")
+        && let Some(v) = obj.remove("max_tokens")
+    {
+        obj.insert("max_completion_tokens".into(), v);
+        changed = true;
     }
     if let Some(n) = s.max_tokens {
         let v = Value::from(n);

@@ -49,3 +49,45 @@ pub async fn post_json(url: &str, headers: &[(&str, &str)], body: &Value) -> any
 pub async fn get(url: &str, headers: &[(&str, &str)]) -> anyhow::Result<Reply> {
     send(Method::GET, url, headers, Bytes::new()).await
 }
+
+/// A response whose body is read frame by frame (to observe streaming).
+pub struct Streaming {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: hyper::body::Incoming,
+}
+
+impl Streaming {
+    /// The next data frame, or None at the end.
+    pub async fn next_data(&mut self) -> Option<Bytes> {
+        loop {
+            match self.body.frame().await? {
+                Ok(f) => {
+                    if let Ok(d) = f.into_data() {
+                        return Some(d);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Everything that is left, as text.
+    pub async fn rest(&mut self) -> String {
+        let mut out = Vec::new();
+        while let Some(d) = self.next_data().await {
+            out.extend_from_slice(&d);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+pub async fn post_stream(url: &str, headers: &[(&str, &str)], body: &Value) -> anyhow::Result<Streaming> {
+    let mut b = Request::builder().method(Method::POST).uri(url).header("content-type", "application/json");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let resp = client().request(b.body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?).await?;
+    let (parts, body) = resp.into_parts();
+    Ok(Streaming { status: parts.status, headers: parts.headers, body })
+}

@@ -139,6 +139,15 @@ impl ObservedBody {
     /// Ends the response early. A stream gets a terminal error event; a plain body can
     /// only be cut (its status and length are already sent).
     fn abort(&mut self, outcome: Outcome, code: &str, message: String) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Mode::Stream(o) = &self.mode
+            && o.obs.done
+            && matches!(outcome, Outcome::ReadTimeout | Outcome::UpstreamError(_))
+        {
+            // The protocol's end marker already went out: the answer is whole.
+            tracing::debug!("upstream lingered after the end of the stream: {message}");
+            self.complete(Outcome::Complete);
+            return Poll::Ready(None);
+        }
         tracing::warn!(outcome = ?outcome, bytes = self.bytes, duration_ms = self.started.elapsed().as_millis() as u64, "aborting upstream response: {message}");
         let stream = self.is_stream();
         self.complete(outcome);
