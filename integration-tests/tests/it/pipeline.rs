@@ -641,3 +641,45 @@ async fn seed_examples_work_as_written() {
     assert_eq!(r.json()["object"], "list");
     assert_eq!(openai.last().json()["encoding_format"], "float");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_records_llm_variables() {
+    let fake = FakeServer::start(ProviderSpec::new("log", AuthCheck::Bearer("k".into())).handler()).await;
+    let dir = TempDir::new("alog");
+    let file = dir.path().join("routes.json");
+    let log = dir.path().join("access.log");
+    let r = route(
+        "logged",
+        "/logged",
+        json!({"provider": "openai-compatible", "auth": {"header": {"Authorization": "Bearer k"}},
+        "options": {"model": "gpt-4"}, "override": {"endpoint": fake.url()}}),
+    );
+    std::fs::write(&file, json!({"routes": [r]}).to_string()).unwrap();
+    let format = "$route_id|$status|$request_type|$request_llm_model|$llm_model|$llm_prompt_tokens|$llm_completion_tokens|$llm_total_tokens|$llm_stream|$llm_tool_count|$llm_end_user_id|$upstream_status|$http_x_team|$request_line";
+    let p = Proxy::start(&["--routes", file.to_str().unwrap(), "--access-log", log.to_str().unwrap(), "--access-log-format", format], &[])
+        .await;
+    let mut body = chat_body();
+    body["model"] = json!("client-model");
+    body["user"] = json!("user-7");
+    body["tools"] = json!([{"type": "function", "function": {"name": "f"}}]);
+    assert_eq!(http::post_json(&format!("{}/logged", p.data), &[("x-team", "ml")], &body).await.unwrap().status, 200);
+    body["stream"] = json!(true);
+    let mut s = http::post_stream(&format!("{}/logged", p.data), &[], &body).await.unwrap();
+    s.rest().await;
+    assert_eq!(p.chat("/missing").await.unwrap().status, 404);
+    let lines = wait_until("three log lines", T, || async {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        (lines.len() == 3).then_some(lines)
+    })
+    .await;
+    assert!(
+        lines.contains(&"logged|200|ai_chat|client-model|gpt-4|23|8|31|false|1|user-7|200|ml|POST /logged HTTP/1.1".to_owned()),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&"logged|200|ai_stream|client-model|gpt-4|11|3|14|true|1|user-7|200|-|POST /logged HTTP/1.1".to_owned()),
+        "{lines:?}"
+    );
+    assert!(lines.contains(&"-|404|traditional_http|||0|0|0|false|0||-|-|POST /missing HTTP/1.1".to_owned()), "{lines:?}");
+}

@@ -42,6 +42,8 @@ pub struct Summary {
     /// From sending the upstream request to the end of its body.
     pub upstream_time: Duration,
     pub bytes: u64,
+    /// Bytes the client was sent (upstream bytes plus any terminal event).
+    pub client_bytes: u64,
     pub stream: bool,
 }
 
@@ -71,6 +73,8 @@ pub struct ObservedBody {
     deadline: Option<Pin<Box<Sleep>>>,
     max_bytes: Option<u64>,
     bytes: u64,
+    /// Upstream bytes passed on to the client.
+    forwarded: u64,
     started: Instant,
     ttft: Option<Duration>,
     tail: Option<Bytes>,
@@ -101,6 +105,7 @@ impl ObservedBody {
             deadline,
             max_bytes: limits.max_bytes,
             bytes: 0,
+            forwarded: 0,
             started,
             ttft: None,
             tail: None,
@@ -115,6 +120,10 @@ impl ObservedBody {
     }
 
     fn complete(&mut self, outcome: Outcome) {
+        self.complete_with_tail(outcome, 0)
+    }
+
+    fn complete_with_tail(&mut self, outcome: Outcome, tail: u64) {
         self.finished = true;
         let obs = match &mut self.mode {
             Mode::Stream(o) => o.finish().clone(),
@@ -131,6 +140,7 @@ impl ObservedBody {
                 ttft: self.ttft,
                 upstream_time: self.started.elapsed(),
                 bytes: self.bytes,
+                client_bytes: self.forwarded + tail,
                 stream: self.is_stream(),
             });
         }
@@ -149,11 +159,12 @@ impl ObservedBody {
             return Poll::Ready(None);
         }
         tracing::warn!(outcome = ?outcome, bytes = self.bytes, duration_ms = self.started.elapsed().as_millis() as u64, "aborting upstream response: {message}");
-        let stream = self.is_stream();
-        self.complete(outcome);
-        if stream {
-            Poll::Ready(Some(Ok(Frame::data(terminal_event(self.proto, code, &message)))))
+        if self.is_stream() {
+            let ev = terminal_event(self.proto, code, &message);
+            self.complete_with_tail(outcome, ev.len() as u64);
+            Poll::Ready(Some(Ok(Frame::data(ev))))
         } else {
+            self.complete(outcome);
             Poll::Ready(Some(Err(message.into())))
         }
     }
@@ -211,6 +222,7 @@ impl Body for ObservedBody {
                             }
                         }
                     }
+                    this.forwarded += data.len() as u64;
                     let next = tokio::time::Instant::now() + this.read_timeout;
                     this.read_sleep.as_mut().reset(next);
                 }

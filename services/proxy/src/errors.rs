@@ -18,11 +18,13 @@ pub struct GatewayError {
     pub kind: &'static str,
     pub code: &'static str,
     pub from_upstream: bool,
+    /// The route, when the error happened after routing.
+    pub route_id: Option<String>,
 }
 
 impl GatewayError {
     fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, message: message.into(), kind, code, from_upstream: false }
+        Self { status, message: message.into(), kind, code, from_upstream: false, route_id: None }
     }
     pub fn bad_request(m: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_request", m)

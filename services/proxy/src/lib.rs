@@ -1,6 +1,7 @@
 //! aigw-proxy: a stateless LLM gateway node. It takes its routes from a file
 //! (standalone) or from aigw-config, and runs the provider pipeline.
 
+pub mod access_log;
 pub mod body;
 pub mod errors;
 pub mod proxy;
@@ -32,6 +33,7 @@ pub enum Source {
 pub struct Config {
     pub source: Source,
     pub data_key: Option<DataKey>,
+    pub access_log: access_log::AccessLog,
 }
 
 /// Runs the node until `shutdown` resolves, then drains in-flight requests (30 s at most).
@@ -42,7 +44,7 @@ pub async fn run(
     status: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let state = proxy::AppState::new();
+    let state = proxy::AppState::new(cfg.access_log);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut stopped = stop_rx.clone();
     let stop_signal = async move { wait_stop(&mut stopped).await };

@@ -32,6 +32,12 @@ struct Args {
     /// 32-byte key (64 hex chars or base64) that decrypts secret fields.
     #[arg(long, env = "AIGW_DATA_ENCRYPTION_KEY", hide_env_values = true)]
     data_encryption_key: Option<String>,
+    /// Access log: a file path (appended), `stdout`, or `off`.
+    #[arg(long, env = "AIGW_ACCESS_LOG", default_value = "off")]
+    access_log: String,
+    /// Access log line format: nginx-style $variables (see README).
+    #[arg(long, env = "AIGW_ACCESS_LOG_FORMAT", default_value = aigw_proxy::access_log::DEFAULT_FORMAT)]
+    access_log_format: String,
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "AIGW_LOG_LEVEL", default_value = "info")]
     log_level: String,
@@ -76,6 +82,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         }
         _ => anyhow::bail!("give exactly one of --routes FILE or --config-service URL"),
     };
+    let access_log = aigw_proxy::access_log::AccessLog::open(&args.access_log, &args.access_log_format).map_err(|e| anyhow::anyhow!(e))?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let data =
@@ -83,6 +90,6 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         let status = tokio::net::TcpListener::bind(args.status_listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.status_listen))?;
-        aigw_proxy::run(aigw_proxy::Config { source, data_key }, data, status, aigw_telemetry::shutdown_signal()).await
+        aigw_proxy::run(aigw_proxy::Config { source, data_key, access_log }, data, status, aigw_telemetry::shutdown_signal()).await
     })
 }

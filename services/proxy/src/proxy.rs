@@ -21,6 +21,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde_json::Value;
 
+use crate::access_log::{AccessLog, Entry};
 use crate::body::{Limits, ObservedBody, Outcome, Summary};
 use crate::upstream::Upstreams;
 
@@ -36,6 +37,7 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 /// Shared state of a proxy node.
 pub struct AppState {
     pub config: ArcSwap<RuntimeConfig>,
+    pub access_log: AccessLog,
     pub ready: AtomicBool,
     pub upstreams: Upstreams,
     pub metrics: Metrics,
@@ -54,9 +56,10 @@ pub struct Metrics {
 }
 
 impl AppState {
-    pub fn new() -> Arc<AppState> {
+    pub fn new(access_log: AccessLog) -> Arc<AppState> {
         Arc::new(AppState {
             config: ArcSwap::from_pointee(RuntimeConfig::empty()),
+            access_log,
             ready: AtomicBool::new(false),
             upstreams: Upstreams::default(),
             metrics: Metrics::default(),
@@ -159,12 +162,58 @@ impl VarSource for RequestVars<'_> {
     }
 }
 
+/// Per-request facts the access log needs.
+pub struct ReqCtx {
+    pub remote: SocketAddr,
+    pub start: Instant,
+    pub start_wall: std::time::SystemTime,
+    pub request_line: String,
+    pub request_id: String,
+    pub headers: Option<HeaderMap>,
+}
+
+impl ReqCtx {
+    fn entry(&self, status: u16) -> Entry {
+        Entry {
+            remote_addr: self.remote.ip(),
+            start: self.start_wall,
+            request_line: self.request_line.clone(),
+            status,
+            body_bytes_sent: 0,
+            request_time: self.start.elapsed(),
+            upstream_addr: String::new(),
+            upstream_status: None,
+            upstream_time: None,
+            request_id: self.request_id.clone(),
+            route_id: String::new(),
+            request_type: "traditional_http",
+            request_llm_model: String::new(),
+            llm_model: String::new(),
+            ttft: None,
+            usage: Default::default(),
+            stream: false,
+            has_tool_calls: false,
+            tool_count: 0,
+            end_user_id: String::new(),
+            headers: self.headers.clone(),
+        }
+    }
+}
+
 /// Entry point for every data-plane request.
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, remote: SocketAddr) -> Result<Response<ProxyBody>, Infallible> {
     state.metrics.requests.fetch_add(1, Ordering::Relaxed);
     let shape = protocol::client_shape(req.uri().path());
-    let rid = request_id();
-    let mut resp = match route_and_forward(&state, req, remote, &rid).await {
+    let ctx = ReqCtx {
+        remote,
+        start: Instant::now(),
+        start_wall: std::time::SystemTime::now(),
+        request_line: format!("{} {} {:?}", req.method(), req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"), req.version()),
+        request_id: request_id(),
+        headers: state.access_log.format.needs_headers.then(|| req.headers().clone()),
+    };
+    let rid = ctx.request_id.clone();
+    let mut resp = match route_and_forward(&state, req, &ctx).await {
         Ok(r) => r,
         Err(e) => {
             if e.status.is_server_error() && e.from_upstream {
@@ -173,7 +222,14 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, remote: Socket
                 state.metrics.gateway_errors.fetch_add(1, Ordering::Relaxed);
             }
             tracing::debug!(request_id = %rid, status = e.status.as_u16(), error = %e.message, "gateway error");
-            error_response(shape, &e)
+            let resp = error_response(shape, &e);
+            if state.access_log.enabled() {
+                let mut entry = ctx.entry(e.status.as_u16());
+                entry.body_bytes_sent = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
+                entry.route_id = e.route_id.clone().unwrap_or_default();
+                state.access_log.log(&entry);
+            }
+            resp
         }
     };
     if let Ok(v) = HeaderValue::from_str(&rid) {
@@ -182,12 +238,8 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, remote: Socket
     Ok(resp)
 }
 
-async fn route_and_forward(
-    state: &Arc<AppState>,
-    req: Request<Incoming>,
-    remote: SocketAddr,
-    rid: &str,
-) -> Result<Response<ProxyBody>, GatewayError> {
+async fn route_and_forward(state: &Arc<AppState>, req: Request<Incoming>, ctx: &ReqCtx) -> Result<Response<ProxyBody>, GatewayError> {
+    let remote = ctx.remote;
     let cfg = state.config.load_full();
     let (parts, body) = req.into_parts();
     let host = host_of_parts(&parts);
@@ -240,24 +292,34 @@ async fn route_and_forward(
     };
     let route = cfg.router.find(&input, &vars).ok_or_else(|| GatewayError::no_route(&path))?;
     drop(vars);
+    let with_route = |mut e: GatewayError| {
+        e.route_id = Some(route.id().to_owned());
+        e
+    };
     if bytes.len() as u64 > route.spec.ai_proxy.max_req_body_size {
-        return Err(GatewayError::too_large(bytes.len() as u64, route.spec.ai_proxy.max_req_body_size));
+        return Err(with_route(GatewayError::too_large(bytes.len() as u64, route.spec.ai_proxy.max_req_body_size)));
     }
     if !is_json {
-        return Err(GatewayError::bad_request(format!("unsupported content-type: {content_type}, only application/json is supported")));
+        return Err(with_route(GatewayError::bad_request(format!(
+            "unsupported content-type: {content_type}, only application/json is supported"
+        ))));
     }
     if bytes.is_empty() {
-        return Err(GatewayError::bad_request("request body is empty"));
+        return Err(with_route(GatewayError::bad_request("request body is empty")));
     }
     let body_json = match json {
         Some(v) => v,
         None => {
             let e = serde_json::from_slice::<Value>(&bytes).err().map(|e| e.to_string()).unwrap_or_default();
-            return Err(GatewayError::bad_request(format!("could not parse JSON request body: {e}")));
+            return Err(with_route(GatewayError::bad_request(format!("could not parse JSON request body: {e}"))));
         }
     };
-    let proto = protocol::detect(&path, &body_json).ok_or_else(|| GatewayError::bad_request("no matching AI protocol for the request"))?;
-    forward(state, cfg.clone(), &route, &parts, &path, bytes, body_json, proto, rid).await
+    let proto = protocol::detect(&path, &body_json)
+        .ok_or_else(|| with_route(GatewayError::bad_request("no matching AI protocol for the request")))?;
+    forward(state, cfg.clone(), &route, &parts, &path, bytes, body_json, proto, ctx).await.map_err(|mut e| {
+        e.route_id = Some(route.id().to_owned());
+        e
+    })
 }
 
 fn host_of_parts(parts: &http::request::Parts) -> String {
@@ -298,9 +360,9 @@ async fn forward(
     original: Bytes,
     mut body: Value,
     proto: Protocol,
-    rid: &str,
+    ctx: &ReqCtx,
 ) -> Result<Response<ProxyBody>, GatewayError> {
-    let started = Instant::now();
+    let rid = ctx.request_id.as_str();
     let ap = &route.spec.ai_proxy;
     if matches!(ap.provider, Provider::Bedrock | Provider::VertexAi) {
         return Err(GatewayError::not_implemented(format!("provider {} is not implemented yet in this build", ap.provider.as_str())));
@@ -342,6 +404,14 @@ async fn forward(
     let changed = shape(&mut body, &shaping);
     let stream_requested = proto.is_stream(&body);
     let llm_model = ap.model().map(str::to_owned).or_else(|| request_model.clone());
+    let tool_count = body.get("tools").and_then(Value::as_array).map_or(0, Vec::len);
+    let end_user_id = body
+        .get("safety_identifier")
+        .or_else(|| body.get("user"))
+        .or_else(|| body.pointer("/metadata/user_id"))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     let out_body = if changed { Bytes::from(serde_json::to_vec(&body).unwrap_or_default()) } else { original };
 
     let method = if proto == Protocol::Passthrough { parts.method.clone() } else { Method::POST };
@@ -374,6 +444,11 @@ async fn forward(
         Ok(Ok(r)) => r,
     };
     let latency = sent.elapsed();
+    let upstream_addr = resp
+        .extensions()
+        .get::<hyper_util::client::legacy::connect::HttpInfo>()
+        .map(|i| i.remote_addr().to_string())
+        .unwrap_or_else(|| route.origin.split("://").nth(1).unwrap_or_default().to_owned());
     let (mut rparts, rbody) = resp.into_parts();
     let status = rparts.status;
     tracing::debug!(request_id = %rid, route = %route.id(), upstream = %route.origin, status = status.as_u16(), "upstream responded");
@@ -401,21 +476,37 @@ async fn forward(
         max_bytes: ap.max_response_bytes,
     };
     let st = state.clone();
-    let (route_id, rid_owned) = (route.id().to_owned(), rid.to_owned());
+    let mut entry = ctx.entry(status.as_u16());
+    entry.upstream_addr = upstream_addr;
+    entry.upstream_status = Some(status.as_u16());
+    entry.route_id = route.id().to_owned();
+    entry.request_type = if stream_requested { "ai_stream" } else { "ai_chat" };
+    entry.request_llm_model = request_model.unwrap_or_default();
+    entry.llm_model = llm_model.unwrap_or_default();
+    entry.stream = stream_requested;
+    entry.tool_count = tool_count;
+    entry.end_user_id = end_user_id;
+    let start = ctx.start;
     let on_done = Box::new(move |s: Summary| {
         st.metrics.prompt_tokens.fetch_add(s.obs.usage.prompt, Ordering::Relaxed);
         st.metrics.completion_tokens.fetch_add(s.obs.usage.completion, Ordering::Relaxed);
         if s.outcome != Outcome::Complete {
             st.metrics.streams_aborted.fetch_add(1, Ordering::Relaxed);
         }
+        entry.request_time = start.elapsed();
+        entry.body_bytes_sent = s.client_bytes;
+        entry.upstream_time = Some(s.upstream_time);
+        entry.ttft = s.ttft;
+        entry.usage = s.obs.usage;
+        entry.has_tool_calls = s.obs.has_tool_calls;
+        if let Some(m) = s.obs.model.filter(|_| entry.llm_model.is_empty()) {
+            entry.llm_model = m;
+        }
         tracing::debug!(
-            request_id = %rid_owned, route = %route_id, status = status.as_u16(), outcome = ?s.outcome,
-            request_type = if stream_requested { "ai_stream" } else { "ai_chat" },
-            request_model = request_model.as_deref().unwrap_or(""), llm_model = llm_model.as_deref().unwrap_or(""),
-            prompt_tokens = s.obs.usage.prompt, completion_tokens = s.obs.usage.completion, total_tokens = s.obs.usage.total,
-            ttft_ms = s.ttft.map(|d| d.as_millis() as u64).unwrap_or(0), upstream_ms = s.upstream_time.as_millis() as u64,
-            total_ms = started.elapsed().as_millis() as u64, "llm request done"
+            request_id = %entry.request_id, route = %entry.route_id, status = entry.status, outcome = ?s.outcome,
+            prompt_tokens = entry.usage.prompt, completion_tokens = entry.usage.completion, "llm request done"
         );
+        st.access_log.log(&entry);
     });
     let body = ObservedBody::new(rbody, is_sse, proto, limits, sent, Box::new((cfg, permit)), on_done);
     Ok(Response::from_parts(rparts, BodyExt::boxed_unsync(body)))

@@ -1,0 +1,356 @@
+//! The access log (CONTRACT §6): nginx-style `$variables` compiled once at start, one line
+//! per request written when its response body ends. Lines go through a bounded channel to
+//! a writer task; when the writer falls behind, lines are dropped and counted, never
+//! waited for on the data path.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use aigw_llm::usage::Usage;
+use http::HeaderMap;
+use tokio::sync::mpsc;
+
+pub const DEFAULT_FORMAT: &str = "$remote_addr - - [$time_local] \"$request_line\" $status $body_bytes_sent $request_time \"$upstream_addr\" \
+$upstream_status $upstream_response_time $request_id $route_id $request_type \"$request_llm_model\" \"$llm_model\" $llm_time_to_first_token \
+$llm_prompt_tokens $llm_completion_tokens $llm_total_tokens $llm_stream";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Var {
+    RemoteAddr,
+    TimeLocal,
+    RequestLine,
+    Status,
+    BodyBytesSent,
+    RequestTime,
+    UpstreamAddr,
+    UpstreamStatus,
+    UpstreamResponseTime,
+    RequestId,
+    RouteId,
+    RequestType,
+    RequestLlmModel,
+    LlmModel,
+    Ttft,
+    PromptTokens,
+    CompletionTokens,
+    TotalTokens,
+    CacheRead,
+    CacheCreation,
+    Reasoning,
+    Stream,
+    HasToolCalls,
+    ToolCount,
+    EndUserId,
+    ApisixUpstreamResponseTime,
+}
+
+const VARS: &[(&str, Var)] = &[
+    ("remote_addr", Var::RemoteAddr),
+    ("time_local", Var::TimeLocal),
+    ("request_line", Var::RequestLine),
+    ("status", Var::Status),
+    ("body_bytes_sent", Var::BodyBytesSent),
+    ("request_time", Var::RequestTime),
+    ("upstream_addr", Var::UpstreamAddr),
+    ("upstream_status", Var::UpstreamStatus),
+    ("upstream_response_time", Var::UpstreamResponseTime),
+    ("request_id", Var::RequestId),
+    ("apisix_request_id", Var::RequestId),
+    ("route_id", Var::RouteId),
+    ("request_type", Var::RequestType),
+    ("request_llm_model", Var::RequestLlmModel),
+    ("llm_model", Var::LlmModel),
+    ("llm_time_to_first_token", Var::Ttft),
+    ("llm_prompt_tokens", Var::PromptTokens),
+    ("llm_completion_tokens", Var::CompletionTokens),
+    ("llm_total_tokens", Var::TotalTokens),
+    ("llm_cache_read_input_tokens", Var::CacheRead),
+    ("llm_cache_creation_input_tokens", Var::CacheCreation),
+    ("llm_reasoning_tokens", Var::Reasoning),
+    ("llm_stream", Var::Stream),
+    ("llm_has_tool_calls", Var::HasToolCalls),
+    ("llm_tool_count", Var::ToolCount),
+    ("llm_end_user_id", Var::EndUserId),
+    ("apisix_upstream_response_time", Var::ApisixUpstreamResponseTime),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seg {
+    Lit(String),
+    Var(Var),
+    /// `$http_NAME`: a request header (name lower-case, `_` → `-`).
+    Header(String),
+}
+
+/// A compiled `--access-log-format`.
+#[derive(Debug, Clone)]
+pub struct Format {
+    segs: Vec<Seg>,
+    pub needs_headers: bool,
+}
+
+impl Format {
+    pub fn parse(fmt: &str) -> Result<Format, String> {
+        let mut segs = Vec::new();
+        let mut lit = String::new();
+        let mut rest = fmt;
+        while let Some(i) = rest.find('$') {
+            lit.push_str(&rest[..i]);
+            let after = &rest[i + 1..];
+            let (name, tail) = match after.strip_prefix('{') {
+                Some(b) => {
+                    let end = b.find('}').ok_or_else(|| format!("unterminated ${{ in access log format at {after:?}"))?;
+                    (&b[..end], &b[end + 1..])
+                }
+                None => {
+                    let end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
+                    (&after[..end], &after[end..])
+                }
+            };
+            if name.is_empty() {
+                lit.push('$');
+                rest = after;
+                continue;
+            }
+            if !lit.is_empty() {
+                segs.push(Seg::Lit(std::mem::take(&mut lit)));
+            }
+            if let Some(h) = name.strip_prefix("http_") {
+                segs.push(Seg::Header(h.to_ascii_lowercase().replace('_', "-")));
+            } else {
+                let v =
+                    VARS.iter().find(|(n, _)| *n == name).map(|(_, v)| *v).ok_or_else(|| format!("unknown access log variable ${name}"))?;
+                segs.push(Seg::Var(v));
+            }
+            rest = tail;
+        }
+        lit.push_str(rest);
+        if !lit.is_empty() {
+            segs.push(Seg::Lit(lit));
+        }
+        let needs_headers = segs.iter().any(|s| matches!(s, Seg::Header(_)));
+        Ok(Format { segs, needs_headers })
+    }
+
+    pub fn render(&self, e: &Entry) -> String {
+        let mut out = String::with_capacity(256);
+        let ms = |d: Option<Duration>| d.map(|d| d.as_millis().to_string()).unwrap_or_else(|| "0".into());
+        let dash = |s: &str| if s.is_empty() { "-".to_owned() } else { s.to_owned() };
+        for seg in &self.segs {
+            match seg {
+                Seg::Lit(s) => out.push_str(s),
+                Seg::Header(h) => out.push_str(
+                    &e.headers
+                        .as_ref()
+                        .and_then(|m| m.get(h.as_str()))
+                        .and_then(|v| v.to_str().ok())
+                        .map(dash)
+                        .unwrap_or_else(|| "-".into()),
+                ),
+                Seg::Var(v) => {
+                    let s = match v {
+                        Var::RemoteAddr => e.remote_addr.to_string(),
+                        Var::TimeLocal => time_local(e.start),
+                        Var::RequestLine => e.request_line.clone(),
+                        Var::Status => e.status.to_string(),
+                        Var::BodyBytesSent => e.body_bytes_sent.to_string(),
+                        Var::RequestTime => format!("{:.3}", e.request_time.as_secs_f64()),
+                        Var::UpstreamAddr => dash(&e.upstream_addr),
+                        Var::UpstreamStatus => e.upstream_status.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                        Var::UpstreamResponseTime | Var::ApisixUpstreamResponseTime => {
+                            e.upstream_time.map(|d| d.as_millis().to_string()).unwrap_or_else(|| "-".into())
+                        }
+                        Var::RequestId => e.request_id.clone(),
+                        Var::RouteId => dash(&e.route_id),
+                        Var::RequestType => e.request_type.to_owned(),
+                        Var::RequestLlmModel => e.request_llm_model.clone(),
+                        Var::LlmModel => e.llm_model.clone(),
+                        Var::Ttft => ms(e.ttft),
+                        Var::PromptTokens => e.usage.prompt.to_string(),
+                        Var::CompletionTokens => e.usage.completion.to_string(),
+                        Var::TotalTokens => e.usage.total.to_string(),
+                        Var::CacheRead => e.usage.cache_read.to_string(),
+                        Var::CacheCreation => e.usage.cache_creation.to_string(),
+                        Var::Reasoning => e.usage.reasoning.to_string(),
+                        Var::Stream => e.stream.to_string(),
+                        Var::HasToolCalls => e.has_tool_calls.to_string(),
+                        Var::ToolCount => e.tool_count.to_string(),
+                        Var::EndUserId => e.end_user_id.clone(),
+                    };
+                    out.push_str(&s);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Everything a line can show about one request.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub remote_addr: IpAddr,
+    pub start: SystemTime,
+    pub request_line: String,
+    pub status: u16,
+    pub body_bytes_sent: u64,
+    pub request_time: Duration,
+    pub upstream_addr: String,
+    pub upstream_status: Option<u16>,
+    pub upstream_time: Option<Duration>,
+    pub request_id: String,
+    pub route_id: String,
+    /// `traditional_http`, `ai_chat` or `ai_stream`.
+    pub request_type: &'static str,
+    pub request_llm_model: String,
+    pub llm_model: String,
+    pub ttft: Option<Duration>,
+    pub usage: Usage,
+    pub stream: bool,
+    pub has_tool_calls: bool,
+    pub tool_count: usize,
+    pub end_user_id: String,
+    pub headers: Option<HeaderMap>,
+}
+
+/// `25/Nov/2026:00:40:00 +0000` (UTC).
+pub fn time_local(t: SystemTime) -> String {
+    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    const MON: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    format!("{d:02}/{}/{y}:{:02}:{:02}:{:02} +0000", MON[(m - 1) as usize], rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Where lines go.
+pub struct AccessLog {
+    pub format: Format,
+    tx: Option<mpsc::Sender<String>>,
+    pub dropped: AtomicU64,
+}
+
+impl AccessLog {
+    pub fn off() -> AccessLog {
+        AccessLog {
+            format: Format::parse("").unwrap_or(Format { segs: Vec::new(), needs_headers: false }),
+            tx: None,
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// `target` is a file path (appended), `stdout` or `off`. Spawns the writer task.
+    pub fn open(target: &str, format: &str) -> Result<AccessLog, String> {
+        let format = Format::parse(format)?;
+        if target == "off" {
+            return Ok(AccessLog { format, tx: None, dropped: AtomicU64::new(0) });
+        }
+        let mut sink: Box<dyn Write + Send> = if target == "stdout" {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(std::fs::OpenOptions::new().create(true).append(true).open(target).map_err(|e| format!("--access-log {target}: {e}"))?)
+        };
+        let (tx, mut rx) = mpsc::channel::<String>(8192);
+        std::thread::Builder::new()
+            .name("aigw-access-log".into())
+            .spawn(move || {
+                while let Some(line) = rx.blocking_recv() {
+                    let mut batch = line;
+                    batch.push('\n');
+                    while let Ok(more) = rx.try_recv() {
+                        batch.push_str(&more);
+                        batch.push('\n');
+                    }
+                    if sink.write_all(batch.as_bytes()).and_then(|_| sink.flush()).is_err() {
+                        // Nowhere to report a broken log sink but the process log.
+                        tracing::warn!("access log write failed");
+                    }
+                }
+            })
+            .map_err(|e| format!("access log writer: {e}"))?;
+        Ok(AccessLog { format, tx: Some(tx), dropped: AtomicU64::new(0) })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    pub fn log(&self, e: &Entry) {
+        if let Some(tx) = &self.tx
+            && tx.try_send(self.format.render(e)).is_err()
+        {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry {
+        Entry {
+            remote_addr: "127.0.0.1".parse().unwrap(),
+            start: SystemTime::UNIX_EPOCH + Duration::from_secs(1_742_531_283),
+            request_line: "POST /anything HTTP/1.1".into(),
+            status: 200,
+            body_bytes_sent: 804,
+            request_time: Duration::from_millis(2858),
+            upstream_addr: "127.0.0.1:8080".into(),
+            upstream_status: Some(200),
+            upstream_time: Some(Duration::from_millis(2850)),
+            request_id: "abc".into(),
+            route_id: "r1".into(),
+            request_type: "ai_chat",
+            request_llm_model: "gpt-4".into(),
+            llm_model: "gpt-4".into(),
+            ttft: Some(Duration::from_millis(2858)),
+            usage: Usage { prompt: 23, completion: 8, total: 31, cache_read: 1, cache_creation: 2, reasoning: 3 },
+            stream: false,
+            has_tool_calls: true,
+            tool_count: 2,
+            end_user_id: "u1".into(),
+            headers: Some(HeaderMap::from_iter([(http::header::USER_AGENT, "curl/8.6.0".parse().unwrap())])),
+        }
+    }
+
+    #[test]
+    fn every_variable_renders() {
+        let f = Format::parse(
+            "$remote_addr [$time_local] \"$request_line\" $status $body_bytes_sent $request_time $upstream_addr $upstream_status \
+             $upstream_response_time $request_id $apisix_request_id $route_id $request_type $request_llm_model $llm_model \
+             $llm_time_to_first_token $llm_prompt_tokens $llm_completion_tokens $llm_total_tokens $llm_cache_read_input_tokens \
+             $llm_cache_creation_input_tokens $llm_reasoning_tokens $llm_stream $llm_has_tool_calls $llm_tool_count $llm_end_user_id \
+             $apisix_upstream_response_time \"$http_user_agent\" ${status}x $ 100$",
+        )
+        .unwrap();
+        assert_eq!(
+            f.render(&entry()),
+            "127.0.0.1 [21/Mar/2025:04:28:03 +0000] \"POST /anything HTTP/1.1\" 200 804 2.858 127.0.0.1:8080 200 2850 abc abc r1 ai_chat \
+             gpt-4 gpt-4 2858 23 8 31 1 2 3 false true 2 u1 2850 \"curl/8.6.0\" 200x $ 100$"
+        );
+        assert!(f.needs_headers);
+        assert!(Format::parse(DEFAULT_FORMAT).is_ok());
+    }
+
+    #[test]
+    fn bad_formats() {
+        assert!(Format::parse("$nope").unwrap_err().contains("$nope"));
+        assert!(Format::parse("${status").unwrap_err().contains("unterminated"));
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(time_local(SystemTime::UNIX_EPOCH), "01/Jan/1970:00:00:00 +0000");
+        assert_eq!(time_local(SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400)), "29/Feb/2000:00:00:00 +0000");
+    }
+}
