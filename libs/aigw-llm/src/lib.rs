@@ -2,6 +2,7 @@
 //! benchmarked: which protocol a request speaks, where each provider serves it, how a
 //! body is shaped for the provider, how SSE is framed, and where usage hides.
 
+pub mod anthropic;
 pub mod protocol;
 pub mod shaping;
 pub mod sse;
