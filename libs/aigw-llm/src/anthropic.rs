@@ -125,7 +125,8 @@ pub fn request_to_openai(req: &Value, max_tokens_field: &str, names: &mut ToolNa
             if let Some(d) = t.get("description").and_then(Value::as_str) {
                 f.insert("description".into(), Value::String(d.to_owned()));
             }
-            let schema = t.get("input_schema").filter(|s| s.is_object()).cloned().unwrap_or_else(|| json!({"type": "object", "properties": {}}));
+            let schema =
+                t.get("input_schema").filter(|s| s.is_object()).cloned().unwrap_or_else(|| json!({"type": "object", "properties": {}}));
             f.insert("parameters".into(), schema);
             tools.push(json!({"type": "function", "function": Value::Object(f)}));
         }
@@ -190,7 +191,12 @@ fn reasoning_effort(obj: &Map<String, Value>) -> Option<String> {
             )
         }
         "adaptive" => Some(
-            obj.get("output_config").and_then(|o| o.get("effort")).and_then(Value::as_str).filter(|e| !e.is_empty()).unwrap_or("medium").to_owned(),
+            obj.get("output_config")
+                .and_then(|o| o.get("effort"))
+                .and_then(Value::as_str)
+                .filter(|e| !e.is_empty())
+                .unwrap_or("medium")
+                .to_owned(),
         ),
         _ => None,
     }
@@ -249,7 +255,12 @@ fn part_of(b: &Value, path: &str) -> Result<Option<Value>, ConvertError> {
             let src = b.get("source").filter(|s| s.is_object()).ok_or_else(|| err(format!("{path}.source: must be an object")))?;
             let url = match src.get("type").and_then(Value::as_str) {
                 Some("base64") => data_url(src, "image/png").ok_or_else(|| err(format!("{path}.source.data: Field required")))?,
-                Some("url") => src.get("url").and_then(Value::as_str).filter(|u| !u.is_empty()).ok_or_else(|| err(format!("{path}.source.url: Field required")))?.to_owned(),
+                Some("url") => src
+                    .get("url")
+                    .and_then(Value::as_str)
+                    .filter(|u| !u.is_empty())
+                    .ok_or_else(|| err(format!("{path}.source.url: Field required")))?
+                    .to_owned(),
                 _ => return Err(err(format!("{path}.source.type: expected base64 or url"))),
             };
             Some(json!({"type": "image_url", "image_url": {"url": url}}))
@@ -321,7 +332,9 @@ fn convert_message(m: &Value, i: usize, names: &mut ToolNames, out: &mut Vec<Val
                 let id = b.get("id").and_then(Value::as_str).ok_or_else(|| err(format!("{bp}.id: Field required")))?;
                 let name = b.get("name").and_then(Value::as_str).ok_or_else(|| err(format!("{bp}.name: Field required")))?;
                 let input = b.get("input").cloned().unwrap_or_else(|| json!({}));
-                tool_calls.push(json!({"id": id, "type": "function", "function": {"name": names.sanitize(name), "arguments": input.to_string()}}));
+                tool_calls.push(
+                    json!({"id": id, "type": "function", "function": {"name": names.sanitize(name), "arguments": input.to_string()}}),
+                );
             }
             Some("tool_result") => {
                 let id = b.get("tool_use_id").and_then(Value::as_str).ok_or_else(|| err(format!("{bp}.tool_use_id: Field required")))?;
@@ -588,7 +601,9 @@ impl StreamConverter {
         }
         for choice in chunk.get("choices").and_then(Value::as_array).into_iter().flatten() {
             let delta = choice.get("delta").cloned().unwrap_or(Value::Null);
-            if let Some(t) = delta.get("reasoning_content").or_else(|| delta.get("reasoning")).and_then(Value::as_str).filter(|t| !t.is_empty()) {
+            if let Some(t) =
+                delta.get("reasoning_content").or_else(|| delta.get("reasoning")).and_then(Value::as_str).filter(|t| !t.is_empty())
+            {
                 let idx = self.open_block(Block::Thinking, json!({"type": "thinking", "thinking": ""}), out);
                 Self::delta(idx, json!({"type": "thinking_delta", "thinking": t}), out);
             }
@@ -649,8 +664,10 @@ mod tests {
     fn golden_files() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/anthropic");
         let update = std::env::var_os("UPDATE_GOLDEN").is_some();
-        let mut stems: Vec<String> =
-            std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".in.json").map(str::to_owned)).collect();
+        let mut stems: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".in.json").map(str::to_owned))
+            .collect();
         stems.sort();
         assert!(stems.len() >= 13, "{stems:?}");
         for stem in stems {
@@ -684,7 +701,8 @@ mod tests {
             if update {
                 std::fs::write(&path, &out).unwrap();
             } else {
-                let want = std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("missing {}; run with UPDATE_GOLDEN=1", path.display()));
+                let want =
+                    std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("missing {}; run with UPDATE_GOLDEN=1", path.display()));
                 assert_eq!(out, want, "{stem} differs from its golden file (UPDATE_GOLDEN=1 to accept)");
             }
         }
@@ -703,11 +721,24 @@ mod tests {
             seed ^= seed << 17;
             (seed % n.max(1) as u64) as usize
         };
-        let replacements = [json!(null), json!(true), json!(-1), json!(1.5), json!(""), json!("x"), json!([]), json!({}), json!([{}]), json!({"type": "text"})];
+        let replacements = [
+            json!(null),
+            json!(true),
+            json!(-1),
+            json!(1.5),
+            json!(""),
+            json!("x"),
+            json!([]),
+            json!({}),
+            json!([{}]),
+            json!({"type": "text"}),
+        ];
         fn nodes(v: &Value, out: &mut Vec<String>, path: String) {
             out.push(path.clone());
             match v {
-                Value::Object(o) => o.iter().for_each(|(k, c)| nodes(c, out, format!("{path}/{}", k.replace('~', "~0").replace('/', "~1")))),
+                Value::Object(o) => {
+                    o.iter().for_each(|(k, c)| nodes(c, out, format!("{path}/{}", k.replace('~', "~0").replace('/', "~1"))))
+                }
                 Value::Array(a) => a.iter().enumerate().for_each(|(i, c)| nodes(c, out, format!("{path}/{i}"))),
                 _ => {}
             }
@@ -719,7 +750,13 @@ mod tests {
                 continue;
             }
             let base: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-            let key = if name.starts_with("req_") { "request" } else if name.starts_with("resp_") { "response" } else { "events" };
+            let key = if name.starts_with("req_") {
+                "request"
+            } else if name.starts_with("resp_") {
+                "response"
+            } else {
+                "events"
+            };
             let mut ptrs = Vec::new();
             nodes(&base[key], &mut ptrs, String::new());
             for _ in 0..400 {
@@ -760,9 +797,14 @@ mod tests {
 
     #[test]
     fn every_stop_reason_maps() {
-        for (finish, stop) in
-            [("stop", "end_turn"), ("length", "max_tokens"), ("tool_calls", "tool_use"), ("function_call", "tool_use"), ("content_filter", "refusal"), ("other", "end_turn")]
-        {
+        for (finish, stop) in [
+            ("stop", "end_turn"),
+            ("length", "max_tokens"),
+            ("tool_calls", "tool_use"),
+            ("function_call", "tool_use"),
+            ("content_filter", "refusal"),
+            ("other", "end_turn"),
+        ] {
             let r = json!({"choices": [{"message": {"content": "x"}, "finish_reason": finish}]});
             assert_eq!(response_from_openai(&r, "m", &ToolNames::default()).unwrap()["stop_reason"], stop, "{finish}");
             let mut c = StreamConverter::new(ToolNames::default(), "m");

@@ -11,6 +11,8 @@ pub enum Protocol {
     OpenAiResponses,
     OpenAiEmbeddings,
     AnthropicMessages,
+    /// `/v1/messages/count_tokens`.
+    AnthropicCountTokens,
     BedrockConverse,
     Passthrough,
 }
@@ -22,6 +24,7 @@ impl Protocol {
             Protocol::OpenAiResponses => "openai-responses",
             Protocol::OpenAiEmbeddings => "openai-embeddings",
             Protocol::AnthropicMessages => "anthropic-messages",
+            Protocol::AnthropicCountTokens => "anthropic-count-tokens",
             Protocol::BedrockConverse => "bedrock-converse",
             Protocol::Passthrough => "passthrough",
         }
@@ -29,7 +32,8 @@ impl Protocol {
 
     /// `request_type` is `ai_stream` when the body asks for a stream.
     pub fn is_stream(self, body: &Value) -> bool {
-        self != Protocol::OpenAiEmbeddings && body.get("stream").and_then(Value::as_bool) == Some(true)
+        !matches!(self, Protocol::OpenAiEmbeddings | Protocol::AnthropicCountTokens)
+            && body.get("stream").and_then(Value::as_bool) == Some(true)
     }
 }
 
@@ -42,7 +46,7 @@ pub enum ClientShape {
 }
 
 pub fn client_shape(path: &str) -> ClientShape {
-    if path.ends_with("/v1/messages") { ClientShape::Anthropic } else { ClientShape::OpenAi }
+    if path.ends_with("/v1/messages") || path.ends_with("/v1/messages/count_tokens") { ClientShape::Anthropic } else { ClientShape::OpenAi }
 }
 
 pub fn detect(path: &str, body: &Value) -> Option<Protocol> {
@@ -52,6 +56,9 @@ pub fn detect(path: &str, body: &Value) -> Option<Protocol> {
     }
     if path.ends_with("/v1/messages") {
         return Some(Protocol::AnthropicMessages);
+    }
+    if path.ends_with("/v1/messages/count_tokens") {
+        return Some(Protocol::AnthropicCountTokens);
     }
     if path.ends_with("/v1/responses") && obj.contains_key("input") {
         return Some(Protocol::OpenAiResponses);
@@ -98,6 +105,7 @@ pub fn native_path(provider: Provider, proto: Protocol, pc: Option<&ProviderConf
         (Provider::Aimlapi, OpenAiChat) => "/v1/chat/completions",
         (Provider::Anthropic, OpenAiChat) => "/v1/chat/completions",
         (Provider::Anthropic, AnthropicMessages) => "/v1/messages",
+        (Provider::Anthropic, AnthropicCountTokens) => "/v1/messages/count_tokens",
         (Provider::Openrouter, OpenAiChat) => "/api/v1/chat/completions",
         (Provider::Gemini, OpenAiChat) => "/v1beta/openai/chat/completions",
         (Provider::Gemini, OpenAiEmbeddings) => "/v1beta/openai/embeddings",
@@ -146,6 +154,7 @@ mod tests {
         check("/bedrock/converse", json!({"input": "x"}), Some(OpenAiEmbeddings));
         check("/v1/messages", json!({}), Some(AnthropicMessages));
         check("/a/v1/messages", json!({"messages": []}), Some(AnthropicMessages));
+        check("/v1/messages/count_tokens", json!({"messages": []}), Some(AnthropicCountTokens));
         check("/v1/responses", json!({"input": "hi"}), Some(OpenAiResponses));
         check("/v1/responses", json!({"model": "m"}), Some(Passthrough));
         check("/embeddings", json!({"input": ["a"]}), Some(OpenAiEmbeddings));

@@ -48,6 +48,7 @@ pub fn max_tokens_field(provider: Provider, target: Protocol) -> MaxTokensField 
         },
         Protocol::OpenAiResponses => Top("max_output_tokens"),
         Protocol::AnthropicMessages => Top("max_tokens"),
+        Protocol::AnthropicCountTokens => None,
         Protocol::BedrockConverse => InferenceConfig,
         Protocol::OpenAiEmbeddings | Protocol::Passthrough => None,
     }

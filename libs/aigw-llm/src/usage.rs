@@ -60,12 +60,23 @@ struct RawUsage {
     completion_tokens_details: Option<Details>,
     output_tokens_details: Option<Details>,
     prompt_cache_hit_tokens: Option<u64>,
+    /// Anthropic: `input_tokens` excludes these.
+    cache_read_input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
 }
 
 impl RawUsage {
     fn to_usage(&self) -> Usage {
         let pd = self.prompt_tokens_details.as_ref().or(self.input_tokens_details.as_ref());
         let cd = self.completion_tokens_details.as_ref().or(self.output_tokens_details.as_ref());
+        if self.cache_read_input_tokens.is_some() || self.cache_creation_input_tokens.is_some() {
+            // Anthropic: report prompt tokens including cache, like every other path.
+            let (read, created) = (self.cache_read_input_tokens.unwrap_or(0), self.cache_creation_input_tokens.unwrap_or(0));
+            let input = self.input_tokens.unwrap_or(0);
+            let prompt = if input + read + created == 0 { 0 } else { input + read + created };
+            let completion = self.output_tokens.unwrap_or(0);
+            return Usage { prompt, completion, total: prompt + completion, cache_read: read, cache_creation: created, reasoning: 0 };
+        }
         let mut u = Usage {
             prompt: self.prompt_tokens.or(self.input_tokens).unwrap_or(0),
             completion: self.completion_tokens.or(self.output_tokens).unwrap_or(0),
@@ -113,7 +124,13 @@ struct Body {
     #[serde(rename = "type")]
     kind: Option<String>,
     item: Option<ResponseItem>,
-    message: Option<String>,
+    /// Anthropic `content_block_start`.
+    content_block: Option<ResponseItem>,
+    /// A string in Responses `error` events; the message object in Anthropic `message_start`
+    /// and non-streamed messages have their fields at the top level.
+    message: Option<serde_json::Value>,
+    /// Anthropic non-streamed messages: `content` blocks.
+    content: Option<serde_json::Value>,
 }
 
 /// What was observed of one response.
@@ -148,8 +165,18 @@ impl Observation {
         }
         if b.output.as_ref().is_some_and(|o| o.iter().any(|i| i.kind == "function_call"))
             || b.item.as_ref().is_some_and(|i| i.kind == "function_call")
+            || b.content_block.as_ref().is_some_and(|i| i.kind == "tool_use")
+            || b.content
+                .as_ref()
+                .and_then(|c| c.as_array())
+                .is_some_and(|c| c.iter().any(|i| i.get("type").and_then(|t| t.as_str()) == Some("tool_use")))
         {
             self.has_tool_calls = true;
+        }
+        if let Some(m) = b.message.as_ref().filter(|m| m.is_object())
+            && let Ok(inner) = serde_json::from_value::<Body>(m.clone())
+        {
+            self.absorb(&inner);
         }
         if let Some(e) = &b.error
             && !e.is_null()
@@ -192,6 +219,22 @@ impl StreamObserver {
         self.drain();
     }
 
+    /// Like [`feed`](Self::feed), also handing each parsed event to `f` (for converters),
+    /// so the stream is parsed once.
+    pub fn feed_with(&mut self, chunk: &[u8], mut f: impl FnMut(&sse::Event)) {
+        self.parser.push(chunk, &mut self.events);
+        self.events.iter().for_each(&mut f);
+        self.drain();
+    }
+
+    /// Like [`finish`](Self::finish), handing the last events to `f` too.
+    pub fn finish_with(&mut self, mut f: impl FnMut(&sse::Event)) -> &Observation {
+        self.obs.truncated_bytes = self.parser.finish(&mut self.events);
+        self.events.iter().for_each(&mut f);
+        self.drain();
+        &self.obs
+    }
+
     pub fn finish(&mut self) -> &Observation {
         self.obs.truncated_bytes = self.parser.finish(&mut self.events);
         self.drain();
@@ -219,8 +262,10 @@ impl StreamObserver {
                     let err = b.response.as_ref().and_then(|r| r.error.as_ref()).and_then(|e| e.get("message")).and_then(|m| m.as_str());
                     self.obs.error = Some(err.unwrap_or("response failed").to_owned());
                 }
+                (Protocol::AnthropicMessages, "message_stop") => self.obs.done = true,
                 (_, "error") => {
-                    self.obs.error = Some(b.message.clone().or_else(|| self.obs.error.clone()).unwrap_or_else(|| "stream error".into()));
+                    let msg = b.message.as_ref().and_then(|m| m.as_str()).map(str::to_owned);
+                    self.obs.error = Some(msg.or_else(|| self.obs.error.clone()).unwrap_or_else(|| "stream error".into()));
                 }
                 _ => {}
             }
@@ -272,6 +317,27 @@ mod tests {
         let f =
             stream(Protocol::OpenAiResponses, "data: {\"type\":\"response.failed\",\"response\":{\"error\":{\"message\":\"boom\"}}}\n\n");
         assert_eq!(f.error.as_deref(), Some("boom"));
+    }
+
+    #[test]
+    fn anthropic_native_stream_and_message() {
+        let t = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"model\":\"claude-sonnet-4-5\",\
+                 \"usage\":{\"input_tokens\":50,\"output_tokens\":1,\"cache_read_input_tokens\":200,\"cache_creation_input_tokens\":100}}}\n\n\
+                 event: ping\ndata: {\"type\":\"ping\"}\n\n\
+                 event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"f\",\"input\":{}}}\n\n\
+                 event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"},\"usage\":{\"output_tokens\":30}}\n\n\
+                 event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+        let o = stream(Protocol::AnthropicMessages, t);
+        assert_eq!(o.usage, Usage { prompt: 350, completion: 30, total: 380, cache_read: 200, cache_creation: 100, reasoning: 0 });
+        assert_eq!(o.model.as_deref(), Some("claude-sonnet-4-5"));
+        assert!(o.has_tool_calls && o.done);
+        let e = stream(
+            Protocol::AnthropicMessages,
+            "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
+        );
+        assert_eq!(e.error.as_deref(), Some("Overloaded"));
+        let m = observe_json(br#"{"id":"msg_1","type":"message","model":"claude","content":[{"type":"text","text":"x"}],"usage":{"input_tokens":19,"output_tokens":11}}"#);
+        assert_eq!((m.usage.prompt, m.usage.completion, m.usage.total), (19, 11, 30));
     }
 
     #[test]

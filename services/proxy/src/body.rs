@@ -3,12 +3,15 @@
 //! the per-read `timeout`, `max_stream_duration_ms` and `max_response_bytes`, and never
 //! ends a stream silently truncated: a stream that breaks, stalls, hits a limit or ends
 //! without its end marker gets a terminal error event in the client's protocol.
+//! With a converter (Anthropic client, OpenAI backend) each upstream SSE event is parsed
+//! once, observed, and converted; converted events go out as soon as they exist.
 //! Dropping it (client gone) drops the upstream body, which closes that connection at once.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use aigw_llm::anthropic::StreamConverter;
 use aigw_llm::protocol::Protocol;
 use aigw_llm::usage::{Observation, StreamObserver, observe_json};
 use bytes::Bytes;
@@ -42,7 +45,7 @@ pub struct Summary {
     /// From sending the upstream request to the end of its body.
     pub upstream_time: Duration,
     pub bytes: u64,
-    /// Bytes the client was sent (upstream bytes plus any terminal event).
+    /// Bytes the client was sent (forwarded or converted, plus any terminal event).
     pub client_bytes: u64,
     pub stream: bool,
 }
@@ -64,20 +67,28 @@ pub struct Limits {
     pub max_bytes: Option<u64>,
 }
 
+/// What the body speaks: the upstream's protocol (observed) and the client's (terminal
+/// events), with the converter between them when they differ.
+pub struct Protocols {
+    pub upstream: Protocol,
+    pub client: Protocol,
+    pub converter: Option<StreamConverter>,
+}
+
 pub struct ObservedBody {
     inner: Incoming,
     mode: Mode,
-    proto: Protocol,
+    upstream_proto: Protocol,
+    client_proto: Protocol,
+    converter: Option<Box<StreamConverter>>,
     read_timeout: Duration,
     read_sleep: Pin<Box<Sleep>>,
     deadline: Option<Pin<Box<Sleep>>>,
     max_bytes: Option<u64>,
     bytes: u64,
-    /// Upstream bytes passed on to the client.
     forwarded: u64,
     started: Instant,
     ttft: Option<Duration>,
-    tail: Option<Bytes>,
     finished: bool,
     on_done: Option<OnDone>,
     /// Held until the body ends: the config snapshot and the connection permit.
@@ -85,21 +96,24 @@ pub struct ObservedBody {
 }
 
 impl ObservedBody {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         inner: Incoming,
         stream: bool,
-        proto: Protocol,
+        protos: Protocols,
         limits: Limits,
         started: Instant,
         hold: Box<dyn Send>,
         on_done: OnDone,
     ) -> Self {
-        let mode = if stream { Mode::Stream(Box::new(StreamObserver::new(proto))) } else { Mode::Json(Vec::new()) };
+        let mode = if stream { Mode::Stream(Box::new(StreamObserver::new(protos.upstream))) } else { Mode::Json(Vec::new()) };
         let deadline = if stream { limits.max_duration.map(|d| Box::pin(tokio::time::sleep_until((started + d).into()))) } else { None };
         ObservedBody {
             inner,
             mode,
-            proto,
+            upstream_proto: protos.upstream,
+            client_proto: protos.client,
+            converter: if stream { protos.converter.map(Box::new) } else { None },
             read_timeout: limits.read_timeout,
             read_sleep: Box::pin(tokio::time::sleep(limits.read_timeout)),
             deadline,
@@ -108,7 +122,6 @@ impl ObservedBody {
             forwarded: 0,
             started,
             ttft: None,
-            tail: None,
             finished: false,
             on_done: Some(on_done),
             _hold: hold,
@@ -119,11 +132,7 @@ impl ObservedBody {
         matches!(self.mode, Mode::Stream(_))
     }
 
-    fn complete(&mut self, outcome: Outcome) {
-        self.complete_with_tail(outcome, 0)
-    }
-
-    fn complete_with_tail(&mut self, outcome: Outcome, tail: u64) {
+    fn complete(&mut self, outcome: Outcome, tail: u64) {
         self.finished = true;
         let obs = match &mut self.mode {
             Mode::Stream(o) => o.finish().clone(),
@@ -134,20 +143,14 @@ impl ObservedBody {
             }
         };
         if let Some(f) = self.on_done.take() {
-            f(Summary {
-                obs,
-                outcome,
-                ttft: self.ttft,
-                upstream_time: self.started.elapsed(),
-                bytes: self.bytes,
-                client_bytes: self.forwarded + tail,
-                stream: self.is_stream(),
-            });
+            let stream = self.is_stream();
+            let client_bytes = self.forwarded + tail;
+            f(Summary { obs, outcome, ttft: self.ttft, upstream_time: self.started.elapsed(), bytes: self.bytes, client_bytes, stream });
         }
     }
 
-    /// Ends the response early. A stream gets a terminal error event; a plain body can
-    /// only be cut (its status and length are already sent).
+    /// Ends the response early. A stream gets a terminal error event in the client's
+    /// protocol; a plain body can only be cut (its status and length are already sent).
     fn abort(&mut self, outcome: Outcome, code: &str, message: String) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Mode::Stream(o) = &self.mode
             && o.obs.done
@@ -155,18 +158,36 @@ impl ObservedBody {
         {
             // The protocol's end marker already went out: the answer is whole.
             tracing::debug!("upstream lingered after the end of the stream: {message}");
-            self.complete(Outcome::Complete);
-            return Poll::Ready(None);
+            let tail = self.convert_finish();
+            let n = tail.len() as u64;
+            self.complete(Outcome::Complete, n);
+            return if tail.is_empty() { Poll::Ready(None) } else { Poll::Ready(Some(Ok(Frame::data(tail)))) };
         }
         tracing::warn!(outcome = ?outcome, bytes = self.bytes, duration_ms = self.started.elapsed().as_millis() as u64, "aborting upstream response: {message}");
-        if self.is_stream() {
-            let ev = terminal_event(self.proto, code, &message);
-            self.complete_with_tail(outcome, ev.len() as u64);
-            Poll::Ready(Some(Ok(Frame::data(ev))))
-        } else {
-            self.complete(outcome);
-            Poll::Ready(Some(Err(message.into())))
+        if !self.is_stream() {
+            self.complete(outcome, 0);
+            return Poll::Ready(Some(Err(message.into())));
         }
+        let ev = match &mut self.converter {
+            Some(c) => {
+                let mut out = String::new();
+                let status = if outcome == Outcome::ReadTimeout { 504 } else { 502 };
+                c.fail(status, &message, &mut out);
+                Bytes::from(out)
+            }
+            None => terminal_event(self.client_proto, code, &message),
+        };
+        self.complete(outcome, ev.len() as u64);
+        if ev.is_empty() { Poll::Ready(None) } else { Poll::Ready(Some(Ok(Frame::data(ev)))) }
+    }
+
+    /// The converter's closing events at the end of the upstream stream.
+    fn convert_finish(&mut self) -> Bytes {
+        let (Some(c), Mode::Stream(o)) = (&mut self.converter, &mut self.mode) else { return Bytes::new() };
+        let mut out = String::new();
+        o.finish_with(|ev| c.push(&ev.data, &mut out));
+        c.finish(&mut out);
+        Bytes::from(out)
     }
 }
 
@@ -191,9 +212,6 @@ impl Body for ObservedBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        if let Some(t) = this.tail.take() {
-            return Poll::Ready(Some(Ok(Frame::data(t))));
-        }
         if this.finished {
             return Poll::Ready(None);
         }
@@ -202,9 +220,10 @@ impl Body for ObservedBody {
         {
             return this.abort(Outcome::DurationLimit, "max_stream_duration_exceeded", "max_stream_duration_ms exceeded".into());
         }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
+        loop {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Some(data) = frame.data_ref() else { return Poll::Ready(Some(Ok(frame))) };
                     if this.ttft.is_none() {
                         this.ttft = Some(this.started.elapsed());
                     }
@@ -214,53 +233,77 @@ impl Body for ObservedBody {
                     {
                         return this.abort(Outcome::BytesLimit, "max_response_bytes_exceeded", "max_response_bytes exceeded".into());
                     }
-                    match &mut this.mode {
-                        Mode::Stream(o) => o.feed(data),
-                        Mode::Json(buf) => {
+                    let next = tokio::time::Instant::now() + this.read_timeout;
+                    this.read_sleep.as_mut().reset(next);
+                    let out = match (&mut this.mode, &mut this.converter) {
+                        (Mode::Stream(o), Some(c)) => {
+                            let mut converted = String::new();
+                            o.feed_with(data, |ev| c.push(&ev.data, &mut converted));
+                            if converted.is_empty() {
+                                continue; // nothing to send yet: read on
+                            }
+                            Frame::data(Bytes::from(converted))
+                        }
+                        (Mode::Stream(o), None) => {
+                            o.feed(data);
+                            frame
+                        }
+                        (Mode::Json(buf), _) => {
                             if buf.len() + data.len() <= JSON_KEEP_CAP {
                                 buf.extend_from_slice(data);
                             }
+                            frame
                         }
-                    }
-                    this.forwarded += data.len() as u64;
-                    let next = tokio::time::Instant::now() + this.read_timeout;
-                    this.read_sleep.as_mut().reset(next);
+                    };
+                    this.forwarded += out.data_ref().map_or(0, |d| d.len() as u64);
+                    return Poll::Ready(Some(Ok(out)));
                 }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                this.abort(Outcome::UpstreamError(e.to_string()), "upstream_stream_error", format!("upstream stream failed: {e}"))
-            }
-            Poll::Ready(None) => {
-                let missing_end = match &mut this.mode {
-                    Mode::Stream(o) => {
-                        let obs = o.finish();
-                        matches!(this.proto, Protocol::OpenAiChat | Protocol::OpenAiResponses) && !obs.done && obs.error.is_none()
-                    }
-                    Mode::Json(_) => false,
-                };
-                if missing_end {
+                Poll::Ready(Some(Err(e))) => {
                     return this.abort(
-                        Outcome::Truncated,
-                        "upstream_stream_truncated",
-                        "upstream stream ended before its end marker".into(),
+                        Outcome::UpstreamError(e.to_string()),
+                        "upstream_stream_error",
+                        format!("upstream stream failed: {e}"),
                     );
                 }
-                this.complete(Outcome::Complete);
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                if this.read_sleep.as_mut().poll(cx).is_ready() {
-                    let ms = this.read_timeout.as_millis();
-                    return this.abort(Outcome::ReadTimeout, "upstream_timeout", format!("no data from the upstream for {ms} ms"));
+                Poll::Ready(None) => {
+                    if this.converter.is_some() {
+                        // The converter closes a stream that lacked [DONE] properly.
+                        let tail = this.convert_finish();
+                        this.complete(Outcome::Complete, tail.len() as u64);
+                        return if tail.is_empty() { Poll::Ready(None) } else { Poll::Ready(Some(Ok(Frame::data(tail)))) };
+                    }
+                    let missing_end = match &mut this.mode {
+                        Mode::Stream(o) => {
+                            let obs = o.finish();
+                            matches!(this.upstream_proto, Protocol::OpenAiChat | Protocol::OpenAiResponses | Protocol::AnthropicMessages)
+                                && !obs.done
+                                && obs.error.is_none()
+                        }
+                        Mode::Json(_) => false,
+                    };
+                    if missing_end {
+                        return this.abort(
+                            Outcome::Truncated,
+                            "upstream_stream_truncated",
+                            "upstream stream ended before its end marker".into(),
+                        );
+                    }
+                    this.complete(Outcome::Complete, 0);
+                    return Poll::Ready(None);
                 }
-                Poll::Pending
+                Poll::Pending => {
+                    if this.read_sleep.as_mut().poll(cx).is_ready() {
+                        let ms = this.read_timeout.as_millis();
+                        return this.abort(Outcome::ReadTimeout, "upstream_timeout", format!("no data from the upstream for {ms} ms"));
+                    }
+                    return Poll::Pending;
+                }
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.finished && self.tail.is_none()
+        self.finished
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -272,7 +315,7 @@ impl Drop for ObservedBody {
     fn drop(&mut self) {
         if !self.finished {
             tracing::info!(bytes = self.bytes, "client disconnected; upstream read aborted");
-            self.complete(Outcome::ClientGone);
+            self.complete(Outcome::ClientGone, 0);
         }
     }
 }

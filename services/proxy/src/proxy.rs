@@ -22,14 +22,15 @@ use hyper::body::Incoming;
 use serde_json::Value;
 
 use crate::access_log::{AccessLog, Entry};
-use crate::body::{Limits, ObservedBody, Outcome, Summary};
+use crate::body::{Limits, ObservedBody, Outcome, Protocols, Summary};
 use crate::upstream::Upstreams;
 
 use crate::errors::{GatewayError, error_response};
 use crate::router::MatchInput;
 use crate::runtime::{CompiledRoute, RuntimeConfig};
+use aigw_llm::anthropic::{self, StreamConverter, ToolNames};
 use aigw_llm::protocol::{self, Protocol};
-use aigw_llm::shaping::{Shaping, shape};
+use aigw_llm::shaping::{MaxTokensField, Shaping, max_tokens_field, shape};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -368,20 +369,28 @@ async fn forward(
         return Err(GatewayError::not_implemented(format!("provider {} is not implemented yet in this build", ap.provider.as_str())));
     }
     let pc = ap.provider_conf.as_ref();
-    let native = protocol::native_path(ap.provider, proto, pc);
-    if native.is_none() && proto != Protocol::Passthrough {
-        return Err(GatewayError::bad_request(format!(
-            "provider {} does not support {} protocol (supported: {})",
-            ap.provider.as_str(),
-            proto.name(),
-            protocol::supported(ap.provider).join(", ")
-        )));
-    }
-    let mut path_q = match (route.endpoint.as_ref().and_then(|e| e.path_and_query.clone()), proto, native) {
-        (Some(p), _, _) => p,
-        (None, Protocol::Passthrough, _) => parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or(path).to_owned(),
-        (None, _, Some(p)) => p,
-        (None, _, None) => return Err(GatewayError::bad_request("could not resolve upstream path: override.endpoint needs a path")),
+    // The protocol the upstream receives: the client's own when the provider speaks it,
+    // else OpenAI chat through the Anthropic converter.
+    let (target, convert) = match (proto, protocol::native_path(ap.provider, proto, pc)) {
+        (_, Some(_)) => (proto, false),
+        (Protocol::Passthrough, None) => (proto, false),
+        (Protocol::AnthropicMessages, None) if protocol::native_path(ap.provider, Protocol::OpenAiChat, pc).is_some() => {
+            (Protocol::OpenAiChat, true)
+        }
+        _ => {
+            return Err(GatewayError::bad_request(format!(
+                "provider {} does not support {} protocol (supported: {})",
+                ap.provider.as_str(),
+                proto.name(),
+                protocol::supported(ap.provider).join(", ")
+            )));
+        }
+    };
+    let mut path_q = match (route.endpoint.as_ref().and_then(|e| e.path_and_query.clone()), target) {
+        (Some(p), _) => p,
+        (None, Protocol::Passthrough) => parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or(path).to_owned(),
+        (None, t) => protocol::native_path(ap.provider, t, pc)
+            .ok_or_else(|| GatewayError::bad_request("could not resolve upstream path: override.endpoint needs a path"))?,
     };
     for (k, v) in &route.auth_query {
         path_q.push(if path_q.contains('?') { '&' } else { '?' });
@@ -392,17 +401,27 @@ async fn forward(
     let url = format!("{}{path_q}", route.origin);
 
     let request_model = body.get("model").and_then(Value::as_str).map(str::to_owned);
+    let mut names = ToolNames::default();
+    let mut changed = false;
+    if convert {
+        let field = match max_tokens_field(ap.provider, Protocol::OpenAiChat) {
+            MaxTokensField::Top(f) => f,
+            _ => "max_tokens",
+        };
+        body = anthropic::request_to_openai(&body, field, &mut names).map_err(|e| GatewayError::bad_request(e.0))?;
+        changed = true;
+    }
     let ov = ap.override_.as_ref();
     let shaping = Shaping {
         provider: ap.provider,
-        target: proto,
+        target,
         options: ap.options.as_ref(),
         max_tokens: ov.and_then(|o| o.llm_options.as_ref()).and_then(|l| l.max_tokens),
-        request_body: ov.and_then(|o| o.request_body.as_ref()).and_then(|rb| request_body_for(rb, proto)),
+        request_body: ov.and_then(|o| o.request_body.as_ref()).and_then(|rb| request_body_for(rb, target)),
         force_request_body: ov.is_some_and(|o| o.request_body_force_override),
     };
-    let changed = shape(&mut body, &shaping);
-    let stream_requested = proto.is_stream(&body);
+    changed |= shape(&mut body, &shaping);
+    let stream_requested = target.is_stream(&body);
     let llm_model = ap.model().map(str::to_owned).or_else(|| request_model.clone());
     let tool_count = body.get("tools").and_then(Value::as_array).map_or(0, Vec::len);
     let end_user_id = body
@@ -414,7 +433,7 @@ async fn forward(
         .to_owned();
     let out_body = if changed { Bytes::from(serde_json::to_vec(&body).unwrap_or_default()) } else { original };
 
-    let method = if proto == Protocol::Passthrough { parts.method.clone() } else { Method::POST };
+    let method = if target == Protocol::Passthrough { parts.method.clone() } else { Method::POST };
     let mut builder = Request::builder().method(method).uri(&url);
     let has_creds = route.has_credentials();
     let headers = builder.headers_mut().ok_or_else(|| GatewayError::internal(format!("invalid upstream URL {url}")))?;
@@ -423,10 +442,26 @@ async fn forward(
         if DROP_HEADERS.contains(&n) || (has_creds && CREDENTIAL_HEADERS.contains(&n)) {
             continue;
         }
+        // An OpenAI backend must not see Anthropic credentials or protocol headers.
+        if convert && (n == "x-api-key" || n.starts_with("anthropic-")) {
+            continue;
+        }
         headers.append(name.clone(), value.clone());
+    }
+    if convert
+        && !has_creds
+        && !headers.contains_key(header::AUTHORIZATION)
+        && let Some(key) = parts.headers.get("x-api-key").and_then(|v| v.to_str().ok())
+        && let Ok(v) = HeaderValue::from_str(&format!("Bearer {key}"))
+    {
+        // Bring-your-own-key: the client's Anthropic-style key becomes the backend bearer.
+        headers.insert(header::AUTHORIZATION, v);
     }
     for (name, value) in &route.auth_headers {
         headers.insert(name.clone(), value.clone());
+    }
+    if matches!(target, Protocol::AnthropicMessages | Protocol::AnthropicCountTokens) && !headers.contains_key("anthropic-version") {
+        headers.insert(HeaderName::from_static("anthropic-version"), HeaderValue::from_static("2023-06-01"));
     }
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     let upstream_req = builder.body(Full::new(out_body)).map_err(|e| GatewayError::internal(format!("building upstream request: {e}")))?;
@@ -481,8 +516,8 @@ async fn forward(
     entry.upstream_status = Some(status.as_u16());
     entry.route_id = route.id().to_owned();
     entry.request_type = if stream_requested { "ai_stream" } else { "ai_chat" };
-    entry.request_llm_model = request_model.unwrap_or_default();
-    entry.llm_model = llm_model.unwrap_or_default();
+    entry.request_llm_model = request_model.clone().unwrap_or_default();
+    entry.llm_model = llm_model.clone().unwrap_or_default();
     entry.stream = stream_requested;
     entry.tool_count = tool_count;
     entry.end_user_id = end_user_id;
@@ -508,8 +543,30 @@ async fn forward(
         );
         st.access_log.log(&entry);
     });
-    let body = ObservedBody::new(rbody, is_sse, proto, limits, sent, Box::new((cfg, permit)), on_done);
-    Ok(Response::from_parts(rparts, BodyExt::boxed_unsync(body)))
+    let fallback_model = llm_model.unwrap_or_default();
+    let streaming = is_sse && status.is_success();
+    let converter = (convert && streaming).then(|| StreamConverter::new(names.clone(), &fallback_model));
+    let protos = Protocols { upstream: target, client: proto, converter };
+    let body = ObservedBody::new(rbody, is_sse, protos, limits, sent, Box::new((cfg, permit)), on_done);
+    if !convert || streaming {
+        if convert {
+            rparts.headers.remove(header::CONTENT_LENGTH);
+        }
+        return Ok(Response::from_parts(rparts, BodyExt::boxed_unsync(body)));
+    }
+    // A converted non-streamed answer (or error) is read whole, then converted.
+    let bytes = body.collect().await.map_err(|e| GatewayError::bad_gateway(format!("reading the upstream response: {e}")))?.to_bytes();
+    let converted = if status.is_success() {
+        let v: Value =
+            serde_json::from_slice(&bytes).map_err(|e| GatewayError::bad_gateway(format!("the upstream answer is not JSON: {e}")))?;
+        anthropic::response_from_openai(&v, &fallback_model, &names).map_err(|e| GatewayError::bad_gateway(e.0))?
+    } else {
+        anthropic::error_from_openai(status.as_u16(), &bytes)
+    };
+    let out = Bytes::from(serde_json::to_vec(&converted).unwrap_or_default());
+    rparts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    rparts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+    Ok(Response::from_parts(rparts, Full::new(out).map_err(|never| match never {}).boxed_unsync()))
 }
 
 fn request_body_for(rb: &aigw_model::route::RequestBodyOverrides, proto: Protocol) -> Option<&serde_json::Map<String, Value>> {
@@ -517,7 +574,7 @@ fn request_body_for(rb: &aigw_model::route::RequestBodyOverrides, proto: Protoco
         Protocol::OpenAiChat => rb.openai_chat.as_ref(),
         Protocol::OpenAiResponses => rb.openai_responses.as_ref(),
         Protocol::OpenAiEmbeddings => rb.openai_embeddings.as_ref(),
-        Protocol::AnthropicMessages => rb.anthropic_messages.as_ref(),
+        Protocol::AnthropicMessages | Protocol::AnthropicCountTokens => rb.anthropic_messages.as_ref(),
         Protocol::BedrockConverse => rb.bedrock_converse.as_ref(),
         Protocol::Passthrough => rb.passthrough.as_ref(),
     }
