@@ -128,3 +128,19 @@ pub fn chat_route(id: &str, uri: &str, upstream: &str, key: &str) -> Value {
         }}
     })
 }
+
+/// A Python interpreter that can import `modules` (`AIGW_PYTHON`, else `python3`). None
+/// means skip — unless `AIGW_REQUIRE_PY_SDKS=1` (set by .ci/run), which makes it a failure.
+pub fn python_with(modules: &[&str]) -> Option<String> {
+    let python = std::env::var("AIGW_PYTHON").unwrap_or_else(|_| "python3".into());
+    let probe = std::process::Command::new(&python).arg("-c").arg(format!("import {}", modules.join(", "))).output();
+    if probe.is_ok_and(|o| o.status.success()) {
+        return Some(python);
+    }
+    assert!(
+        std::env::var("AIGW_REQUIRE_PY_SDKS").is_err(),
+        "{python} cannot import {modules:?}; .ci/run installs them (pip install anthropic openai boto3)"
+    );
+    eprintln!("SKIPPED: {python} cannot import {modules:?} (set AIGW_PYTHON to a venv with them)");
+    None
+}

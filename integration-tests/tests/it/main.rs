@@ -2,6 +2,7 @@
 //! 127.0.0.1:0 ports and talks to them over real sockets; only the LLM providers
 //! are fakes.
 
+mod anthropic;
 mod common;
 mod config_plane;
 mod pipeline;

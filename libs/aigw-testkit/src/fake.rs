@@ -494,3 +494,244 @@ pub fn openai_chat(name: &'static str, key: &str, prefix: &str) -> Handler {
     let path: &'static str = Box::leak(format!("{prefix}/chat/completions").into_boxed_str());
     ProviderSpec { chat: Some(path), ..ProviderSpec::new(name, AuthCheck::Bearer(key.into())) }.handler()
 }
+
+/// Top-level fields OpenAI's chat endpoint accepts; anything else is a 400, like the real API.
+const OPENAI_CHAT_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "stream",
+    "stream_options",
+    "max_completion_tokens",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "n",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "user",
+    "safety_identifier",
+    "metadata",
+    "store",
+    "service_tier",
+    "reasoning_effort",
+    "verbosity",
+    "parallel_tool_calls",
+    "prompt_cache_key",
+    "modalities",
+    "audio",
+    "prediction",
+    "web_search_options",
+    "stop",
+    "tools",
+    "tool_choice",
+    "response_format",
+    "functions",
+    "function_call",
+];
+
+/// Rejects fields the real OpenAI API does not know (e.g. Anthropic's `system`, `top_k`).
+pub fn strict_openai(key: &str) -> Handler {
+    let inner = ProviderSpec::openai(key).handler();
+    Arc::new(move |r: &Recorded| {
+        if r.path() == "/v1/chat/completions"
+            && let Some(obj) = r.json().as_object()
+            && let Some(bad) = obj.keys().find(|k| !OPENAI_CHAT_FIELDS.contains(&k.as_str()))
+        {
+            return openai_error(
+                StatusCode::BAD_REQUEST,
+                &format!("Unrecognized request argument supplied: {bad}"),
+                "invalid_request_error",
+                "unknown_parameter",
+            );
+        }
+        inner(r)
+    })
+}
+
+fn anthropic_error(status: StatusCode, kind: &str, message: &str) -> Reply {
+    Reply::json(status, json!({"type": "error", "error": {"type": kind, "message": message}, "request_id": "req_fake"}))
+}
+
+const ANTHROPIC_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "max_tokens",
+    "system",
+    "stop_sequences",
+    "stream",
+    "temperature",
+    "top_p",
+    "top_k",
+    "metadata",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "service_tier",
+    "container",
+    "mcp_servers",
+    "output_config",
+    "output_format",
+    "context_management",
+];
+
+/// A strict Anthropic Messages API: `x-api-key` and `anthropic-version` required, unknown
+/// fields rejected, `model`/`max_tokens`/`messages` required; `/v1/messages/count_tokens` too.
+pub fn anthropic(key: &str) -> Handler {
+    let key = key.to_owned();
+    Arc::new(move |r: &Recorded| {
+        if r.header("x-api-key") != Some(key.as_str()) {
+            return anthropic_error(StatusCode::UNAUTHORIZED, "authentication_error", "invalid x-api-key");
+        }
+        if r.header("anthropic-version").is_none() {
+            return anthropic_error(StatusCode::BAD_REQUEST, "invalid_request_error", "anthropic-version: header is required");
+        }
+        let body = r.json();
+        let Some(obj) = body.as_object() else {
+            return anthropic_error(StatusCode::BAD_REQUEST, "invalid_request_error", "The request body is not valid JSON.");
+        };
+        if let Some(bad) = obj.keys().find(|k| !ANTHROPIC_FIELDS.contains(&k.as_str())) {
+            return anthropic_error(StatusCode::BAD_REQUEST, "invalid_request_error", &format!("{bad}: Extra inputs are not permitted"));
+        }
+        for f in ["model", "messages"] {
+            if !obj.contains_key(f) {
+                return anthropic_error(StatusCode::BAD_REQUEST, "invalid_request_error", &format!("{f}: Field required"));
+            }
+        }
+        match r.path() {
+            "/v1/messages/count_tokens" => return Reply::json(StatusCode::OK, json!({"input_tokens": 42})),
+            "/v1/messages" => {}
+            p => return anthropic_error(StatusCode::NOT_FOUND, "not_found_error", &format!("Not found: {p}")),
+        }
+        if !obj.contains_key("max_tokens") {
+            return anthropic_error(StatusCode::BAD_REQUEST, "invalid_request_error", "max_tokens: Field required");
+        }
+        let model = obj["model"].as_str().unwrap_or("claude").to_owned();
+        let usage = json!({"input_tokens": 50, "output_tokens": 30, "cache_read_input_tokens": 200, "cache_creation_input_tokens": 100});
+        if obj.get("stream").and_then(Value::as_bool) == Some(true) {
+            let ev = |t: &str, v: Value| (Duration::ZERO, Bytes::from(format!("event: {t}\ndata: {v}\n\n")));
+            return Reply::sse(vec![
+                ev(
+                    "message_start",
+                    json!({"type": "message_start", "message": {"id": "msg_fake", "type": "message", "role": "assistant", "content": [],
+                    "model": model, "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 50, "output_tokens": 1,
+                    "cache_read_input_tokens": 200, "cache_creation_input_tokens": 100}}}),
+                ),
+                ev("ping", json!({"type": "ping"})),
+                ev(
+                    "content_block_start",
+                    json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                ),
+                ev(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "1+1 "}}),
+                ),
+                ev(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "equals 2."}}),
+                ),
+                ev("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
+                ev(
+                    "message_delta",
+                    json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 30}}),
+                ),
+                ev("message_stop", json!({"type": "message_stop"})),
+            ]);
+        }
+        Reply::json(
+            StatusCode::OK,
+            json!({"id": "msg_fake", "type": "message", "role": "assistant", "model": model, "content": [{"type": "text", "text": "1+1 equals 2."}],
+                   "stop_reason": "end_turn", "stop_sequence": null, "usage": usage}),
+        )
+    })
+}
+
+/// An OpenAI chat backend that plays one tool-use turn: without a `tool` message in the
+/// history it streams a `get_weather` call for Oslo; with one, it streams the answer.
+/// Non-streamed requests get the same turns as plain completions.
+pub fn openai_weather_agent(key: &str) -> Handler {
+    let key = key.to_owned();
+    Arc::new(move |r: &Recorded| {
+        if r.header("authorization") != Some(&format!("Bearer {key}")) {
+            return openai_error(StatusCode::UNAUTHORIZED, "Incorrect API key provided", "invalid_request_error", "invalid_api_key");
+        }
+        let body = r.json();
+        if let Some(bad) = body.as_object().and_then(|o| o.keys().find(|k| !OPENAI_CHAT_FIELDS.contains(&k.as_str()))) {
+            return openai_error(
+                StatusCode::BAD_REQUEST,
+                &format!("Unrecognized request argument supplied: {bad}"),
+                "invalid_request_error",
+                "unknown_parameter",
+            );
+        }
+        let msgs = body["messages"].as_array().cloned().unwrap_or_default();
+        let answered = msgs.iter().any(|m| m["role"] == "tool");
+        let stream = body["stream"] == true;
+        let usage =
+            json!({"prompt_tokens": 40, "completion_tokens": 12, "total_tokens": 52, "prompt_tokens_details": {"cached_tokens": 8}});
+        let chunk = |delta: Value, finish: Value| {
+            Bytes::from(format!(
+                "data: {}\n\n",
+                json!({"id": "chatcmpl-w", "object": "chat.completion.chunk", "model": "gpt-4o",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+            ))
+        };
+        let z = Duration::ZERO;
+        if !answered {
+            if !stream {
+                return Reply::json(
+                    StatusCode::OK,
+                    json!({"id": "chatcmpl-w", "object": "chat.completion", "model": "gpt-4o",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": [{"id": "call_w1", "type": "function",
+                        "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}}]}, "finish_reason": "tool_calls"}], "usage": usage}),
+                );
+            }
+            return Reply::sse(vec![
+                (z, chunk(json!({"role": "assistant", "content": "Let me check."}), Value::Null)),
+                (
+                    z,
+                    chunk(
+                        json!({"tool_calls": [{"index": 0, "id": "call_w1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]}),
+                        Value::Null,
+                    ),
+                ),
+                (z, chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\":"}}]}), Value::Null)),
+                (z, chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"Oslo\"}"}}]}), Value::Null)),
+                (z, chunk(json!({}), json!("tool_calls"))),
+                (
+                    z,
+                    Bytes::from(format!(
+                        "data: {}\n\n",
+                        json!({"id": "chatcmpl-w", "object": "chat.completion.chunk", "model": "gpt-4o", "choices": [], "usage": usage})
+                    )),
+                ),
+                (z, Bytes::from_static(b"data: [DONE]\n\n")),
+            ]);
+        }
+        let result = msgs.iter().rev().find(|m| m["role"] == "tool").and_then(|m| m["content"].as_str()).unwrap_or("?").to_owned();
+        let text = format!("It is {result} in Oslo.");
+        if !stream {
+            return Reply::json(
+                StatusCode::OK,
+                json!({"id": "chatcmpl-w2", "object": "chat.completion", "model": "gpt-4o",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}], "usage": usage}),
+            );
+        }
+        Reply::sse(vec![
+            (z, chunk(json!({"role": "assistant", "content": ""}), Value::Null)),
+            (z, chunk(json!({"content": text}), Value::Null)),
+            (z, chunk(json!({}), json!("stop"))),
+            (
+                z,
+                Bytes::from(format!(
+                    "data: {}\n\n",
+                    json!({"id": "chatcmpl-w2", "object": "chat.completion.chunk", "model": "gpt-4o", "choices": [], "usage": usage})
+                )),
+            ),
+            (z, Bytes::from_static(b"data: [DONE]\n\n")),
+        ])
+    })
+}
