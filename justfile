@@ -52,3 +52,7 @@ dev-up:
 
 dev-down:
     docker compose -f deploy/docker-compose.yml down -v
+
+# Fuzz one target (sse, anthropic_request, anthropic_stream, vars); needs nightly + cargo-fuzz.
+fuzz target="anthropic_stream" secs="60":
+    cd fuzz && cargo +nightly fuzz run {{target}} -- -max_total_time={{secs}}
