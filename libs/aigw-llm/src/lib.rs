@@ -3,7 +3,10 @@
 //! body is shaped for the provider, how SSE is framed, and where usage hides.
 
 pub mod anthropic;
+pub mod bedrock;
+pub mod eventstream;
 pub mod protocol;
 pub mod shaping;
 pub mod sse;
+pub mod stream;
 pub mod usage;

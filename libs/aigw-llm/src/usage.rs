@@ -63,10 +63,28 @@ struct RawUsage {
     /// Anthropic: `input_tokens` excludes these.
     cache_read_input_tokens: Option<u64>,
     cache_creation_input_tokens: Option<u64>,
+    /// Bedrock Converse (camelCase; `inputTokens` excludes the cache, as Anthropic's).
+    #[serde(rename = "inputTokens")]
+    converse_input: Option<u64>,
+    #[serde(rename = "outputTokens")]
+    converse_output: Option<u64>,
+    #[serde(rename = "totalTokens")]
+    converse_total: Option<u64>,
+    #[serde(rename = "cacheReadInputTokens")]
+    converse_cache_read: Option<u64>,
+    #[serde(rename = "cacheWriteInputTokens")]
+    converse_cache_write: Option<u64>,
 }
 
 impl RawUsage {
     fn to_usage(&self) -> Usage {
+        if self.converse_input.is_some() || self.converse_output.is_some() {
+            let (read, write) = (self.converse_cache_read.unwrap_or(0), self.converse_cache_write.unwrap_or(0));
+            let prompt = self.converse_input.unwrap_or(0) + read + write;
+            let completion = self.converse_output.unwrap_or(0);
+            let total = self.converse_total.unwrap_or(0).max(prompt + completion);
+            return Usage { prompt, completion, total, cache_read: read, cache_creation: write, reasoning: 0 };
+        }
         let pd = self.prompt_tokens_details.as_ref().or(self.input_tokens_details.as_ref());
         let cd = self.completion_tokens_details.as_ref().or(self.output_tokens_details.as_ref());
         if self.cache_read_input_tokens.is_some() || self.cache_creation_input_tokens.is_some() {
@@ -120,7 +138,8 @@ struct Body {
     error: Option<serde_json::Value>,
     /// Responses API: `response.*` events wrap the response object.
     response: Option<Box<Body>>,
-    output: Option<Vec<ResponseItem>>,
+    /// Responses API: an array of items; Bedrock Converse: `{message: {content: [...]}}`.
+    output: Option<serde_json::Value>,
     #[serde(rename = "type")]
     kind: Option<String>,
     item: Option<ResponseItem>,
@@ -163,7 +182,8 @@ impl Observation {
         {
             self.has_tool_calls = true;
         }
-        if b.output.as_ref().is_some_and(|o| o.iter().any(|i| i.kind == "function_call"))
+        let output_items = b.output.as_ref().and_then(|o| o.as_array().or_else(|| o.pointer("/message/content").and_then(|c| c.as_array())));
+        if output_items.is_some_and(|o| o.iter().any(|i| i.get("type").and_then(|t| t.as_str()) == Some("function_call") || i.get("toolUse").is_some()))
             || b.item.as_ref().is_some_and(|i| i.kind == "function_call")
             || b.content_block.as_ref().is_some_and(|i| i.kind == "tool_use")
             || b.content
@@ -188,6 +208,11 @@ impl Observation {
             self.absorb(r);
         }
     }
+}
+
+/// Usage from any provider's usage object (OpenAI, Responses, Anthropic, Converse).
+pub fn usage_of(v: &serde_json::Value) -> Usage {
+    serde_json::from_value::<RawUsage>(v.clone()).map(|r| r.to_usage()).unwrap_or_default()
 }
 
 /// Observes a non-streamed JSON body.
@@ -338,6 +363,14 @@ mod tests {
         assert_eq!(e.error.as_deref(), Some("Overloaded"));
         let m = observe_json(br#"{"id":"msg_1","type":"message","model":"claude","content":[{"type":"text","text":"x"}],"usage":{"input_tokens":19,"output_tokens":11}}"#);
         assert_eq!((m.usage.prompt, m.usage.completion, m.usage.total), (19, 11, 30));
+    }
+
+    #[test]
+    fn converse_non_stream() {
+        let o = observe_json(br#"{"output":{"message":{"role":"assistant","content":[{"text":"x"},{"toolUse":{"toolUseId":"t","name":"f","input":{}}}]}},
+            "stopReason":"tool_use","usage":{"inputTokens":14,"outputTokens":9,"totalTokens":23,"cacheWriteInputTokens":3},"metrics":{"latencyMs":1}}"#);
+        assert_eq!(o.usage, Usage { prompt: 17, completion: 9, total: 26, cache_read: 0, cache_creation: 3, reasoning: 0 });
+        assert!(o.has_tool_calls);
     }
 
     #[test]
