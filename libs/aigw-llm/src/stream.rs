@@ -38,6 +38,7 @@ enum Upstream {
 }
 
 pub struct Pipe {
+    upstream_proto: Protocol,
     client: Protocol,
     upstream: Upstream,
     out: Out,
@@ -63,9 +64,9 @@ impl Pipe {
                 to_openai: converting.then(|| StreamToOpenAi::new(id, model)),
                 obs: Observation::default(),
             };
-            Pipe { client, upstream: Upstream::EventStream(Box::new(es)), out }
+            Pipe { upstream_proto: upstream, client, upstream: Upstream::EventStream(Box::new(es)), out }
         } else {
-            Pipe { client, upstream: Upstream::Sse(StreamObserver::new(upstream)), out }
+            Pipe { upstream_proto: upstream, client, upstream: Upstream::Sse(StreamObserver::new(upstream)), out }
         }
     }
 
@@ -78,6 +79,12 @@ impl Pipe {
 
     pub fn converting(&self) -> bool {
         !matches!(self.out, Out::Raw)
+    }
+
+    /// Whether the upstream protocol has an end marker to check for (passthrough SSE of
+    /// unknown shape has none).
+    pub fn expects_end_marker(&self) -> bool {
+        matches!(self.upstream_proto, Protocol::OpenAiChat | Protocol::OpenAiResponses | Protocol::AnthropicMessages | Protocol::BedrockConverse)
     }
 
     /// Whether a stream that ended now would lack its protocol's end marker.

@@ -11,13 +11,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use aigw_llm::anthropic::StreamConverter;
-use aigw_llm::protocol::Protocol;
-use aigw_llm::usage::{Observation, StreamObserver, observe_json};
+use aigw_llm::stream::Pipe;
+use aigw_llm::usage::{Observation, observe_json};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use serde_json::json;
 use tokio::time::Sleep;
 
 use crate::proxy::BoxError;
@@ -53,7 +51,7 @@ pub struct Summary {
 pub type OnDone = Box<dyn FnOnce(Summary) + Send>;
 
 enum Mode {
-    Stream(Box<StreamObserver>),
+    Stream(Box<Pipe>),
     /// Non-streamed JSON kept (up to a cap) for usage extraction at the end.
     Json(Vec<u8>),
 }
@@ -67,20 +65,9 @@ pub struct Limits {
     pub max_bytes: Option<u64>,
 }
 
-/// What the body speaks: the upstream's protocol (observed) and the client's (terminal
-/// events), with the converter between them when they differ.
-pub struct Protocols {
-    pub upstream: Protocol,
-    pub client: Protocol,
-    pub converter: Option<StreamConverter>,
-}
-
 pub struct ObservedBody {
     inner: Incoming,
     mode: Mode,
-    upstream_proto: Protocol,
-    client_proto: Protocol,
-    converter: Option<Box<StreamConverter>>,
     read_timeout: Duration,
     read_sleep: Pin<Box<Sleep>>,
     deadline: Option<Pin<Box<Sleep>>>,
@@ -96,24 +83,17 @@ pub struct ObservedBody {
 }
 
 impl ObservedBody {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        inner: Incoming,
-        stream: bool,
-        protos: Protocols,
-        limits: Limits,
-        started: Instant,
-        hold: Box<dyn Send>,
-        on_done: OnDone,
-    ) -> Self {
-        let mode = if stream { Mode::Stream(Box::new(StreamObserver::new(protos.upstream))) } else { Mode::Json(Vec::new()) };
+    /// `pipe` is Some for a streamed response (SSE or event-stream), None for a plain body.
+    pub fn new(inner: Incoming, pipe: Option<Pipe>, limits: Limits, started: Instant, hold: Box<dyn Send>, on_done: OnDone) -> Self {
+        let stream = pipe.is_some();
+        let mode = match pipe {
+            Some(p) => Mode::Stream(Box::new(p)),
+            None => Mode::Json(Vec::new()),
+        };
         let deadline = if stream { limits.max_duration.map(|d| Box::pin(tokio::time::sleep_until((started + d).into()))) } else { None };
         ObservedBody {
             inner,
             mode,
-            upstream_proto: protos.upstream,
-            client_proto: protos.client,
-            converter: if stream { protos.converter.map(Box::new) } else { None },
             read_timeout: limits.read_timeout,
             read_sleep: Box::pin(tokio::time::sleep(limits.read_timeout)),
             deadline,
@@ -135,7 +115,7 @@ impl ObservedBody {
     fn complete(&mut self, outcome: Outcome, tail: u64) {
         self.finished = true;
         let obs = match &mut self.mode {
-            Mode::Stream(o) => o.finish().clone(),
+            Mode::Stream(p) => p.obs().clone(),
             Mode::Json(buf) => {
                 let o = observe_json(buf);
                 buf.clear();
@@ -152,58 +132,26 @@ impl ObservedBody {
     /// Ends the response early. A stream gets a terminal error event in the client's
     /// protocol; a plain body can only be cut (its status and length are already sent).
     fn abort(&mut self, outcome: Outcome, code: &str, message: String) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Mode::Stream(o) = &self.mode
-            && o.obs.done
+        if let Mode::Stream(p) = &mut self.mode
+            && p.obs().done
             && matches!(outcome, Outcome::ReadTimeout | Outcome::UpstreamError(_))
         {
             // The protocol's end marker already went out: the answer is whole.
             tracing::debug!("upstream lingered after the end of the stream: {message}");
-            let tail = self.convert_finish();
-            let n = tail.len() as u64;
-            self.complete(Outcome::Complete, n);
+            let tail = Bytes::from(p.finish());
+            self.complete(Outcome::Complete, tail.len() as u64);
             return if tail.is_empty() { Poll::Ready(None) } else { Poll::Ready(Some(Ok(Frame::data(tail)))) };
         }
         tracing::warn!(outcome = ?outcome, bytes = self.bytes, duration_ms = self.started.elapsed().as_millis() as u64, "aborting upstream response: {message}");
-        if !self.is_stream() {
+        let Mode::Stream(p) = &mut self.mode else {
             self.complete(outcome, 0);
             return Poll::Ready(Some(Err(message.into())));
-        }
-        let ev = match &mut self.converter {
-            Some(c) => {
-                let mut out = String::new();
-                let status = if outcome == Outcome::ReadTimeout { 504 } else { 502 };
-                c.fail(status, &message, &mut out);
-                Bytes::from(out)
-            }
-            None => terminal_event(self.client_proto, code, &message),
         };
+        let status = if outcome == Outcome::ReadTimeout { 504 } else { 502 };
+        let ev = Bytes::from(p.fail(status, code, &message));
         self.complete(outcome, ev.len() as u64);
         if ev.is_empty() { Poll::Ready(None) } else { Poll::Ready(Some(Ok(Frame::data(ev)))) }
     }
-
-    /// The converter's closing events at the end of the upstream stream.
-    fn convert_finish(&mut self) -> Bytes {
-        let (Some(c), Mode::Stream(o)) = (&mut self.converter, &mut self.mode) else { return Bytes::new() };
-        let mut out = String::new();
-        o.finish_with(|ev| c.push(&ev.data, &mut out));
-        c.finish(&mut out);
-        Bytes::from(out)
-    }
-}
-
-/// The error event that ends a broken stream, in the client's protocol.
-pub fn terminal_event(proto: Protocol, code: &str, message: &str) -> Bytes {
-    let text = match proto {
-        Protocol::OpenAiResponses => format!(
-            "event: error\ndata: {}\n\n",
-            json!({"type": "error", "code": code, "message": message, "param": null, "sequence_number": 0})
-        ),
-        Protocol::AnthropicMessages => {
-            format!("event: error\ndata: {}\n\n", json!({"type": "error", "error": {"type": "api_error", "message": message}}))
-        }
-        _ => format!("data: {}\n\n", json!({"error": {"message": message, "type": "api_error", "code": code}})),
-    };
-    Bytes::from(text)
 }
 
 impl Body for ObservedBody {
@@ -235,20 +183,13 @@ impl Body for ObservedBody {
                     }
                     let next = tokio::time::Instant::now() + this.read_timeout;
                     this.read_sleep.as_mut().reset(next);
-                    let out = match (&mut this.mode, &mut this.converter) {
-                        (Mode::Stream(o), Some(c)) => {
-                            let mut converted = String::new();
-                            o.feed_with(data, |ev| c.push(&ev.data, &mut converted));
-                            if converted.is_empty() {
-                                continue; // nothing to send yet: read on
-                            }
-                            Frame::data(Bytes::from(converted))
-                        }
-                        (Mode::Stream(o), None) => {
-                            o.feed(data);
-                            frame
-                        }
-                        (Mode::Json(buf), _) => {
+                    let out = match &mut this.mode {
+                        Mode::Stream(p) => match p.push(data) {
+                            None => frame,
+                            Some(converted) if converted.is_empty() => continue, // nothing to send yet: read on
+                            Some(converted) => Frame::data(Bytes::from(converted)),
+                        },
+                        Mode::Json(buf) => {
                             if buf.len() + data.len() <= JSON_KEEP_CAP {
                                 buf.extend_from_slice(data);
                             }
@@ -266,21 +207,15 @@ impl Body for ObservedBody {
                     );
                 }
                 Poll::Ready(None) => {
-                    if this.converter.is_some() {
-                        // The converter closes a stream that lacked [DONE] properly.
-                        let tail = this.convert_finish();
-                        this.complete(Outcome::Complete, tail.len() as u64);
-                        return if tail.is_empty() { Poll::Ready(None) } else { Poll::Ready(Some(Ok(Frame::data(tail)))) };
-                    }
-                    let missing_end = match &mut this.mode {
-                        Mode::Stream(o) => {
-                            let obs = o.finish();
-                            matches!(this.upstream_proto, Protocol::OpenAiChat | Protocol::OpenAiResponses | Protocol::AnthropicMessages)
-                                && !obs.done
-                                && obs.error.is_none()
-                        }
-                        Mode::Json(_) => false,
+                    let (tail, missing_end) = match &mut this.mode {
+                        // A converting pipe closes a stream that lacked its end marker properly.
+                        Mode::Stream(p) => (Bytes::from(p.finish()), p.missing_end() && p.expects_end_marker()),
+                        Mode::Json(_) => (Bytes::new(), false),
                     };
+                    if !tail.is_empty() {
+                        this.complete(Outcome::Complete, tail.len() as u64);
+                        return Poll::Ready(Some(Ok(Frame::data(tail))));
+                    }
                     if missing_end {
                         return this.abort(
                             Outcome::Truncated,

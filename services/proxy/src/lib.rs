@@ -7,6 +7,7 @@ pub mod errors;
 pub mod proxy;
 pub mod router;
 pub mod runtime;
+pub mod sigv4;
 pub mod sources;
 pub mod status;
 pub mod upstream;

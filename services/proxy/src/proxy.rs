@@ -22,13 +22,14 @@ use hyper::body::Incoming;
 use serde_json::Value;
 
 use crate::access_log::{AccessLog, Entry};
-use crate::body::{Limits, ObservedBody, Outcome, Protocols, Summary};
+use crate::body::{Limits, ObservedBody, Outcome, Summary};
 use crate::upstream::Upstreams;
 
 use crate::errors::{GatewayError, error_response};
 use crate::router::MatchInput;
 use crate::runtime::{CompiledRoute, RuntimeConfig};
-use aigw_llm::anthropic::{self, StreamConverter, ToolNames};
+use aigw_llm::anthropic::{self, ToolNames};
+use aigw_llm::stream::Pipe;
 use aigw_llm::protocol::{self, Protocol};
 use aigw_llm::shaping::{MaxTokensField, Shaping, max_tokens_field, shape};
 
@@ -545,9 +546,8 @@ async fn forward(
     });
     let fallback_model = llm_model.unwrap_or_default();
     let streaming = is_sse && status.is_success();
-    let converter = (convert && streaming).then(|| StreamConverter::new(names.clone(), &fallback_model));
-    let protos = Protocols { upstream: target, client: proto, converter };
-    let body = ObservedBody::new(rbody, is_sse, protos, limits, sent, Box::new((cfg, permit)), on_done);
+    let pipe = is_sse.then(|| Pipe::new(target, if streaming { proto } else { target }, names.clone(), &fallback_model, rid));
+    let body = ObservedBody::new(rbody, pipe, limits, sent, Box::new((cfg, permit)), on_done);
     if !convert || streaming {
         if convert {
             rparts.headers.remove(header::CONTENT_LENGTH);
