@@ -65,7 +65,10 @@ fn content_blocks(content: &Value, path: &str) -> Result<Vec<Value>, ConvertErro
                         }
                     }
                     Some("image_url") => {
-                        let url = p.pointer("/image_url/url").and_then(Value::as_str).ok_or_else(|| err(format!("{pp}.image_url.url: required")))?;
+                        let url = p
+                            .pointer("/image_url/url")
+                            .and_then(Value::as_str)
+                            .ok_or_else(|| err(format!("{pp}.image_url.url: required")))?;
                         out.push(image_block(url, &pp)?);
                     }
                     Some(other) => return Err(err(format!("{pp}: content part type {other:?} is not supported on Bedrock"))),
@@ -81,7 +84,11 @@ fn content_blocks(content: &Value, path: &str) -> Result<Vec<Value>, ConvertErro
 /// Converts an OpenAI chat request to a Converse body.
 pub fn request_to_converse(req: &Value) -> Result<ConverseRequest, ConvertError> {
     let obj = req.as_object().ok_or_else(|| err("the request body must be a JSON object"))?;
-    let msgs = obj.get("messages").and_then(Value::as_array).filter(|m| !m.is_empty()).ok_or_else(|| err("messages: a non-empty array is required"))?;
+    let msgs = obj
+        .get("messages")
+        .and_then(Value::as_array)
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| err("messages: a non-empty array is required"))?;
     let mut system = Vec::new();
     let mut messages: Vec<(String, Vec<Value>)> = Vec::new();
     let mut used_tools: Vec<String> = Vec::new();
@@ -111,7 +118,10 @@ pub fn request_to_converse(req: &Value) -> Result<ConverseRequest, ConvertError>
                 let mut blocks = content_blocks(content, &format!("{path}.content"))?;
                 for (j, tc) in m.get("tool_calls").and_then(Value::as_array).into_iter().flatten().enumerate() {
                     let id = tc.get("id").and_then(Value::as_str).ok_or_else(|| err(format!("{path}.tool_calls[{j}].id: required")))?;
-                    let name = tc.pointer("/function/name").and_then(Value::as_str).ok_or_else(|| err(format!("{path}.tool_calls[{j}].function.name: required")))?;
+                    let name = tc
+                        .pointer("/function/name")
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| err(format!("{path}.tool_calls[{j}].function.name: required")))?;
                     let args = tc.pointer("/function/arguments").and_then(Value::as_str).unwrap_or("{}");
                     let input = serde_json::from_str::<Value>(args).ok().filter(Value::is_object).unwrap_or_else(|| json!({}));
                     used_tools.push(name.to_owned());
@@ -129,7 +139,10 @@ pub fn request_to_converse(req: &Value) -> Result<ConverseRequest, ConvertError>
         }
     }
     let mut body = Map::new();
-    body.insert("messages".into(), Value::Array(messages.into_iter().map(|(role, content)| json!({"role": role, "content": content})).collect()));
+    body.insert(
+        "messages".into(),
+        Value::Array(messages.into_iter().map(|(role, content)| json!({"role": role, "content": content})).collect()),
+    );
     if !system.is_empty() {
         body.insert("system".into(), Value::Array(system));
     }
@@ -233,7 +246,8 @@ pub fn response_to_openai(resp: &Value, id: &str, model: &str) -> Value {
                 "function": {"name": tu.get("name").cloned().unwrap_or(json!("")), "arguments": tu.get("input").cloned().unwrap_or(json!({})).to_string()}}));
         }
     }
-    let mut message = json!({"role": "assistant", "content": if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { Value::String(text) }});
+    let mut message =
+        json!({"role": "assistant", "content": if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { Value::String(text) }});
     if !tool_calls.is_empty() {
         message["tool_calls"] = Value::Array(tool_calls);
     }
@@ -407,7 +421,10 @@ mod tests {
     fn request_errors() {
         for (req, needle) in [
             (json!({}), "messages"),
-            (json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/cat.png"}}]}]}), "inline"),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/cat.png"}}]}]}),
+                "inline",
+            ),
             (json!({"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}), "not supported"),
             (json!({"messages": [{"role": "tool", "content": "x"}]}), "tool_call_id"),
             (json!({"messages": [{"role": "wizard", "content": "x"}]}), "wizard"),
@@ -430,7 +447,13 @@ mod tests {
         assert_eq!(o["usage"]["prompt_tokens"], 14);
         assert_eq!(o["usage"]["total_tokens"], 19);
         assert_eq!(o["usage"]["prompt_tokens_details"]["cached_tokens"], 4);
-        for (stop, fin) in [("end_turn", "stop"), ("stop_sequence", "stop"), ("max_tokens", "length"), ("content_filtered", "content_filter"), ("guardrail_intervened", "content_filter")] {
+        for (stop, fin) in [
+            ("end_turn", "stop"),
+            ("stop_sequence", "stop"),
+            ("max_tokens", "length"),
+            ("content_filtered", "content_filter"),
+            ("guardrail_intervened", "content_filter"),
+        ] {
             assert_eq!(finish_reason(stop), fin);
         }
     }
@@ -440,11 +463,17 @@ mod tests {
         let mut bytes = event("messageStart", &json!({"role": "assistant"}));
         bytes.extend(event("contentBlockDelta", &json!({"contentBlockIndex": 0, "delta": {"text": "Checking."}})));
         bytes.extend(event("contentBlockStop", &json!({"contentBlockIndex": 0})));
-        bytes.extend(event("contentBlockStart", &json!({"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "tooluse_1", "name": "get_weather"}}})));
+        bytes.extend(event(
+            "contentBlockStart",
+            &json!({"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "tooluse_1", "name": "get_weather"}}}),
+        ));
         bytes.extend(event("contentBlockDelta", &json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "{\"city\":"}}})));
         bytes.extend(event("contentBlockDelta", &json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "\"Oslo\"}"}}})));
         bytes.extend(event("messageStop", &json!({"stopReason": "tool_use"})));
-        bytes.extend(event("metadata", &json!({"usage": {"inputTokens": 10, "outputTokens": 5, "totalTokens": 15}, "metrics": {"latencyMs": 9}})));
+        bytes.extend(event(
+            "metadata",
+            &json!({"usage": {"inputTokens": 10, "outputTokens": 5, "totalTokens": 15}, "metrics": {"latencyMs": 9}}),
+        ));
         let mut msgs = Vec::new();
         Decoder::new().push(&bytes, &mut msgs).unwrap();
         let mut c = StreamToOpenAi::new("chatcmpl-b", "m");
@@ -456,7 +485,8 @@ mod tests {
         assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
         assert_eq!(chunks[1]["choices"][0]["delta"]["content"], "Checking.");
         assert_eq!(chunks[2]["choices"][0]["delta"]["tool_calls"][0]["id"], "tooluse_1");
-        let args: String = chunks.iter().filter_map(|c| c.pointer("/choices/0/delta/tool_calls/0/function/arguments").and_then(Value::as_str)).collect();
+        let args: String =
+            chunks.iter().filter_map(|c| c.pointer("/choices/0/delta/tool_calls/0/function/arguments").and_then(Value::as_str)).collect();
         assert_eq!(args, "{\"city\":\"Oslo\"}");
         assert_eq!(chunks[5]["choices"][0]["finish_reason"], "tool_calls");
         assert_eq!(chunks[6]["usage"]["total_tokens"], 15);
@@ -479,6 +509,9 @@ mod tests {
             error_message(Some("ValidationException:http://internal.amazon.com/coral/com.amazon.bedrock/"), br#"{"message":"bad"}"#),
             ("ValidationException".into(), "bad".into())
         );
-        assert_eq!(error_message(None, br#"{"__type":"com.amazon#ThrottlingException","message":"slow"}"#), ("ThrottlingException".into(), "slow".into()));
+        assert_eq!(
+            error_message(None, br#"{"__type":"com.amazon#ThrottlingException","message":"slow"}"#),
+            ("ThrottlingException".into(), "slow".into())
+        );
     }
 }

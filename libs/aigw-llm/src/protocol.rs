@@ -123,15 +123,56 @@ pub fn native_path(provider: Provider, proto: Protocol, pc: Option<&ProviderConf
     Some(p.to_owned())
 }
 
-/// Protocols a provider speaks natively, for error messages.
+/// How a client protocol reaches a provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// The provider speaks it (or it is passthrough).
+    Native,
+    /// Anthropic client, OpenAI chat backend.
+    AnthropicToOpenAi,
+    /// OpenAI chat client, Bedrock Converse backend.
+    OpenAiToConverse,
+    /// Anthropic client, Bedrock Converse backend (through OpenAI chat).
+    AnthropicToConverse,
+}
+
+impl Route {
+    /// The protocol the upstream receives.
+    pub fn target(self, client: Protocol) -> Protocol {
+        match self {
+            Route::Native => client,
+            Route::AnthropicToOpenAi => Protocol::OpenAiChat,
+            Route::OpenAiToConverse | Route::AnthropicToConverse => Protocol::BedrockConverse,
+        }
+    }
+}
+
+/// How `proto` reaches `provider`, or None when it cannot.
+pub fn route(provider: Provider, proto: Protocol, pc: Option<&ProviderConf>) -> Option<Route> {
+    if provider == Provider::Bedrock {
+        return match proto {
+            Protocol::BedrockConverse | Protocol::Passthrough => Some(Route::Native),
+            Protocol::OpenAiChat => Some(Route::OpenAiToConverse),
+            Protocol::AnthropicMessages => Some(Route::AnthropicToConverse),
+            _ => None,
+        };
+    }
+    if proto == Protocol::Passthrough || native_path(provider, proto, pc).is_some() {
+        return Some(Route::Native);
+    }
+    if proto == Protocol::AnthropicMessages && native_path(provider, Protocol::OpenAiChat, pc).is_some() {
+        return Some(Route::AnthropicToOpenAi);
+    }
+    None
+}
+
+/// Protocols a provider accepts (natively or converted), for error messages.
 pub fn supported(provider: Provider) -> Vec<&'static str> {
     use Protocol::*;
-    [OpenAiChat, OpenAiResponses, OpenAiEmbeddings, AnthropicMessages, BedrockConverse]
+    let pc = ProviderConf { project_id: Some("p".into()), region: Some("r".into()) };
+    [OpenAiChat, OpenAiResponses, OpenAiEmbeddings, AnthropicMessages, AnthropicCountTokens, BedrockConverse]
         .into_iter()
-        .filter(|p| {
-            let pc = ProviderConf { project_id: Some("p".into()), region: Some("r".into()) };
-            native_path(provider, *p, Some(&pc)).is_some()
-        })
+        .filter(|p| route(provider, *p, Some(&pc)).is_some())
         .map(Protocol::name)
         .collect()
 }
@@ -177,6 +218,10 @@ mod tests {
             native_path(Provider::VertexAi, Protocol::OpenAiChat, Some(&pc)).unwrap(),
             "/v1beta1/projects/p1/locations/us-east-1/endpoints/openapi/chat/completions"
         );
-        assert_eq!(supported(Provider::Deepseek), vec!["openai-chat"]);
+        assert_eq!(supported(Provider::Deepseek), vec!["openai-chat", "anthropic-messages"]);
+        assert_eq!(supported(Provider::Bedrock), vec!["openai-chat", "anthropic-messages", "bedrock-converse"]);
+        assert_eq!(route(Provider::Openai, Protocol::AnthropicMessages, None), Some(Route::AnthropicToOpenAi));
+        assert_eq!(route(Provider::Anthropic, Protocol::AnthropicMessages, None), Some(Route::Native));
+        assert_eq!(route(Provider::Deepseek, Protocol::OpenAiResponses, None), None);
     }
 }

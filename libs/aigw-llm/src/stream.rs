@@ -84,7 +84,10 @@ impl Pipe {
     /// Whether the upstream protocol has an end marker to check for (passthrough SSE of
     /// unknown shape has none).
     pub fn expects_end_marker(&self) -> bool {
-        matches!(self.upstream_proto, Protocol::OpenAiChat | Protocol::OpenAiResponses | Protocol::AnthropicMessages | Protocol::BedrockConverse)
+        matches!(
+            self.upstream_proto,
+            Protocol::OpenAiChat | Protocol::OpenAiResponses | Protocol::AnthropicMessages | Protocol::BedrockConverse
+        )
     }
 
     /// Whether a stream that ended now would lack its protocol's end marker.
@@ -234,7 +237,10 @@ mod tests {
         let mut b = event("messageStart", &json!({"role": "assistant"}));
         b.extend(event("contentBlockDelta", &json!({"contentBlockIndex": 0, "delta": {"text": "1+1 = 2."}})));
         b.extend(event("messageStop", &json!({"stopReason": "end_turn"})));
-        b.extend(event("metadata", &json!({"usage": {"inputTokens": 14, "outputTokens": 9, "totalTokens": 23, "cacheReadInputTokens": 2}})));
+        b.extend(event(
+            "metadata",
+            &json!({"usage": {"inputTokens": 14, "outputTokens": 9, "totalTokens": 23, "cacheReadInputTokens": 2}}),
+        ));
         b
     }
 
@@ -273,7 +279,10 @@ mod tests {
         assert!(text.contains("\"content\":\"1+1 = 2.\"") && text.contains("\"total_tokens\":25"), "{text}");
         let mut p = Pipe::new(Protocol::BedrockConverse, Protocol::AnthropicMessages, ToolNames::default(), "m", "msg_x");
         let text = String::from_utf8(run(&mut p, &bytes)).unwrap();
-        assert!(text.starts_with("event: message_start") && text.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"), "{text}");
+        assert!(
+            text.starts_with("event: message_start") && text.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"),
+            "{text}"
+        );
         assert!(text.contains("\"text\":\"1+1 = 2.\""), "{text}");
         // Cut before metadata: OpenAI clients get an error chunk.
         let cut = &bytes[..bytes.len() - 30];

@@ -182,9 +182,11 @@ impl Observation {
         {
             self.has_tool_calls = true;
         }
-        let output_items = b.output.as_ref().and_then(|o| o.as_array().or_else(|| o.pointer("/message/content").and_then(|c| c.as_array())));
-        if output_items.is_some_and(|o| o.iter().any(|i| i.get("type").and_then(|t| t.as_str()) == Some("function_call") || i.get("toolUse").is_some()))
-            || b.item.as_ref().is_some_and(|i| i.kind == "function_call")
+        let output_items =
+            b.output.as_ref().and_then(|o| o.as_array().or_else(|| o.pointer("/message/content").and_then(|c| c.as_array())));
+        if output_items.is_some_and(|o| {
+            o.iter().any(|i| i.get("type").and_then(|t| t.as_str()) == Some("function_call") || i.get("toolUse").is_some())
+        }) || b.item.as_ref().is_some_and(|i| i.kind == "function_call")
             || b.content_block.as_ref().is_some_and(|i| i.kind == "tool_use")
             || b.content
                 .as_ref()

@@ -34,6 +34,8 @@ pub struct CompiledRoute {
     /// `scheme://authority` requests go to.
     pub origin: String,
     pub upstream: Arc<Upstream>,
+    /// `auth.aws` in clear text, for SigV4.
+    pub aws: Option<crate::sigv4::AwsCredentials>,
 }
 
 impl CompiledRoute {
@@ -134,7 +136,21 @@ pub fn compile_route(v: &Value, key: Option<&DataKey>, env: EnvLookup<'_>, upstr
         keepalive_pool: ap.keepalive_pool,
         connect_timeout_ms: ap.timeout,
     });
-    Ok(CompiledRoute { timeout: std::time::Duration::from_millis(ap.timeout), spec, endpoint, auth_headers, auth_query, origin, upstream })
+    let aws = ap.auth.aws.as_ref().map(|a| crate::sigv4::AwsCredentials {
+        access_key_id: a.access_key_id.clone(),
+        secret_access_key: a.secret_access_key.clone(),
+        session_token: a.session_token.clone(),
+    });
+    Ok(CompiledRoute {
+        timeout: std::time::Duration::from_millis(ap.timeout),
+        spec,
+        endpoint,
+        auth_headers,
+        auth_query,
+        origin,
+        upstream,
+        aws,
+    })
 }
 
 fn parse_endpoint(ep: &str) -> Result<Endpoint, String> {

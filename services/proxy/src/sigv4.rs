@@ -48,7 +48,8 @@ pub fn sign_request(
         .build()
         .map_err(|e| format!("SigV4 parameters: {e}"))?
         .into();
-    let signable = SignableRequest::new(method, url, headers.iter().copied(), SignableBody::Bytes(body)).map_err(|e| format!("SigV4 request: {e}"))?;
+    let signable =
+        SignableRequest::new(method, url, headers.iter().copied(), SignableBody::Bytes(body)).map_err(|e| format!("SigV4 request: {e}"))?;
     let (instructions, _signature) = sign(signable, &params).map_err(|e| format!("SigV4 signing: {e}"))?.into_parts();
     let (out, _query) = instructions.into_parts();
     Ok(out.into_iter().map(|h| (h.name(), h.value().to_owned())).collect())
@@ -71,7 +72,13 @@ mod tests {
         };
         let token = "6e86291e8372ff2a2260956d9b8aae1d763fbf315fa00fa31553b73ebf194267";
         let cases: [(&str, &str, Vec<(&str, &str)>, Option<&str>, &str); 3] = [
-            ("post-vanilla", "POST", vec![("host", "example.amazonaws.com")], None, "5da7c1a2acd57cee7505fc6676e4e544621c30862966e37dddb68e92efbe5d6b"),
+            (
+                "post-vanilla",
+                "POST",
+                vec![("host", "example.amazonaws.com")],
+                None,
+                "5da7c1a2acd57cee7505fc6676e4e544621c30862966e37dddb68e92efbe5d6b",
+            ),
             (
                 "get-vanilla-with-session-token",
                 "GET",
@@ -88,7 +95,8 @@ mod tests {
             ),
         ];
         for (name, method, headers, token, want) in cases {
-            let out = sign_request(method, "https://example.amazonaws.com/", &headers, b"", "us-east-1", "service", &creds(token), time).unwrap();
+            let out =
+                sign_request(method, "https://example.amazonaws.com/", &headers, b"", "us-east-1", "service", &creds(token), time).unwrap();
             let auth = out.iter().find(|(k, _)| *k == "authorization").map(|(_, v)| v.as_str()).unwrap();
             assert!(auth.ends_with(&format!("Signature={want}")), "{name}: {auth}");
             assert!(auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request"), "{name}");
