@@ -3,6 +3,7 @@
 //! are fakes.
 
 mod anthropic;
+mod bedrock;
 mod common;
 mod config_plane;
 mod pipeline;

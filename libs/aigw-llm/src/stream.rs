@@ -33,7 +33,7 @@ struct EventStream {
 }
 
 enum Upstream {
-    Sse(StreamObserver),
+    Sse(Box<StreamObserver>),
     EventStream(Box<EventStream>),
 }
 
@@ -66,7 +66,7 @@ impl Pipe {
             };
             Pipe { upstream_proto: upstream, client, upstream: Upstream::EventStream(Box::new(es)), out }
         } else {
-            Pipe { upstream_proto: upstream, client, upstream: Upstream::Sse(StreamObserver::new(upstream)), out }
+            Pipe { upstream_proto: upstream, client, upstream: Upstream::Sse(Box::new(StreamObserver::new(upstream))), out }
         }
     }
 

@@ -1,6 +1,7 @@
 //! Test kit for aigw: spawn the real binaries, wait without sleeps, and fake what is
 //! outside our system (LLM providers) as strictly as the real thing.
 
+pub mod bedrock;
 pub mod fake;
 pub mod http;
 pub mod proc;

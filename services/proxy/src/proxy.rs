@@ -552,17 +552,16 @@ async fn forward(
         let creds = route.aws.as_ref().ok_or_else(|| GatewayError::internal("bedrock route without auth.aws"))?;
         let region = pc.and_then(|p| p.region.as_deref()).unwrap_or("us-east-1");
         let authority = route.origin.split("://").nth(1).unwrap_or_default().to_owned();
-        let signed = sigv4::sign_request(
-            method.as_str(),
-            &url,
-            &[("host", authority.as_str()), ("content-type", "application/json")],
-            &out_body,
-            region,
-            "bedrock",
-            creds,
-            std::time::SystemTime::now(),
-        )
-        .map_err(GatewayError::internal)?;
+        let signer = sigv4::Signer { creds, region, service: "bedrock" };
+        let signed = signer
+            .sign(
+                method.as_str(),
+                &url,
+                &[("host", authority.as_str()), ("content-type", "application/json")],
+                &out_body,
+                std::time::SystemTime::now(),
+            )
+            .map_err(GatewayError::internal)?;
         headers.insert(header::HOST, HeaderValue::from_str(&authority).map_err(|_| GatewayError::internal("bad upstream host"))?);
         for (k, v) in signed {
             let mut v = HeaderValue::from_str(&v).map_err(|_| GatewayError::internal("bad SigV4 header"))?;

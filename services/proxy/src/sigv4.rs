@@ -25,24 +25,43 @@ impl std::fmt::Debug for AwsCredentials {
     }
 }
 
-/// Signs a request; returns the headers to add (`authorization`, `x-amz-date`, and
-/// `x-amz-security-token` with a session token).
-pub fn sign_request(
+/// Who signs, for which region and service.
+pub struct Signer<'a> {
+    pub creds: &'a AwsCredentials,
+    pub region: &'a str,
+    pub service: &'a str,
+}
+
+impl Signer<'_> {
+    /// Signs a request; returns the headers to add (`authorization`, `x-amz-date`, and
+    /// `x-amz-security-token` with a session token).
+    pub fn sign(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        time: SystemTime,
+    ) -> Result<Vec<(&'static str, String)>, String> {
+        sign_request(self, method, url, headers, body, time)
+    }
+}
+
+fn sign_request(
+    s: &Signer<'_>,
     method: &str,
     url: &str,
     headers: &[(&str, &str)],
     body: &[u8],
-    region: &str,
-    service: &str,
-    creds: &AwsCredentials,
     time: SystemTime,
 ) -> Result<Vec<(&'static str, String)>, String> {
+    let creds = s.creds;
     let identity: Identity =
         Credentials::new(&creds.access_key_id, &creds.secret_access_key, creds.session_token.clone(), None, "aigw-route").into();
     let params = v4::SigningParams::builder()
         .identity(&identity)
-        .region(region)
-        .name(service)
+        .region(s.region)
+        .name(s.service)
         .time(time)
         .settings(SigningSettings::default())
         .build()
@@ -71,7 +90,8 @@ mod tests {
             session_token: token.map(str::to_owned),
         };
         let token = "6e86291e8372ff2a2260956d9b8aae1d763fbf315fa00fa31553b73ebf194267";
-        let cases: [(&str, &str, Vec<(&str, &str)>, Option<&str>, &str); 3] = [
+        type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, Option<&'a str>, &'a str);
+        let cases: [Case; 3] = [
             (
                 "post-vanilla",
                 "POST",
@@ -95,8 +115,9 @@ mod tests {
             ),
         ];
         for (name, method, headers, token, want) in cases {
-            let out =
-                sign_request(method, "https://example.amazonaws.com/", &headers, b"", "us-east-1", "service", &creds(token), time).unwrap();
+            let c = creds(token);
+            let signer = Signer { creds: &c, region: "us-east-1", service: "service" };
+            let out = signer.sign(method, "https://example.amazonaws.com/", &headers, b"", time).unwrap();
             let auth = out.iter().find(|(k, _)| *k == "authorization").map(|(_, v)| v.as_str()).unwrap();
             assert!(auth.ends_with(&format!("Signature={want}")), "{name}: {auth}");
             assert!(auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request"), "{name}");
