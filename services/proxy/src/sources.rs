@@ -149,7 +149,7 @@ mod tests {
     fn example_routes_file_compiles() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/routes.yaml");
         let cfg = load_file(&path, None, &Upstreams::default()).unwrap();
-        assert_eq!(cfg.routes.len(), 3);
+        assert_eq!(cfg.routes.len(), 5);
     }
 
     #[test]
