@@ -56,3 +56,7 @@ dev-down:
 # Fuzz one target (sse, anthropic_request, anthropic_stream, vars); needs nightly + cargo-fuzz.
 fuzz target="anthropic_stream" secs="60":
     cd fuzz && cargo +nightly fuzz run {{target}} -- -max_total_time={{secs}}
+
+# The standard benchmark (PERFORMANCE.md): nginx fake upstream, wrk, direct vs aigw side by side.
+bench rounds="3" secs="10":
+    bench/run.sh {{rounds}} {{secs}}
