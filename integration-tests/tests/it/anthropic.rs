@@ -5,18 +5,9 @@ use std::time::Duration;
 
 use aigw_testkit::fake::{self, FakeServer, Recorded, Reply};
 use aigw_testkit::http;
-use aigw_testkit::proc::TempDir;
 use serde_json::{Value, json};
 
 use crate::common::*;
-
-async fn standalone(routes: Vec<Value>) -> (Proxy, TempDir) {
-    let dir = TempDir::new("anth");
-    let file = dir.path().join("routes.json");
-    std::fs::write(&file, json!({ "routes": routes }).to_string()).unwrap();
-    let p = Proxy::start(&["--routes", file.to_str().unwrap()], &[]).await;
-    (p, dir)
-}
 
 fn ask(stream: bool) -> Value {
     json!({"model": "claude-sonnet-4-5", "max_tokens": 1024, "stream": stream, "system": "You are a mathematician",

@@ -4,21 +4,12 @@ use aigw_llm::eventstream::{Decoder, Message};
 use aigw_testkit::bedrock::{AwsKeys, bedrock};
 use aigw_testkit::fake::FakeServer;
 use aigw_testkit::http;
-use aigw_testkit::proc::TempDir;
 use serde_json::{Value, json};
 
 use crate::common::*;
 
 const MODEL: &str = "anthropic.claude-3-5-sonnet-20240620-v1:0";
 const ARN: &str = "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc123";
-
-async fn standalone(routes: Vec<Value>) -> (Proxy, TempDir) {
-    let dir = TempDir::new("bedrock");
-    let file = dir.path().join("routes.json");
-    std::fs::write(&file, json!({ "routes": routes }).to_string()).unwrap();
-    let p = Proxy::start(&["--routes", file.to_str().unwrap()], &[]).await;
-    (p, dir)
-}
 
 fn aws(keys: &AwsKeys) -> Value {
     let mut a = json!({"access_key_id": keys.access_key_id, "secret_access_key": keys.secret_access_key});

@@ -65,6 +65,15 @@ pub async fn grpc_client(url: &str, key: Option<&'static str>) -> GrpcAdmin {
     ConfigServiceClient::with_interceptor(channel, ApiKey(key))
 }
 
+/// A standalone proxy serving `routes` from a JSON routes file.
+pub async fn standalone(routes: Vec<Value>) -> (Proxy, aigw_testkit::proc::TempDir) {
+    let dir = aigw_testkit::proc::TempDir::new("routes");
+    let file = dir.path().join("routes.json");
+    std::fs::write(&file, json!({ "routes": routes }).to_string()).unwrap();
+    let p = Proxy::start(&["--routes", file.to_str().unwrap()], &[]).await;
+    (p, dir)
+}
+
 pub struct Proxy {
     pub proc: Proc,
     pub data: String,

@@ -13,15 +13,6 @@ use serde_json::{Value, json};
 
 use crate::common::*;
 
-/// A standalone proxy serving `routes` from a JSON routes file.
-async fn standalone(routes: Vec<Value>) -> (Proxy, TempDir) {
-    let dir = TempDir::new("pipe");
-    let file = dir.path().join("routes.json");
-    std::fs::write(&file, json!({ "routes": routes }).to_string()).unwrap();
-    let p = Proxy::start(&["--routes", file.to_str().unwrap()], &[]).await;
-    (p, dir)
-}
-
 fn route(id: &str, uri: &str, ai: Value) -> Value {
     json!({"id": id, "uri": uri, "plugins": {"ai-proxy": ai}})
 }

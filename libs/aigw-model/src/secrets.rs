@@ -53,6 +53,11 @@ impl DataKey {
         Ok(DataKey(Aes256Gcm::new_from_slice(&bytes).map_err(|_| SecretError::BadKey)?))
     }
 
+    /// `--data-encryption-key`, when given.
+    pub fn from_flag(flag: Option<&str>) -> Result<Option<DataKey>, String> {
+        flag.map(|k| DataKey::parse(k).map_err(|e| format!("--data-encryption-key: {e}"))).transpose()
+    }
+
     pub fn encrypt(&self, plain: &str) -> String {
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
         // Encryption with a valid key and a 12-byte nonce cannot fail.

@@ -23,28 +23,17 @@ struct Args {
     /// 32-byte key (64 hex chars or base64) to encrypt secret fields with AES-256-GCM.
     #[arg(long, env = "AIGW_DATA_ENCRYPTION_KEY", hide_env_values = true)]
     data_encryption_key: Option<String>,
-    /// Log filter (tracing EnvFilter syntax).
-    #[arg(long, env = "AIGW_LOG_LEVEL", default_value = "info")]
-    log_level: String,
-    /// Log format: text or json.
-    #[arg(long, env = "AIGW_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
+    #[command(flatten)]
+    log: aigw_telemetry::LogArgs,
 }
 
 fn main() {
-    let args = Args::parse();
-    if let Err(e) = real_main(args) {
-        eprintln!("aigw-config: {e:#}");
-        std::process::exit(1);
-    }
+    aigw_telemetry::exit_on_error("aigw-config", real_main(Args::parse()));
 }
 
 fn real_main(args: Args) -> anyhow::Result<()> {
-    aigw_telemetry::init_logging(&args.log_level, &args.log_format)?;
-    let data_key = match &args.data_encryption_key {
-        Some(k) => Some(aigw_model::secrets::DataKey::parse(k).map_err(|e| anyhow::anyhow!("--data-encryption-key: {e}"))?),
-        None => None,
-    };
+    args.log.init()?;
+    let data_key = aigw_model::secrets::DataKey::from_flag(args.data_encryption_key.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
     let admin_key = match args.admin_key.filter(|k| !k.is_empty()) {
         Some(k) => k,
         None => {

@@ -362,19 +362,6 @@ fn model_from_path(path: &str) -> Option<String> {
     (!id.is_empty()).then(|| pct_decode(id))
 }
 
-/// One path segment, strict RFC 3986 (unreserved kept): model ids and ARNs stay one segment.
-fn encode_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 8);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// Bedrock streams at `/converse-stream`, also when `override.endpoint` names `/converse`
 /// (APISIX never streams then).
 fn bedrock_stream_path(p: &str) -> String {
@@ -489,7 +476,7 @@ async fn forward(
                     "no model for bedrock: set options.model on the route, send \"model\" in the body, or call /model/{modelId}/converse",
                 )
             })?;
-            format!("/model/{}/{}", encode_segment(model), if stream_requested { "converse-stream" } else { "converse" })
+            format!("/model/{}/{}", crate::runtime::encode_query(model), if stream_requested { "converse-stream" } else { "converse" })
         }
         (None, t) => protocol::native_path(ap.provider, t, pc)
             .ok_or_else(|| GatewayError::bad_request("could not resolve upstream path: override.endpoint needs a path"))?,

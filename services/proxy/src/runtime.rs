@@ -162,7 +162,8 @@ fn parse_endpoint(ep: &str) -> Result<Endpoint, String> {
     Ok(Endpoint { scheme, authority, path_and_query })
 }
 
-/// Percent-encodes a query component (RFC 3986 unreserved kept).
+/// Percent-encodes a query component or one path segment (RFC 3986 unreserved kept), so
+/// model ids and ARNs (`:` → `%3A`, `/` → `%2F`) stay one segment.
 pub fn encode_query(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {

@@ -43,35 +43,24 @@ impl Signer<'_> {
         body: &[u8],
         time: SystemTime,
     ) -> Result<Vec<(&'static str, String)>, String> {
-        sign_request(self, method, url, headers, body, time)
+        let c = self.creds;
+        let identity: Identity =
+            Credentials::new(&c.access_key_id, &c.secret_access_key, c.session_token.clone(), None, "aigw-route").into();
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region(self.region)
+            .name(self.service)
+            .time(time)
+            .settings(SigningSettings::default())
+            .build()
+            .map_err(|e| format!("SigV4 parameters: {e}"))?
+            .into();
+        let signable = SignableRequest::new(method, url, headers.iter().copied(), SignableBody::Bytes(body))
+            .map_err(|e| format!("SigV4 request: {e}"))?;
+        let (instructions, _signature) = sign(signable, &params).map_err(|e| format!("SigV4 signing: {e}"))?.into_parts();
+        let (out, _query) = instructions.into_parts();
+        Ok(out.into_iter().map(|h| (h.name(), h.value().to_owned())).collect())
     }
-}
-
-fn sign_request(
-    s: &Signer<'_>,
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-    time: SystemTime,
-) -> Result<Vec<(&'static str, String)>, String> {
-    let creds = s.creds;
-    let identity: Identity =
-        Credentials::new(&creds.access_key_id, &creds.secret_access_key, creds.session_token.clone(), None, "aigw-route").into();
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(s.region)
-        .name(s.service)
-        .time(time)
-        .settings(SigningSettings::default())
-        .build()
-        .map_err(|e| format!("SigV4 parameters: {e}"))?
-        .into();
-    let signable =
-        SignableRequest::new(method, url, headers.iter().copied(), SignableBody::Bytes(body)).map_err(|e| format!("SigV4 request: {e}"))?;
-    let (instructions, _signature) = sign(signable, &params).map_err(|e| format!("SigV4 signing: {e}"))?.into_parts();
-    let (out, _query) = instructions.into_parts();
-    Ok(out.into_iter().map(|h| (h.name(), h.value().to_owned())).collect())
 }
 
 #[cfg(test)]
