@@ -22,6 +22,11 @@ work=$(mktemp -d)
 trap 'kill $(cat "$work"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 UP=127.0.0.1:18181
+# Static bodies: nginx answers a POST to a static file with 405, which error_page turns into
+# an internal GET of the same file (a 4.8 KB SSE body is too long for an inline `return`).
+mkdir -p "$work/www/v1/chat" "$work/www/stream/v1/chat"
+cp bench/chat.json "$work/www/v1/chat/completions"
+cp bench/stream.sse "$work/www/stream/v1/chat/completions"
 cat > "$work/nginx.conf" <<NGINX
 worker_processes 1;
 daemon off;
@@ -34,8 +39,10 @@ http {
   keepalive_requests 1000000;
   server {
     listen $UP reuseport;
-    location = /v1/chat/completions { default_type application/json; return 200 '$(cat bench/chat.json)'; }
-    location = /stream/v1/chat/completions { default_type text/event-stream; return 200 '$(cat bench/stream.sse)'; }
+    root $work/www;
+    etag off;
+    location = /v1/chat/completions { default_type application/json; error_page 405 =200 \$uri; }
+    location = /stream/v1/chat/completions { default_type text/event-stream; error_page 405 =200 \$uri; }
   }
 }
 NGINX
