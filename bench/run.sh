@@ -27,6 +27,7 @@ UP=127.0.0.1:18181
 mkdir -p "$work/www/v1/chat" "$work/www/stream/v1/chat"
 cp bench/chat.json "$work/www/v1/chat/completions"
 cp bench/stream.sse "$work/www/stream/v1/chat/completions"
+chmod -R a+rX "$work"
 cat > "$work/nginx.conf" <<NGINX
 worker_processes 1;
 daemon off;
