@@ -90,7 +90,7 @@ RSS_IDLE=$(rss_kb)
 # wrk_run NAME URL BODY CONNS -> appends "name conns rps p50_ms p99_ms requests cpu_us_per_req" to results
 wrk_run() {
   local name=$1 url=$2 body=$3 conns=$4 threads=1
-  [ "$conns" -gt 1 ] && threads=2
+  if [ "$conns" -gt 1 ]; then threads=2; fi
   BODY_FILE="bench/$body" wrk -t1 -c"$conns" -d2s -s bench/post.lua "$url" >/dev/null 2>&1 || true
   local before; before=$(cpu_ticks)
   local out; out=$(BODY_FILE="bench/$body" wrk -t"$threads" -c"$conns" -d"${SECS}s" --latency -s bench/post.lua "$url")
@@ -103,7 +103,7 @@ wrk_run() {
   local cpu="-"
   if [[ "$url" == *"$GW"* ]]; then cpu=$(awk -v t="$((after - before))" -v r="$reqs" -v hz="$TICK" 'BEGIN { printf "%.1f", t / hz * 1e6 / r }'); fi
   echo "$name $conns $rps $p50 $p99 $reqs $cpu" >> "$work/results"
-  [[ "$url" == *"$GW"* ]] && rss_kb >> "$work/rss"
+  if [[ "$url" == *"$GW"* ]]; then rss_kb >> "$work/rss"; fi
 }
 to_ms() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v=v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v=v*1000 } print v }'; }
 
