@@ -1,0 +1,115 @@
+//! Criterion benches for the per-request hot paths (PERFORMANCE.md): protocol detection,
+//! body shaping, Anthropic⇄OpenAI conversion, SSE parsing and usage observation,
+//! AWS event-stream decoding. `cargo bench -p aigw-llm`.
+
+use aigw_llm::anthropic::{StreamConverter, ToolNames, request_to_openai};
+use aigw_llm::eventstream::{Decoder, event};
+use aigw_llm::protocol::{Protocol, detect};
+use aigw_llm::shaping::{Shaping, shape};
+use aigw_llm::sse::Parser;
+use aigw_llm::usage::{StreamObserver, observe_json};
+use aigw_model::Provider;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use serde_json::{Value, json};
+use std::hint::black_box;
+
+fn testdata(name: &str) -> Value {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/anthropic").join(name);
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn chat_sse() -> Vec<u8> {
+    let mut s = String::new();
+    s.push_str("data: {\"id\":\"c\",\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}],\"usage\":null}\n\n");
+    for i in 0..22 {
+        s.push_str(&format!("data: {{\"id\":\"c\",\"model\":\"gpt-4o-mini\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}},\"finish_reason\":null}}],\"usage\":null}}\n\n"));
+    }
+    s.push_str("data: {\"id\":\"c\",\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":null}\n\n");
+    s.push_str("data: {\"id\":\"c\",\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":23,\"completion_tokens\":22,\"total_tokens\":45}}\n\n");
+    s.push_str("data: [DONE]\n\n");
+    s.into_bytes()
+}
+
+fn benches(c: &mut Criterion) {
+    let chat = json!({"model": "gpt-4o-mini", "messages": [{"role": "system", "content": "You are a terse assistant."}, {"role": "user", "content": "What is 1+1? Answer briefly."}]});
+    c.bench_function("detect/openai_chat", |b| b.iter(|| detect(black_box("/v1/chat/completions"), black_box(&chat))));
+
+    let options = json!({"model": "gpt-4o-mini", "temperature": 0.2}).as_object().cloned().unwrap();
+    c.bench_function("shape/options+max_tokens", |b| {
+        b.iter(|| {
+            let mut body = chat.clone();
+            let s = Shaping {
+                provider: Provider::Openai,
+                target: Protocol::OpenAiChat,
+                options: Some(&options),
+                max_tokens: Some(256),
+                request_body: None,
+                force_request_body: false,
+            };
+            shape(&mut body, &s)
+        })
+    });
+
+    let anth = testdata("req_tools_multi_turn_parallel.in.json")["request"].clone();
+    c.bench_function("anthropic/request_to_openai(tools, 4 turns)", |b| {
+        b.iter(|| request_to_openai(black_box(&anth), "max_tokens", &mut ToolNames::default()).unwrap())
+    });
+
+    let sse = chat_sse();
+    let mut g = c.benchmark_group("stream");
+    g.throughput(Throughput::Bytes(sse.len() as u64));
+    g.bench_function("sse_parse(26 events)", |b| {
+        b.iter(|| {
+            let mut p = Parser::new();
+            let mut out = Vec::with_capacity(32);
+            for chunk in sse.chunks(512) {
+                p.push(chunk, &mut out);
+            }
+            out.len()
+        })
+    });
+    g.bench_function("observe_openai_sse(26 events)", |b| {
+        b.iter(|| {
+            let mut o = StreamObserver::new(Protocol::OpenAiChat);
+            for chunk in sse.chunks(512) {
+                o.feed(chunk);
+            }
+            o.finish().usage.total
+        })
+    });
+    g.bench_function("openai_sse_to_anthropic(26 events)", |b| {
+        b.iter(|| {
+            let mut o = StreamObserver::new(Protocol::OpenAiChat);
+            let mut conv = StreamConverter::new(ToolNames::default(), "m");
+            let mut out = String::new();
+            for chunk in sse.chunks(512) {
+                o.feed_with(chunk, |ev| conv.push(&ev.data, &mut out));
+            }
+            conv.finish(&mut out);
+            out.len()
+        })
+    });
+    let mut es = event("messageStart", &json!({"role": "assistant"}));
+    for i in 0..22 {
+        es.extend(event("contentBlockDelta", &json!({"contentBlockIndex": 0, "delta": {"text": format!("tok{i} ")}})));
+    }
+    es.extend(event("messageStop", &json!({"stopReason": "end_turn"})));
+    es.extend(event("metadata", &json!({"usage": {"inputTokens": 14, "outputTokens": 22, "totalTokens": 36}})));
+    g.bench_function("eventstream_decode(25 frames)", |b| {
+        b.iter(|| {
+            let mut d = Decoder::new();
+            let mut out = Vec::with_capacity(32);
+            for chunk in es.chunks(512) {
+                d.push(chunk, &mut out).unwrap();
+            }
+            out.len()
+        })
+    });
+    g.finish();
+
+    let completion = br#"{"id":"chatcmpl-bench","object":"chat.completion","created":1732000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"1+1 equals 2."},"finish_reason":"stop"}],"usage":{"prompt_tokens":23,"completion_tokens":8,"total_tokens":31,"prompt_tokens_details":{"cached_tokens":0}}}"#;
+    c.bench_function("observe_json(chat.completion)", |b| b.iter(|| observe_json(black_box(completion)).usage.total));
+}
+
+criterion_group!(hot_paths, benches);
+criterion_main!(hot_paths);
