@@ -164,3 +164,35 @@ async fn config_service_exits_zero_on_sigterm() {
     cfg.proc.signal(15);
     assert!(cfg.proc.wait_exit(Duration::from_secs(15)).await.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_an_in_flight_stream_and_h2c_is_served() {
+    use aigw_testkit::fake::{AuthCheck, ProviderSpec};
+    let spec =
+        ProviderSpec { deltas: 10, chunk_delay: Duration::from_millis(100), ..ProviderSpec::new("slow", AuthCheck::Bearer("k".into())) };
+    let up = FakeServer::start(spec.handler()).await;
+    let route = json!({"id": "s", "uri": "/s", "plugins": {"ai-proxy": {"provider": "openai-compatible", "auth": {"header": {"Authorization": "Bearer k"}},
+        "options": {"model": "m"}, "override": {"endpoint": up.url()}}}});
+    let (mut p, _d) = standalone(vec![route]).await;
+
+    // h2c (HTTP/2 with prior knowledge) on the data plane.
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let req = ::http::Request::post(format!("{}/s", p.data))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(json!({"messages": [{"role": "user", "content": "hi"}]}).to_string())))
+        .unwrap();
+    let resp = h2.request(req).await.unwrap();
+    assert_eq!((resp.status().as_u16(), resp.version()), (200, ::http::Version::HTTP_2));
+
+    // A stream in flight when SIGTERM arrives still completes; then the process exits 0.
+    let mut s = http::post_stream(&format!("{}/s", p.data), &[], &json!({"stream": true, "messages": [{"role": "user", "content": "hi"}]}))
+        .await
+        .unwrap();
+    assert!(s.next_data().await.is_some());
+    p.proc.signal(15);
+    let rest = s.rest().await;
+    assert!(rest.ends_with("data: [DONE]\n\n"), "the stream finished: {rest}");
+    assert!(p.proc.wait_exit(Duration::from_secs(15)).await.success());
+}
