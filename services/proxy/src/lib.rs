@@ -4,7 +4,9 @@
 pub mod access_log;
 pub mod body;
 pub mod errors;
+pub mod forward;
 pub mod proxy;
+pub mod reqvars;
 pub mod router;
 pub mod runtime;
 pub mod sigv4;
