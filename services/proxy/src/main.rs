@@ -3,6 +3,11 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+// glibc malloc showed up as ~12% of the proxy's CPU under load (perf); mimalloc's
+// thread-local free lists suit the many small per-request allocations.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// aigw-proxy: a stateless LLM gateway node. Give it exactly one config source:
 /// --routes FILE (standalone) or --config-service URL (subscribe to aigw-config).
 #[derive(Parser, Debug)]
