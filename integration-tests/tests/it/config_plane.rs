@@ -297,3 +297,29 @@ async fn secrets_are_encrypted_at_rest_and_never_read_back_in_clear() {
     let logs = [cfg.proc.logs(), p.proc.logs(), keyless.proc.logs()].concat().join("\n");
     assert!(!logs.contains("sk-very-secret"), "secret in logs");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_key_reads_redact_and_a_read_back_put_keeps_the_secret() {
+    let up = FakeServer::start(openai_chat("up", "sk-kept", "/v1")).await;
+    let dir = TempDir::new("redact");
+    let cfg = Config::start(dir.path(), "127.0.0.1:0", &[]).await;
+    let p = Proxy::subscribed(&cfg.url(), &[]).await;
+    let mut route = chat_route("chat", "/anything", &up.url(), "sk-kept");
+    route["plugins"]["ai-proxy"]["auth"]["header"]["x.team"] = json!("team-secret");
+    assert_eq!(cfg.put_rest("chat", &route).await.status, 201);
+    let got = http::get(&cfg.admin("/routes/chat"), &[("x-api-key", ADMIN_KEY)]).await.unwrap().json();
+    let mut value = got["value"].clone();
+    assert_eq!(value["plugins"]["ai-proxy"]["auth"]["header"]["Authorization"], "******");
+    // Editing what a read returned keeps the stored secret.
+    value["uri"] = json!("/edited");
+    assert_eq!(cfg.put_rest("chat", &value).await.status, 200);
+    p.wait_chat_status("/edited", 200).await;
+    assert_eq!(up.last().header("authorization"), Some("Bearer sk-kept"));
+    assert_eq!(up.last().header("x.team"), Some("team-secret"), "dotted header names round-trip too");
+    // The marker cannot stand in for a secret that does not exist yet.
+    let mut fresh = value.clone();
+    fresh["id"] = json!("fresh");
+    let r = cfg.put_rest("fresh", &fresh).await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error_msg"].as_str().unwrap().contains("redaction marker"), "{}", r.text());
+}

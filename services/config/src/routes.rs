@@ -90,7 +90,10 @@ impl RouteService {
         let mut missing = None;
         secrets::for_each_secret(&mut route, |path, s| {
             if s == REDACTED {
-                let ptr = format!("/{}", path.replacen("plugins.ai-proxy.", "plugins/ai-proxy/", 1).replace('.', "/"));
+                // `plugins.ai-proxy.auth.<kind>.<name>`: the name may itself contain dots.
+                let rest = path.strip_prefix("plugins.ai-proxy.auth.").unwrap_or(path);
+                let (kind, name) = rest.split_once('.').unwrap_or((rest, ""));
+                let ptr = format!("/plugins/ai-proxy/auth/{kind}/{}", name.replace('~', "~0").replace('/', "~1"));
                 match existing.as_ref().and_then(|e| e.pointer(&ptr)).and_then(Value::as_str) {
                     Some(old) => *s = old.to_owned(),
                     None => missing = Some(path.to_owned()),

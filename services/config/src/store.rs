@@ -30,7 +30,8 @@ pub struct Store {
     tmp_counter: AtomicU64,
 }
 
-const TMP_PREFIX: &str = ".tmp-";
+/// Temporary files end in `.tmp`; route files end in `.json`, so no route id can collide.
+const TMP_SUFFIX: &str = ".tmp";
 
 impl Store {
     /// Opens (creating) the store and loads every route.
@@ -42,7 +43,7 @@ impl Store {
             let entry = entry.map_err(io(&dir))?;
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(TMP_PREFIX) {
+            if name.ends_with(TMP_SUFFIX) {
                 // Left by a write that never completed: it was never acknowledged.
                 tracing::info!(file = %path.display(), "removing incomplete write");
                 fs::remove_file(&path).map_err(io(&path))?;
@@ -68,7 +69,7 @@ impl Store {
     /// Durably writes a route (ids are validated: safe as file names).
     pub fn put(&self, id: &str, value: &Value) -> Result<(), StoreError> {
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.dir.join(format!("{TMP_PREFIX}{id}-{}-{n}", std::process::id()));
+        let tmp = self.dir.join(format!(".{id}-{}-{n}{TMP_SUFFIX}", std::process::id()));
         let bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
         let write = || -> std::io::Result<()> {
             let mut f = File::create(&tmp)?;
@@ -114,12 +115,15 @@ mod tests {
         s.put("a", &json!({"id": "a", "uri": "/a2"})).unwrap();
         assert!(s.delete("b").unwrap());
         assert!(!s.delete("b").unwrap());
+        // Ids that look like temporary files are still routes.
+        s.put(".tmp-x", &json!({"id": ".tmp-x"})).unwrap();
         // A torn write: a temporary file that was never renamed.
-        fs::write(dir.join("routes/.tmp-c-1-0"), b"{\"id\": \"c\", \"ur").unwrap();
+        fs::write(dir.join("routes/.c-1-0.tmp"), b"{\"id\": \"c\", \"ur").unwrap();
         let (_s, routes) = Store::open(&dir).unwrap();
-        assert_eq!(routes.len(), 1);
+        assert_eq!(routes.len(), 2);
         assert_eq!(routes["a"]["uri"], "/a2");
-        assert!(!dir.join("routes/.tmp-c-1-0").exists());
+        assert!(routes.contains_key(".tmp-x"));
+        assert!(!dir.join("routes/.c-1-0.tmp").exists());
         // A corrupted route file is reported, not silently dropped.
         fs::write(dir.join("routes/x.json"), b"{oops").unwrap();
         assert!(matches!(Store::open(&dir).unwrap_err(), StoreError::Corrupt { .. }));
