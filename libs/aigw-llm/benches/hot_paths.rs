@@ -1,14 +1,12 @@
 //! Criterion benches for the per-request hot paths (PERFORMANCE.md): protocol detection,
-//! body shaping, Anthropic⇄OpenAI conversion, SSE parsing and usage observation,
+//! Anthropic⇄OpenAI conversion, SSE parsing and usage observation,
 //! AWS event-stream decoding. `cargo bench -p aigw-llm`.
 
 use aigw_llm::anthropic::{StreamConverter, ToolNames, request_to_openai};
 use aigw_llm::eventstream::{Decoder, event};
 use aigw_llm::protocol::{Protocol, detect};
-use aigw_llm::shaping::{Shaping, shape};
 use aigw_llm::sse::Parser;
 use aigw_llm::usage::{StreamObserver, observe_json};
-use aigw_model::Provider;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::{Value, json};
 use std::hint::black_box;
@@ -33,22 +31,6 @@ fn chat_sse() -> Vec<u8> {
 fn benches(c: &mut Criterion) {
     let chat = json!({"model": "gpt-4o-mini", "messages": [{"role": "system", "content": "You are a terse assistant."}, {"role": "user", "content": "What is 1+1? Answer briefly."}]});
     c.bench_function("detect/openai_chat", |b| b.iter(|| detect(black_box("/v1/chat/completions"), black_box(&chat))));
-
-    let options = json!({"model": "gpt-4o-mini", "temperature": 0.2}).as_object().cloned().unwrap();
-    c.bench_function("shape/options+max_tokens", |b| {
-        b.iter(|| {
-            let mut body = chat.clone();
-            let s = Shaping {
-                provider: Provider::Openai,
-                target: Protocol::OpenAiChat,
-                options: Some(&options),
-                max_tokens: Some(256),
-                request_body: None,
-                force_request_body: false,
-            };
-            shape(&mut body, &s)
-        })
-    });
 
     let anth = testdata("req_tools_multi_turn_parallel.in.json")["request"].clone();
     c.bench_function("anthropic/request_to_openai(tools, 4 turns)", |b| {

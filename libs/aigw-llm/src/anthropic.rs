@@ -4,7 +4,8 @@
 //! * [`request_to_openai`]: an Anthropic request becomes an OpenAI chat request.
 //! * [`response_from_openai`]: an OpenAI chat completion becomes an Anthropic message.
 //! * [`StreamConverter`]: OpenAI SSE chunks become the Anthropic SSE event sequence.
-//! * [`error_from_openai`]: any upstream error body becomes Anthropic's error envelope.
+//! * [`error_from_openai`]: any upstream error body becomes Anthropic's error envelope
+//!   (built by [`crate::envelope`], which owns the status → type table).
 //!
 //! Tool names the backend would reject (outside `[a-zA-Z0-9_-]` or over 64 bytes) are
 //! sanitised reversibly (`<55 chars>_<8 hex of sha256>`, LiteLLM-compatible); the
@@ -14,6 +15,8 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
+
+use crate::envelope::{self, Envelope};
 
 /// A request the converter cannot represent: a 400 `invalid_request_error` for the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -434,32 +437,10 @@ pub fn response_from_openai(resp: &Value, fallback_model: &str, names: &ToolName
     }))
 }
 
-/// Anthropic's error `type` for an HTTP status.
-pub fn error_type(status: u16) -> &'static str {
-    match status {
-        400 | 422 => "invalid_request_error",
-        401 => "authentication_error",
-        402 => "billing_error",
-        403 => "permission_error",
-        404 => "not_found_error",
-        413 => "request_too_large",
-        429 => "rate_limit_error",
-        504 => "timeout_error",
-        503 | 529 => "overloaded_error",
-        _ => "api_error",
-    }
-}
-
 /// Any upstream error body (OpenAI-shaped, or not JSON at all) → Anthropic's envelope.
-pub fn error_from_openai(status: u16, body: &[u8]) -> Value {
-    let v: Option<Value> = serde_json::from_slice(body).ok();
-    let message = v
-        .as_ref()
-        .and_then(|v| v.pointer("/error/message").or_else(|| v.get("message")).or_else(|| v.get("error")))
-        .and_then(|m| m.as_str().map(str::to_owned).or_else(|| Some(m.to_string())))
-        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(2048)]).trim().to_owned());
-    let message = if message.is_empty() { format!("upstream returned status {status}") } else { message };
-    json!({"type": "error", "error": {"type": error_type(status), "message": message}})
+pub fn error_from_openai(status: u16, body: &[u8]) -> Vec<u8> {
+    let message = envelope::message_of(status, body);
+    envelope::json(Envelope::Anthropic, &envelope::Error { status, kind: None, code: "upstream_error", message: &message })
 }
 
 /// Encodes one Anthropic SSE event.
@@ -570,7 +551,10 @@ impl StreamConverter {
         if self.finished {
             return;
         }
-        out.push_str(&sse_event("error", &json!({"type": "error", "error": {"type": error_type(status), "message": message}})));
+        out.push_str(&sse_event(
+            "error",
+            &json!({"type": "error", "error": {"type": envelope::anthropic_type(status), "message": message}}),
+        ));
         self.finished = true;
     }
 
@@ -640,14 +624,15 @@ impl StreamConverter {
         }
     }
 
-    /// At the end of the upstream stream: closes a stream that lacked `[DONE]`, or reports
-    /// one that produced nothing.
+    /// At the end of the upstream stream. A stream that ended properly (`[DONE]`, or its
+    /// finish and usage chunks) is already finished; one that stopped before its end
+    /// marker gets an `error` event, never a clean `message_stop` the client would trust.
     pub fn finish(&mut self, out: &mut String) {
         if self.finished {
             return;
         }
         if self.started {
-            self.end(out);
+            self.fail(502, "upstream stream ended before its end marker", out);
         } else {
             self.fail(502, "the upstream stream ended without producing any output", out);
         }
@@ -854,11 +839,12 @@ mod tests {
 
     #[test]
     fn errors_convert_keeping_the_message() {
-        let e = error_from_openai(429, br#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#);
+        let v = |b: Vec<u8>| serde_json::from_slice::<Value>(&b).unwrap();
+        let e = v(error_from_openai(429, br#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#));
         assert_eq!(e, json!({"type": "error", "error": {"type": "rate_limit_error", "message": "Rate limit reached"}}));
-        let e = error_from_openai(502, b"<html>bad gateway</html>");
+        let e = v(error_from_openai(502, b"<html>bad gateway</html>"));
         assert_eq!(e["error"]["type"], "api_error");
         assert_eq!(e["error"]["message"], "<html>bad gateway</html>");
-        assert_eq!(error_from_openai(503, b"")["error"]["message"], "upstream returned status 503");
+        assert_eq!(v(error_from_openai(503, b""))["error"]["message"], "upstream returned status 503");
     }
 }

@@ -105,6 +105,10 @@ pub struct Decoder {
     buf: Vec<u8>,
     /// Set after a fatal error: the stream cannot be resynchronised.
     failed: bool,
+    /// Total bytes fed.
+    consumed: u64,
+    /// Stream offset just after the last whole, valid frame.
+    boundary: u64,
 }
 
 impl Decoder {
@@ -117,10 +121,23 @@ impl Decoder {
         self.buf.len()
     }
 
+    /// Stream offset just after the last whole, valid frame: everything before it can be
+    /// forwarded as whole frames; a partial or corrupt frame never is.
+    pub fn boundary(&self) -> u64 {
+        self.boundary
+    }
+
+    /// Total bytes fed so far.
+    pub fn consumed(&self) -> u64 {
+        self.consumed
+    }
+
     pub fn push(&mut self, chunk: &[u8], out: &mut Vec<Message>) -> Result<(), DecodeError> {
+        self.consumed += chunk.len() as u64;
         if self.failed {
             return Ok(());
         }
+        let base = self.consumed - chunk.len() as u64 - self.buf.len() as u64;
         self.buf.extend_from_slice(chunk);
         let mut pos = 0;
         let result = loop {
@@ -151,6 +168,7 @@ impl Decoder {
                 Err(e) => break Err(e),
             }
             pos += total;
+            self.boundary = base + pos as u64;
         };
         self.buf.drain(..pos);
         if result.is_err() {

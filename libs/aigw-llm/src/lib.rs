@@ -1,12 +1,14 @@
 //! LLM protocol knowledge for aigw, free of I/O so it can be unit-tested, fuzzed and
-//! benchmarked: which protocol a request speaks, where each provider serves it, how a
-//! body is shaped for the provider, how SSE is framed, and where usage hides.
+//! benchmarked: which protocol a request speaks, how each protocol converts to the
+//! others, how SSE and AWS event-stream are framed, where usage hides, and what an error
+//! looks like in each protocol. Providers (where and how to reach them) are
+//! `aigw-providers`.
 
 pub mod anthropic;
 pub mod bedrock;
+pub mod envelope;
 pub mod eventstream;
 pub mod protocol;
-pub mod shaping;
 pub mod sse;
 pub mod stream;
 pub mod usage;

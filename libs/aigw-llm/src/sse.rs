@@ -2,6 +2,11 @@
 //! Lines end in `\n`, `\r\n` or `\r`; a blank line ends an event; `:` lines are
 //! comments (OpenRouter's `: OPENROUTER PROCESSING`, DeepSeek's `: keep-alive`);
 //! several `data:` lines join with `\n`; one space after the colon is stripped.
+//!
+//! The parser also tracks the stream offset of the last *event boundary* (a point where
+//! no event is half-read), so a forwarder can send whole events only and hold back a
+//! partial one: a stream cut in the middle of an event then never reaches the client
+//! with half a line followed by the gateway's error event.
 
 /// One dispatched event. `event` is empty for the default type (`message`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -10,18 +15,31 @@ pub struct Event {
     pub data: String,
 }
 
-/// A partial line longer than this is dropped (a misbehaving upstream must not grow
-/// our memory without bound).
-pub const MAX_LINE: usize = 1 << 20;
+/// Default cap on one event (its partial line plus accumulated data), used when the
+/// caller sets none. Events of any size up to the cap pass intact.
+pub const DEFAULT_MAX_EVENT: usize = 16 << 20;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Parser {
     buf: Vec<u8>,
     event: String,
     data: String,
     has_data: bool,
-    /// Bytes dropped because a line exceeded [`MAX_LINE`].
-    pub dropped: usize,
+    /// A field line of the current event was seen (the event is half-read).
+    in_event: bool,
+    max_event: usize,
+    /// Total bytes fed.
+    consumed: u64,
+    /// Stream offset just after the last event boundary.
+    boundary: u64,
+    /// An event exceeded the cap: parsing stopped for good.
+    overflow: bool,
+}
+
+impl Default for Parser {
+    fn default() -> Self {
+        Parser::with_limit(DEFAULT_MAX_EVENT)
+    }
 }
 
 impl Parser {
@@ -29,8 +47,46 @@ impl Parser {
         Parser::default()
     }
 
+    /// A parser that gives up (see [`overflowed`](Self::overflowed)) when one event grows
+    /// past `max_event` bytes.
+    pub fn with_limit(max_event: usize) -> Parser {
+        Parser {
+            buf: Vec::new(),
+            event: String::new(),
+            data: String::new(),
+            has_data: false,
+            in_event: false,
+            max_event,
+            consumed: 0,
+            boundary: 0,
+            overflow: false,
+        }
+    }
+
+    /// Stream offset (bytes since the start) just after the last complete event, comment
+    /// or blank line: everything before it can be forwarded whole.
+    pub fn boundary(&self) -> u64 {
+        self.boundary
+    }
+
+    /// Total bytes fed so far.
+    pub fn consumed(&self) -> u64 {
+        self.consumed
+    }
+
+    /// Whether an event grew past the cap (nothing after it was parsed).
+    pub fn overflowed(&self) -> bool {
+        self.overflow
+    }
+
     /// Feeds bytes; complete events are appended to `out`.
     pub fn push(&mut self, chunk: &[u8], out: &mut Vec<Event>) {
+        if self.overflow {
+            self.consumed += chunk.len() as u64;
+            return;
+        }
+        let base = self.consumed - self.buf.len() as u64;
+        self.consumed += chunk.len() as u64;
         self.buf.extend_from_slice(chunk);
         let mut start = 0;
         let len = self.buf.len();
@@ -51,6 +107,9 @@ impl Parser {
                 let line = std::mem::take(&mut self.buf);
                 self.line(&line[start..i], out);
                 self.buf = line;
+                if !self.in_event {
+                    self.boundary = base + next as u64;
+                }
                 start = next;
                 i = next;
                 continue;
@@ -58,9 +117,10 @@ impl Parser {
             i += 1;
         }
         self.buf.drain(..start);
-        if self.buf.len() > MAX_LINE {
-            self.dropped += self.buf.len();
-            self.buf.clear();
+        if self.buf.len() + self.data.len() > self.max_event {
+            self.overflow = true;
+            self.buf = Vec::new();
+            self.data = String::new();
         }
     }
 
@@ -69,7 +129,9 @@ impl Parser {
     pub fn finish(&mut self, out: &mut Vec<Event>) -> usize {
         let partial = self.buf.len();
         self.buf.clear();
-        self.dispatch(out);
+        if !self.overflow {
+            self.dispatch(out);
+        }
         partial
     }
 
@@ -81,6 +143,7 @@ impl Parser {
         if line[0] == b':' {
             return;
         }
+        self.in_event = true;
         let (field, value) = match line.iter().position(|&b| b == b':') {
             Some(p) => {
                 let v = &line[p + 1..];
@@ -108,6 +171,7 @@ impl Parser {
         self.event.clear();
         self.data.clear();
         self.has_data = false;
+        self.in_event = false;
     }
 }
 
@@ -152,13 +216,42 @@ mod tests {
         assert_eq!(parse_in_pieces(b"data:\n\n", 4), vec![ev("", "")]);
     }
 
+    /// The boundary is always just after a whole event (or comment), in every split.
     #[test]
-    fn oversized_lines_are_dropped() {
+    fn boundaries_are_event_ends() {
+        let input = b": c\n\ndata: {\"a\":1}\n\nevent: e\r\ndata: x\r\n\r\ndata: tail";
+        let ends = [0u64, 4, 5, 20, 41];
+        for piece in 1..input.len() {
+            let mut p = Parser::new();
+            let mut out = Vec::new();
+            for c in input.chunks(piece) {
+                p.push(c, &mut out);
+                let b = p.boundary();
+                assert!(ends.contains(&b), "piece {piece}: boundary {b}");
+                assert!(b <= p.consumed());
+            }
+            assert_eq!(p.boundary(), 41, "piece {piece}");
+        }
+    }
+
+    #[test]
+    fn large_events_pass_up_to_the_cap() {
+        let big = "x".repeat(3 << 20);
+        let input = format!("data: {big}\n\ndata: after\n\n");
         let mut p = Parser::new();
         let mut out = Vec::new();
-        p.push(&vec![b'x'; MAX_LINE + 1], &mut out);
-        assert_eq!(p.dropped, MAX_LINE + 1);
-        p.push(b"\ndata: ok\n\n", &mut out);
-        assert_eq!(out.last().unwrap().data, "ok");
+        for c in input.as_bytes().chunks(64 << 10) {
+            p.push(c, &mut out);
+        }
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].data.len(), 3 << 20);
+        assert!(!p.overflowed());
+        let mut p = Parser::with_limit(1 << 20);
+        let mut out = Vec::new();
+        for c in input.as_bytes().chunks(64 << 10) {
+            p.push(c, &mut out);
+        }
+        assert!(p.overflowed() && out.is_empty());
+        assert_eq!(p.boundary(), 0);
     }
 }

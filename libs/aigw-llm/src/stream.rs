@@ -8,17 +8,24 @@
 //! OpenAI SSE ───────────────────────────────────────────────▶ StreamConverter (Anthropic client)
 //! same protocol on both sides: bytes forwarded untouched, observed on the side
 //! ```
+//!
+//! Whatever the mode, the client only ever receives whole events (SSE events or
+//! event-stream frames): untouched bytes are forwarded up to the last event boundary and
+//! a partial event is held back until its end arrives. So a stream that breaks mid-event
+//! ends with every complete event, then exactly one terminal error in the client's
+//! protocol ([`crate::envelope::stream`]), never half an event glued to an error.
 
-use serde_json::json;
+use bytes::Bytes;
 
 use crate::anthropic::{StreamConverter, ToolNames};
 use crate::bedrock::StreamToOpenAi;
+use crate::envelope;
 use crate::eventstream::{self, Message};
 use crate::protocol::Protocol;
 use crate::usage::{Observation, StreamObserver, usage_of};
 
 enum Out {
-    /// Forward upstream bytes unchanged.
+    /// Forward upstream bytes unchanged (whole events only).
     Raw,
     /// OpenAI SSE built from converted chunks.
     OpenAiSse,
@@ -37,16 +44,48 @@ enum Upstream {
     EventStream(Box<EventStream>),
 }
 
+/// What to do with one upstream chunk.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Send these bytes to the client (whole events; a zero-copy slice of the input when
+    /// nothing had to be held back).
+    Send(Bytes),
+    /// Nothing to send yet (an event is still incomplete).
+    Hold,
+    /// The stream is broken beyond repair (a corrupt frame, an event over the cap): send
+    /// these bytes (the whole events before the fault, then one terminal error) and end.
+    End(Bytes, Ending),
+}
+
+/// How a stream ended, for the completion record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    Complete,
+    /// The upstream stopped before its protocol's end marker.
+    Truncated,
+    /// The upstream reported an error inside the stream (forwarded or converted).
+    UpstreamError(String),
+    /// The upstream sent bytes that cannot be framed (corrupt frame, event over the cap).
+    Corrupt(String),
+}
+
 pub struct Pipe {
     upstream_proto: Protocol,
     client: Protocol,
     upstream: Upstream,
     out: Out,
+    /// Stream offset up to which raw bytes went to the client.
+    sent: u64,
+    /// Raw bytes received but not yet sent (a partial event).
+    held: Vec<u8>,
+    max_event: usize,
+    ended: bool,
 }
 
 impl Pipe {
-    /// `upstream` is what the provider streams, `client` what the client expects.
-    pub fn new(upstream: Protocol, client: Protocol, names: ToolNames, model: &str, id: &str) -> Pipe {
+    /// `upstream` is what the provider streams, `client` what the client expects;
+    /// `max_event` caps one event (larger ones end the stream with an error).
+    pub fn new(upstream: Protocol, client: Protocol, names: ToolNames, model: &str, id: &str, max_event: usize) -> Pipe {
         let out = if upstream == client {
             Out::Raw
         } else {
@@ -57,17 +96,17 @@ impl Pipe {
             }
         };
         let converting = !matches!(out, Out::Raw);
-        if upstream == Protocol::BedrockConverse {
-            let es = EventStream {
+        let upstream_state = if upstream == Protocol::BedrockConverse {
+            Upstream::EventStream(Box::new(EventStream {
                 decoder: eventstream::Decoder::new(),
                 msgs: Vec::new(),
                 to_openai: converting.then(|| StreamToOpenAi::new(id, model)),
                 obs: Observation::default(),
-            };
-            Pipe { upstream_proto: upstream, client, upstream: Upstream::EventStream(Box::new(es)), out }
+            }))
         } else {
-            Pipe { upstream_proto: upstream, client, upstream: Upstream::Sse(Box::new(StreamObserver::new(upstream))), out }
-        }
+            Upstream::Sse(Box::new(StreamObserver::with_limit(upstream, max_event)))
+        };
+        Pipe { upstream_proto: upstream, client, upstream: upstream_state, out, sent: 0, held: Vec::new(), max_event, ended: false }
     }
 
     pub fn obs(&self) -> &Observation {
@@ -81,111 +120,200 @@ impl Pipe {
         !matches!(self.out, Out::Raw)
     }
 
+    /// The protocol the client reads.
+    pub fn client(&self) -> Protocol {
+        self.client
+    }
+
     /// Whether the upstream protocol has an end marker to check for (passthrough SSE of
     /// unknown shape has none).
-    pub fn expects_end_marker(&self) -> bool {
+    fn expects_end_marker(&self) -> bool {
         matches!(
             self.upstream_proto,
             Protocol::OpenAiChat | Protocol::OpenAiResponses | Protocol::AnthropicMessages | Protocol::BedrockConverse
         )
     }
 
-    /// Whether a stream that ended now would lack its protocol's end marker.
-    pub fn missing_end(&self) -> bool {
-        let o = self.obs();
-        !self.converting() && !o.done && o.error.is_none()
+    /// Raw mode: the bytes in `[sent, boundary)` go out; the rest of `chunk` is held.
+    fn forward_raw(&mut self, chunk: Bytes, boundary: u64) -> Option<Bytes> {
+        let n = (boundary.saturating_sub(self.sent)) as usize;
+        if n == 0 {
+            self.held.extend_from_slice(&chunk);
+            return None;
+        }
+        self.sent = boundary;
+        if self.held.is_empty() {
+            if n >= chunk.len() {
+                return Some(chunk);
+            }
+            self.held.extend_from_slice(&chunk[n..]);
+            return Some(chunk.slice(..n));
+        }
+        let mut all = std::mem::take(&mut self.held);
+        all.extend_from_slice(&chunk);
+        self.held = all.split_off(n.min(all.len()));
+        Some(Bytes::from(all))
     }
 
-    /// Feeds upstream bytes. None: forward them as they are; Some: send these instead
-    /// (possibly empty: nothing to send yet).
-    pub fn push(&mut self, chunk: &[u8]) -> Option<Vec<u8>> {
-        let es = match &mut self.upstream {
+    /// Feeds one upstream chunk.
+    pub fn push(&mut self, chunk: Bytes) -> Step {
+        if self.ended {
+            return Step::Hold;
+        }
+        let step = match &mut self.upstream {
             Upstream::Sse(obs) => {
-                return match &mut self.out {
+                let out = match &mut self.out {
                     Out::Anthropic(c) => {
                         let mut s = String::new();
-                        obs.feed_with(chunk, |ev| c.push(&ev.data, &mut s));
-                        Some(s.into_bytes())
+                        obs.feed_with(&chunk, |ev| c.push(&ev.data, &mut s));
+                        Some(Bytes::from(s))
                     }
                     _ => {
-                        obs.feed(chunk);
+                        obs.feed(&chunk);
                         None
                     }
                 };
+                let overflow = obs.overflowed();
+                let boundary = obs.boundary();
+                let sent = match out {
+                    Some(converted) => Some(converted),
+                    None => self.forward_raw(chunk, boundary),
+                };
+                if overflow {
+                    let msg = format!("an upstream event is larger than {} bytes", self.max_event);
+                    return self.end_with(sent, 502, "upstream_event_too_large", &msg, Ending::Corrupt(msg.clone()));
+                }
+                sent
             }
-            Upstream::EventStream(es) => es,
+            Upstream::EventStream(es) => {
+                let decoded = es.decoder.push(&chunk, &mut es.msgs);
+                let msgs: Vec<Message> = es.msgs.drain(..).collect();
+                let mut chunks = Vec::new();
+                for m in &msgs {
+                    observe_converse(&mut es.obs, m);
+                    if let Some(t) = &mut es.to_openai {
+                        t.push(m, &mut chunks);
+                    }
+                }
+                let boundary = es.decoder.boundary();
+                let sent = match self.emit(chunks) {
+                    Some(converted) => Some(converted),
+                    None => self.forward_raw(chunk, boundary),
+                };
+                if let Err(e) = decoded {
+                    let msg = format!("upstream event stream is corrupt: {e}");
+                    if let Upstream::EventStream(es) = &mut self.upstream {
+                        es.obs.error = Some(msg.clone());
+                    }
+                    return self.end_with(sent, 502, "upstream_stream_corrupt", &msg, Ending::Corrupt(msg.clone()));
+                }
+                sent
+            }
         };
-        if let Err(e) = es.decoder.push(chunk, &mut es.msgs) {
-            es.obs.error = Some(e.to_string());
-            let msg = format!("upstream event stream is corrupt: {e}");
-            return Some(self.fail(502, "upstream_stream_corrupt", &msg));
+        match step {
+            Some(b) if !b.is_empty() => Step::Send(b),
+            _ => Step::Hold,
         }
-        let msgs: Vec<Message> = es.msgs.drain(..).collect();
-        let mut chunks = Vec::new();
-        for m in &msgs {
-            observe_converse(&mut es.obs, m);
-            if let Some(t) = &mut es.to_openai {
-                t.push(m, &mut chunks);
-            }
-        }
-        self.emit(chunks)
     }
 
-    fn emit(&mut self, chunks: Vec<String>) -> Option<Vec<u8>> {
+    fn end_with(&mut self, before: Option<Bytes>, status: u16, code: &str, msg: &str, ending: Ending) -> Step {
+        let tail = self.fail(status, code, msg);
+        let mut all = before.map(Vec::from).unwrap_or_default();
+        all.extend_from_slice(&tail);
+        Step::End(Bytes::from(all), ending)
+    }
+
+    fn emit(&mut self, chunks: Vec<String>) -> Option<Bytes> {
         match &mut self.out {
             Out::Raw => None,
-            Out::OpenAiSse => Some(chunks.iter().flat_map(|c| format!("data: {c}\n\n").into_bytes()).collect()),
+            Out::OpenAiSse => Some(Bytes::from(chunks.iter().flat_map(|c| format!("data: {c}\n\n").into_bytes()).collect::<Vec<u8>>())),
             Out::Anthropic(conv) => {
                 let mut s = String::new();
                 chunks.iter().for_each(|c| conv.push(c, &mut s));
-                Some(s.into_bytes())
+                Some(Bytes::from(s))
             }
         }
     }
 
-    /// At the end of the upstream body: closing events of a converting pipe.
-    pub fn finish(&mut self) -> Vec<u8> {
-        let es = match &mut self.upstream {
-            Upstream::Sse(obs) => {
-                return match &mut self.out {
-                    Out::Anthropic(c) => {
-                        let mut s = String::new();
-                        obs.finish_with(|ev| c.push(&ev.data, &mut s));
-                        c.finish(&mut s);
-                        s.into_bytes()
+    /// At the end of the upstream body: the last bytes for the client (held complete
+    /// lines, closing events of a converter, or the terminal error of a stream that
+    /// stopped before its end marker) and how the stream ended.
+    pub fn finish(&mut self) -> (Bytes, Ending) {
+        if self.ended {
+            return (Bytes::new(), Ending::Complete);
+        }
+        let expects_end = self.expects_end_marker();
+        let mut out: Vec<u8> = Vec::new();
+        let mut cut_short = false;
+        match &mut self.upstream {
+            Upstream::Sse(obs) => match &mut self.out {
+                Out::Anthropic(c) => {
+                    let mut s = String::new();
+                    obs.finish_with(|ev| c.push(&ev.data, &mut s));
+                    cut_short = !c.is_finished();
+                    c.finish(&mut s);
+                    out = s.into_bytes();
+                }
+                _ => {
+                    let partial = obs.finish().truncated_bytes;
+                    // Held complete lines (an event missing only its blank line) go out;
+                    // a trailing partial line never does.
+                    // The blank line that ends the event is added, so a terminal error
+                    // that may follow can never join it.
+                    let keep = self.held.len().saturating_sub(partial);
+                    if keep > 0 {
+                        out.extend_from_slice(&self.held[..keep]);
+                        out.push(b'\n');
                     }
-                    _ => {
-                        obs.finish();
-                        Vec::new()
-                    }
-                };
+                }
+            },
+            Upstream::EventStream(es) => {
+                es.obs.truncated_bytes = es.decoder.pending();
+                let mut chunks = Vec::new();
+                if let Some(t) = &mut es.to_openai {
+                    cut_short = !t.finished;
+                    t.finish(&mut chunks);
+                }
+                out = self.emit(chunks).map(Vec::from).unwrap_or_default();
+                if let Out::Anthropic(c) = &mut self.out {
+                    let mut s = String::new();
+                    cut_short |= !c.is_finished();
+                    c.finish(&mut s);
+                    out.extend(s.into_bytes());
+                }
             }
-            Upstream::EventStream(es) => es,
+        }
+        self.held.clear();
+        let obs = self.obs();
+        let ending = if let Some(e) = &obs.error {
+            Ending::UpstreamError(e.clone())
+        } else if self.converting() {
+            if cut_short { Ending::Truncated } else { Ending::Complete }
+        } else if expects_end && !obs.done {
+            Ending::Truncated
+        } else {
+            Ending::Complete
         };
-        es.obs.truncated_bytes = es.decoder.pending();
-        let mut chunks = Vec::new();
-        if let Some(t) = &mut es.to_openai {
-            t.finish(&mut chunks);
+        if ending == Ending::Truncated && !self.converting() {
+            out.extend(self.fail(502, "upstream_stream_truncated", "upstream stream ended before its end marker"));
         }
-        let mut out = self.emit(chunks).unwrap_or_default();
-        if let Out::Anthropic(c) = &mut self.out {
-            let mut s = String::new();
-            c.finish(&mut s);
-            out.extend(s.into_bytes());
-        }
-        out
+        self.ended = true;
+        (Bytes::from(out), ending)
     }
 
-    /// Ends the stream with an error event in the client's protocol.
+    /// Ends the stream with one error event in the client's protocol (after the whole
+    /// events already sent; a held partial event is discarded).
     pub fn fail(&mut self, status: u16, code: &str, message: &str) -> Vec<u8> {
+        self.ended = true;
+        self.held.clear();
         match &mut self.out {
             Out::Anthropic(c) => {
                 let mut s = String::new();
                 c.fail(status, message, &mut s);
                 s.into_bytes()
             }
-            Out::OpenAiSse => terminal_event(Protocol::OpenAiChat, code, message),
-            Out::Raw => terminal_event(self.client, code, message),
+            Out::OpenAiSse => envelope::stream(Protocol::OpenAiChat, &envelope::Error { status, kind: None, code, message }),
+            Out::Raw => envelope::stream(self.client, &envelope::Error { status, kind: None, code, message }),
         }
     }
 }
@@ -212,26 +340,12 @@ fn observe_converse(obs: &mut Observation, m: &Message) {
     }
 }
 
-/// The error event that ends a broken stream, in the client's protocol.
-pub fn terminal_event(proto: Protocol, code: &str, message: &str) -> Vec<u8> {
-    match proto {
-        Protocol::OpenAiResponses => format!(
-            "event: error\ndata: {}\n\n",
-            json!({"type": "error", "code": code, "message": message, "param": null, "sequence_number": 0})
-        )
-        .into_bytes(),
-        Protocol::AnthropicMessages => {
-            format!("event: error\ndata: {}\n\n", json!({"type": "error", "error": {"type": "api_error", "message": message}})).into_bytes()
-        }
-        Protocol::BedrockConverse => eventstream::exception("internalServerException", message),
-        _ => format!("data: {}\n\n", json!({"error": {"message": message, "type": "api_error", "code": code}})).into_bytes(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::eventstream::{Decoder, event};
+    use crate::sse::Parser;
+    use serde_json::json;
 
     fn converse_stream() -> Vec<u8> {
         let mut b = event("messageStart", &json!({"role": "assistant"}));
@@ -244,41 +358,71 @@ mod tests {
         b
     }
 
-    fn run(p: &mut Pipe, bytes: &[u8]) -> Vec<u8> {
+    fn openai_sse() -> Vec<u8> {
+        let mut s = String::new();
+        s.push_str("data: {\"id\":\"c1\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n");
+        s.push_str(": keep-alive\n\n");
+        for w in ["1", "+", "1", " = ", "2"] {
+            s.push_str(&format!("data: {{\"id\":\"c1\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{w}\"}}}}]}}\r\n\r\n"));
+        }
+        s.push_str("data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n");
+        s.push_str("data: {\"id\":\"c1\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":5,\"total_tokens\":14}}\n\n");
+        s.push_str("data: [DONE]\n\n");
+        s.into_bytes()
+    }
+
+    /// Feeds `bytes` in `piece`-sized chunks, then finishes; returns what the client got.
+    fn run(p: &mut Pipe, bytes: &[u8], piece: usize) -> (Vec<u8>, Ending) {
         let mut out = Vec::new();
-        for c in bytes.chunks(17) {
-            match p.push(c) {
-                None => out.extend_from_slice(c),
-                Some(b) => out.extend(b),
+        for c in bytes.chunks(piece.max(1)) {
+            match p.push(Bytes::copy_from_slice(c)) {
+                Step::Send(b) => out.extend_from_slice(&b),
+                Step::Hold => {}
+                Step::End(b, e) => {
+                    out.extend_from_slice(&b);
+                    return (out, e);
+                }
             }
         }
-        out.extend(p.finish());
-        out
+        let (tail, e) = p.finish();
+        out.extend_from_slice(&tail);
+        (out, e)
+    }
+
+    fn pipe(up: Protocol, client: Protocol) -> Pipe {
+        Pipe::new(up, client, ToolNames::default(), "m", "id", crate::sse::DEFAULT_MAX_EVENT)
+    }
+
+    /// Parses SSE output: every byte must belong to a whole event.
+    fn whole_events(out: &[u8]) -> Vec<crate::sse::Event> {
+        let mut p = Parser::new();
+        let mut evs = Vec::new();
+        p.push(out, &mut evs);
+        assert_eq!(p.boundary(), out.len() as u64, "partial event in the output: {:?}", String::from_utf8_lossy(out));
+        evs
     }
 
     #[test]
     fn converse_passthrough_is_observed_and_untouched() {
         let bytes = converse_stream();
-        let mut p = Pipe::new(Protocol::BedrockConverse, Protocol::BedrockConverse, ToolNames::default(), "m", "id");
-        assert_eq!(run(&mut p, &bytes), bytes);
+        let mut p = pipe(Protocol::BedrockConverse, Protocol::BedrockConverse);
+        let (out, ending) = run(&mut p, &bytes, 17);
+        assert_eq!(out, bytes);
+        assert_eq!(ending, Ending::Complete);
         let o = p.obs();
-        assert!(o.done && !p.missing_end());
+        assert!(o.done);
         assert_eq!((o.usage.prompt, o.usage.completion, o.usage.total, o.usage.cache_read), (16, 9, 25, 2));
-        // A broken raw Converse stream ends with an exception frame boto3 understands.
-        let mut msgs = Vec::new();
-        Decoder::new().push(&p.fail(502, "x", "boom"), &mut msgs).unwrap();
-        assert_eq!((msgs[0].message_type(), msgs[0].kind()), ("exception", "internalServerException"));
     }
 
     #[test]
     fn converse_to_openai_and_anthropic_clients() {
         let bytes = converse_stream();
-        let mut p = Pipe::new(Protocol::BedrockConverse, Protocol::OpenAiChat, ToolNames::default(), "m", "chatcmpl-x");
-        let text = String::from_utf8(run(&mut p, &bytes)).unwrap();
+        let mut p = pipe(Protocol::BedrockConverse, Protocol::OpenAiChat);
+        let text = String::from_utf8(run(&mut p, &bytes, 17).0).unwrap();
         assert!(text.starts_with("data: {") && text.ends_with("data: [DONE]\n\n"), "{text}");
         assert!(text.contains("\"content\":\"1+1 = 2.\"") && text.contains("\"total_tokens\":25"), "{text}");
-        let mut p = Pipe::new(Protocol::BedrockConverse, Protocol::AnthropicMessages, ToolNames::default(), "m", "msg_x");
-        let text = String::from_utf8(run(&mut p, &bytes)).unwrap();
+        let mut p = pipe(Protocol::BedrockConverse, Protocol::AnthropicMessages);
+        let text = String::from_utf8(run(&mut p, &bytes, 17).0).unwrap();
         assert!(
             text.starts_with("event: message_start") && text.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"),
             "{text}"
@@ -286,19 +430,174 @@ mod tests {
         assert!(text.contains("\"text\":\"1+1 = 2.\""), "{text}");
         // Cut before metadata: OpenAI clients get an error chunk.
         let cut = &bytes[..bytes.len() - 30];
-        let mut p = Pipe::new(Protocol::BedrockConverse, Protocol::OpenAiChat, ToolNames::default(), "m", "x");
-        let text = String::from_utf8(run(&mut p, cut)).unwrap();
+        let mut p = pipe(Protocol::BedrockConverse, Protocol::OpenAiChat);
+        let (out, ending) = run(&mut p, cut, 7);
+        let text = String::from_utf8(out).unwrap();
         assert!(text.contains("before its metadata event"), "{text}");
+        assert_eq!(ending, Ending::Truncated);
+    }
+
+    /// A Bedrock stream cut mid-frame: the client gets the whole frames, then exactly one
+    /// exception frame, never the partial frame (boto3 would report a CRC error).
+    #[test]
+    fn converse_cut_mid_frame_gets_whole_frames_then_one_exception() {
+        let bytes = converse_stream();
+        let first_two = event("messageStart", &json!({"role": "assistant"})).len()
+            + event("contentBlockDelta", &json!({"contentBlockIndex": 0, "delta": {"text": "1+1 = 2."}})).len();
+        for cut in [first_two + 1, first_two + 20, bytes.len() - 3] {
+            for piece in [1, 5, 64, 4096] {
+                let mut p = pipe(Protocol::BedrockConverse, Protocol::BedrockConverse);
+                let (out, ending) = run(&mut p, &bytes[..cut], piece);
+                assert_eq!(ending, Ending::Truncated, "cut {cut} piece {piece}");
+                let mut msgs = Vec::new();
+                Decoder::new().push(&out, &mut msgs).unwrap();
+                let kinds: Vec<&str> = msgs.iter().map(|m| m.kind()).collect();
+                assert_eq!(kinds.last(), Some(&"internalServerException"), "cut {cut} piece {piece}: {kinds:?}");
+                assert_eq!(msgs.iter().filter(|m| m.message_type() == "exception").count(), 1);
+                assert!(out.starts_with(&bytes[..first_two]), "cut {cut}");
+            }
+        }
+    }
+
+    /// A corrupt frame ends the stream once: the frames before it, one error, nothing after.
+    #[test]
+    fn corrupt_frame_ends_the_stream_once() {
+        let good = event("messageStart", &json!({"role": "assistant"}));
+        let mut bad = event("contentBlockDelta", &json!({"contentBlockIndex": 0, "delta": {"text": "x"}}));
+        let n = bad.len();
+        bad[n - 5] ^= 0xFF;
+        let after = converse_stream();
+        let mut all = good.clone();
+        all.extend(&bad);
+        all.extend(&after);
+        for client in [Protocol::BedrockConverse, Protocol::OpenAiChat, Protocol::AnthropicMessages] {
+            for piece in [3, 50, 100_000] {
+                let mut p = pipe(Protocol::BedrockConverse, client);
+                let (out, ending) = run(&mut p, &all, piece);
+                assert!(matches!(&ending, Ending::Corrupt(m) if m.contains("CRC")), "{client:?}: {ending:?}");
+                assert_eq!(p.push(Bytes::from(after.clone())), Step::Hold, "nothing after the end");
+                assert_eq!(p.finish().0, Bytes::new());
+                match client {
+                    Protocol::BedrockConverse => {
+                        let mut msgs = Vec::new();
+                        Decoder::new().push(&out, &mut msgs).unwrap();
+                        assert_eq!(msgs.len(), 2, "the good frame and one exception");
+                        assert_eq!(msgs[1].message_type(), "exception");
+                    }
+                    _ => {
+                        let evs = whole_events(&out);
+                        let errors = evs.iter().filter(|e| e.event == "error" || e.data.contains("\"error\"")).count();
+                        assert_eq!(errors, 1, "{client:?}: {}", String::from_utf8_lossy(&out));
+                        assert!(!String::from_utf8_lossy(&out).contains("1+1"), "nothing after the corrupt frame");
+                    }
+                }
+            }
+        }
+    }
+
+    /// An OpenAI SSE stream cut at every point, in several chunkings: the client always
+    /// gets whole events, then either the complete stream or exactly one error event.
+    #[test]
+    fn sse_cut_anywhere_gives_whole_events_then_one_terminator() {
+        let bytes = openai_sse();
+        for cut in 0..=bytes.len() {
+            for piece in [1, 7, 64, bytes.len()] {
+                for client in [Protocol::OpenAiChat, Protocol::AnthropicMessages] {
+                    let mut p = pipe(Protocol::OpenAiChat, client);
+                    let (out, ending) = run(&mut p, &bytes[..cut], piece);
+                    let evs = whole_events(&out);
+                    let errors = evs.iter().filter(|e| e.event == "error" || e.data.starts_with("{\"error\"")).count();
+                    if cut == bytes.len() {
+                        assert_eq!((errors, &ending), (0, &Ending::Complete), "cut {cut} piece {piece} {client:?}");
+                    } else if ending == Ending::Complete {
+                        // Only when everything but trailing bytes after the end arrived.
+                        assert_eq!(errors, 0);
+                        assert!(cut >= bytes.len() - 1 || client == Protocol::AnthropicMessages, "cut {cut} {client:?}");
+                    } else {
+                        assert_eq!(errors, 1, "cut {cut} piece {piece} {client:?}: {}", String::from_utf8_lossy(&out));
+                        assert!(evs.last().is_some_and(|e| e.event == "error" || e.data.starts_with("{\"error\"")));
+                    }
+                    if client == Protocol::OpenAiChat {
+                        // Untouched events: what went out is the input's events, in order.
+                        let all = whole_events(&bytes);
+                        let forwarded = &evs[..evs.len() - errors];
+                        assert_eq!(forwarded, &all[..forwarded.len()], "cut {cut} piece {piece}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
-    fn corrupt_event_stream_fails_in_the_clients_protocol() {
-        let mut bytes = converse_stream();
-        let n = bytes.len();
-        bytes[n - 5] ^= 0xFF;
-        let mut p = Pipe::new(Protocol::BedrockConverse, Protocol::OpenAiChat, ToolNames::default(), "m", "x");
-        let text = String::from_utf8(run(&mut p, &bytes)).unwrap();
-        assert!(text.contains("CRC"), "{text}");
-        assert!(p.obs().error.is_some());
+    fn raw_mid_line_cut_never_forwards_the_partial_line() {
+        let mut p = pipe(Protocol::OpenAiChat, Protocol::OpenAiChat);
+        assert!(
+            matches!(p.push(Bytes::from_static(b"data: {\"choices\":[]}\n\ndata: {\"cho")), Step::Send(b) if b == "data: {\"choices\":[]}\n\n")
+        );
+        assert_eq!(p.push(Bytes::from_static(b"ices\":[]}")), Step::Hold);
+        let tail = p.fail(504, "upstream_timeout", "no data for 50 ms");
+        let evs = whole_events(&tail);
+        assert_eq!(evs.len(), 1);
+        assert!(evs[0].data.contains("no data for 50 ms") && !evs[0].data.contains("cho"));
+        // Responses clients get `event: error`.
+        let mut p = pipe(Protocol::OpenAiResponses, Protocol::OpenAiResponses);
+        p.push(Bytes::from_static(
+            b"event: response.created\ndata: {\"type\":\"response.created\"}\n\nevent: response.output_text.delta\ndata: {\"ty",
+        ));
+        let (tail, ending) = p.finish();
+        assert_eq!(ending, Ending::Truncated);
+        let evs = whole_events(&tail);
+        assert_eq!((evs.len(), evs[0].event.as_str()), (1, "error"));
+    }
+
+    #[test]
+    fn a_final_event_missing_only_its_blank_line_is_forwarded() {
+        let mut p = pipe(Protocol::OpenAiChat, Protocol::OpenAiChat);
+        let (out, ending) = run(&mut p, b"data: {\"choices\":[]}\n\ndata: [DONE]\n", 4);
+        assert_eq!(ending, Ending::Complete);
+        assert_eq!(out, b"data: {\"choices\":[]}\n\ndata: [DONE]\n\n");
+    }
+
+    /// Events of any size pass intact (2 MiB here, as a Responses `response.completed`
+    /// carrying an image), usage counted; past the cap the stream ends with an error.
+    #[test]
+    fn large_events_pass_intact_up_to_the_cap() {
+        let image = "A".repeat(2 << 20);
+        let body = format!(
+            "event: response.created\ndata: {{\"type\":\"response.created\",\"response\":{{\"model\":\"gpt-image\"}}}}\n\n\
+             event: response.completed\ndata: {{\"type\":\"response.completed\",\"response\":{{\"output\":[{{\"type\":\"image_generation_call\",\"result\":\"{image}\"}}],\
+             \"usage\":{{\"input_tokens\":11,\"output_tokens\":1056,\"total_tokens\":1067}}}}}}\n\n"
+        );
+        let mut p = pipe(Protocol::OpenAiResponses, Protocol::OpenAiResponses);
+        let (out, ending) = run(&mut p, body.as_bytes(), 16 << 10);
+        assert_eq!(ending, Ending::Complete);
+        assert_eq!(out, body.as_bytes());
+        assert_eq!((p.obs().usage.prompt, p.obs().usage.completion), (11, 1056));
+        let mut p = Pipe::new(Protocol::OpenAiResponses, Protocol::OpenAiResponses, ToolNames::default(), "m", "id", 1 << 20);
+        let (out, ending) = run(&mut p, body.as_bytes(), 16 << 10);
+        assert!(matches!(ending, Ending::Corrupt(_)), "{ending:?}");
+        let evs = whole_events(&out);
+        assert_eq!(evs.len(), 2);
+        assert_eq!(evs[1].event, "error");
+    }
+
+    /// OpenAI → Anthropic conversion of a stream that ends without `[DONE]` (or its finish
+    /// and usage chunks): an Anthropic `error` event, not a clean `message_stop`.
+    #[test]
+    fn converted_stream_without_done_ends_with_an_error_event() {
+        let bytes = openai_sse();
+        let text = String::from_utf8_lossy(&bytes).to_string();
+        let cut = text.find("data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\"").unwrap();
+        let mut p = pipe(Protocol::OpenAiChat, Protocol::AnthropicMessages);
+        let (out, ending) = run(&mut p, &bytes[..cut], 9);
+        assert_eq!(ending, Ending::Truncated);
+        let evs = whole_events(&out);
+        assert_eq!(evs.first().map(|e| e.event.as_str()), Some("message_start"));
+        assert_eq!(evs.last().map(|e| e.event.as_str()), Some("error"));
+        assert!(!evs.iter().any(|e| e.event == "message_stop"));
+        let mut p = pipe(Protocol::OpenAiChat, Protocol::AnthropicMessages);
+        let (out, ending) = run(&mut p, &bytes, 9);
+        assert_eq!(ending, Ending::Complete);
+        assert_eq!(whole_events(&out).last().map(|e| e.event.clone()), Some("message_stop".to_owned()));
     }
 }

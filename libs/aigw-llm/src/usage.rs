@@ -227,6 +227,32 @@ pub fn observe_json(bytes: &[u8]) -> Observation {
     o
 }
 
+/// What a client's request says about itself, in its own protocol (before any
+/// conversion): for the access log and spans.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestFacts {
+    /// Tools declared (OpenAI and Anthropic `tools`, Converse `toolConfig.tools`).
+    pub tool_count: usize,
+    /// The end user (OpenAI `safety_identifier` or `user`, Anthropic `metadata.user_id`).
+    pub end_user: String,
+}
+
+pub fn request_facts(proto: Protocol, body: &serde_json::Value) -> RequestFacts {
+    let tools = match proto {
+        Protocol::BedrockConverse => body.pointer("/toolConfig/tools"),
+        _ => body.get("tools"),
+    };
+    let user = match proto {
+        Protocol::AnthropicMessages | Protocol::AnthropicCountTokens => body.pointer("/metadata/user_id"),
+        Protocol::BedrockConverse => None,
+        _ => body.get("safety_identifier").or_else(|| body.get("user")),
+    };
+    RequestFacts {
+        tool_count: tools.and_then(|t| t.as_array()).map_or(0, Vec::len),
+        end_user: user.and_then(|u| u.as_str()).unwrap_or_default().to_owned(),
+    }
+}
+
 /// Observes an SSE stream as it passes.
 #[derive(Debug)]
 pub struct StreamObserver {
@@ -238,7 +264,22 @@ pub struct StreamObserver {
 
 impl StreamObserver {
     pub fn new(proto: Protocol) -> StreamObserver {
-        StreamObserver { proto, parser: sse::Parser::new(), events: Vec::new(), obs: Observation::default() }
+        StreamObserver::with_limit(proto, sse::DEFAULT_MAX_EVENT)
+    }
+
+    /// An observer whose parser gives up on events larger than `max_event` bytes.
+    pub fn with_limit(proto: Protocol, max_event: usize) -> StreamObserver {
+        StreamObserver { proto, parser: sse::Parser::with_limit(max_event), events: Vec::new(), obs: Observation::default() }
+    }
+
+    /// Stream offset just after the last whole event (see [`sse::Parser::boundary`]).
+    pub fn boundary(&self) -> u64 {
+        self.parser.boundary()
+    }
+
+    /// An event grew past the cap: nothing after it is observed.
+    pub fn overflowed(&self) -> bool {
+        self.parser.overflowed()
     }
 
     pub fn feed(&mut self, chunk: &[u8]) {
@@ -381,6 +422,19 @@ mod tests {
         assert_eq!(o.error.as_deref(), Some("overloaded"));
         assert!(!o.done);
         assert_eq!(o.truncated_bytes, "data: {\"choi".len());
+    }
+
+    #[test]
+    fn request_facts_per_protocol() {
+        use serde_json::json;
+        let f = request_facts(Protocol::OpenAiChat, &json!({"tools": [{}, {}], "user": "u1"}));
+        assert_eq!((f.tool_count, f.end_user.as_str()), (2, "u1"));
+        let f = request_facts(Protocol::OpenAiResponses, &json!({"tools": [{}], "safety_identifier": "s", "user": "u"}));
+        assert_eq!((f.tool_count, f.end_user.as_str()), (1, "s"));
+        let f = request_facts(Protocol::AnthropicMessages, &json!({"tools": [{}], "metadata": {"user_id": "a1"}, "user": "no"}));
+        assert_eq!((f.tool_count, f.end_user.as_str()), (1, "a1"));
+        let f = request_facts(Protocol::BedrockConverse, &json!({"toolConfig": {"tools": [{}, {}, {}]}}));
+        assert_eq!((f.tool_count, f.end_user.as_str()), (3, ""));
     }
 
     #[test]

@@ -1,14 +1,14 @@
 //! Criterion benches for the proxy: route matching at 10 and 10,000 routes (matching must
-//! not grow with the route count), compiling a 10,000-route snapshot, SigV4 signing.
+//! not grow with the route count), compiling a 10,000-route snapshot. SigV4 and the plan
+//! stage are benched in `aigw-providers`.
 //! `cargo bench -p aigw-proxy`.
 
 use std::hint::black_box;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use aigw_model::vars::{Var, VarSource, VarValue};
 use aigw_proxy::router::MatchInput;
 use aigw_proxy::runtime::compile;
-use aigw_proxy::sigv4::{AwsCredentials, Signer};
 use aigw_proxy::upstream::Upstreams;
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::{Value, json};
@@ -48,28 +48,6 @@ fn benches(c: &mut Criterion) {
     g.sample_size(10).measurement_time(Duration::from_secs(10));
     g.bench_function("compile/10000_routes", |b| b.iter(|| compile("v", big.clone(), None, &|_| None, &ups).unwrap().routes.len()));
     g.finish();
-
-    let creds = AwsCredentials {
-        access_key_id: "AKIDEXAMPLE".into(),
-        secret_access_key: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into(),
-        session_token: None,
-    };
-    let signer = Signer { creds: &creds, region: "us-east-1", service: "bedrock" };
-    let body = br#"{"messages":[{"role":"user","content":[{"text":"What is 1+1?"}]}],"inferenceConfig":{"maxTokens":256}}"#;
-    let url = "https://bedrock-runtime.us-east-1.amazonaws.com/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse";
-    c.bench_function("sigv4/sign_converse", |b| {
-        b.iter(|| {
-            signer
-                .sign(
-                    "POST",
-                    url,
-                    &[("host", "bedrock-runtime.us-east-1.amazonaws.com"), ("content-type", "application/json")],
-                    body,
-                    SystemTime::now(),
-                )
-                .unwrap()
-        })
-    });
 }
 
 criterion_group!(proxy_paths, benches);

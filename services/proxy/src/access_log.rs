@@ -1,16 +1,18 @@
 //! The access log (CONTRACT §6): nginx-style `$variables` compiled once at start, one line
-//! per request written when its response body ends. Lines go through a bounded channel to
-//! a writer task; when the writer falls behind, lines are dropped and counted, never
-//! waited for on the data path.
+//! per request written when its response body ends (it is a completion sink). Values are
+//! escaped as nginx escapes them (`"`, `\` and bytes outside printable ASCII become
+//! `\xHH`), so a client-chosen model name cannot forge a line. Lines go through a bounded
+//! channel to a writer thread; when the writer falls behind, lines are dropped and counted,
+//! never waited for on the data path.
 
 use std::io::Write;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use aigw_llm::usage::Usage;
-use http::HeaderMap;
 use tokio::sync::mpsc;
+
+use crate::complete::Sink;
+use crate::record::Record;
 
 pub const DEFAULT_FORMAT: &str = "$remote_addr - - [$time_local] \"$request_line\" $status $body_bytes_sent $request_time \"$upstream_addr\" \
 $upstream_status $upstream_response_time $request_id $route_id $request_type \"$request_llm_model\" \"$llm_model\" $llm_time_to_first_token \
@@ -134,21 +136,17 @@ impl Format {
         Ok(Format { segs, needs_headers })
     }
 
-    pub fn render(&self, e: &Entry) -> String {
+    pub fn render(&self, e: &Record) -> String {
         let mut out = String::with_capacity(256);
         let ms = |d: Option<Duration>| d.map(|d| d.as_millis().to_string()).unwrap_or_else(|| "0".into());
         let dash = |s: &str| if s.is_empty() { "-".to_owned() } else { s.to_owned() };
         for seg in &self.segs {
             match seg {
                 Seg::Lit(s) => out.push_str(s),
-                Seg::Header(h) => out.push_str(
-                    &e.headers
-                        .as_ref()
-                        .and_then(|m| m.get(h.as_str()))
-                        .and_then(|v| v.to_str().ok())
-                        .map(dash)
-                        .unwrap_or_else(|| "-".into()),
-                ),
+                Seg::Header(h) => match e.headers.as_ref().and_then(|m| m.get(h.as_str())) {
+                    Some(v) if !v.is_empty() => escape_into(&mut out, v.as_bytes()),
+                    _ => out.push('-'),
+                },
                 Seg::Var(v) => {
                     let s = match v {
                         Var::RemoteAddr => e.remote_addr.to_string(),
@@ -179,7 +177,7 @@ impl Format {
                         Var::ToolCount => e.tool_count.to_string(),
                         Var::EndUserId => e.end_user_id.clone(),
                     };
-                    out.push_str(&s);
+                    escape_into(&mut out, s.as_bytes());
                 }
             }
         }
@@ -187,31 +185,16 @@ impl Format {
     }
 }
 
-/// Everything a line can show about one request.
-#[derive(Debug, Clone)]
-pub struct Entry {
-    pub remote_addr: IpAddr,
-    pub start: SystemTime,
-    pub request_line: String,
-    pub status: u16,
-    pub body_bytes_sent: u64,
-    pub request_time: Duration,
-    pub upstream_addr: String,
-    pub upstream_status: Option<u16>,
-    pub upstream_time: Option<Duration>,
-    pub request_id: String,
-    pub route_id: String,
-    /// `traditional_http`, `ai_chat` or `ai_stream`.
-    pub request_type: &'static str,
-    pub request_llm_model: String,
-    pub llm_model: String,
-    pub ttft: Option<Duration>,
-    pub usage: Usage,
-    pub stream: bool,
-    pub has_tool_calls: bool,
-    pub tool_count: usize,
-    pub end_user_id: String,
-    pub headers: Option<HeaderMap>,
+/// Appends `v` escaped as nginx's default log escaping does: `"`, `\\` and bytes below
+/// 0x20 or above 0x7e become `\xHH`.
+fn escape_into(out: &mut String, v: &[u8]) {
+    for &b in v {
+        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
+            out.push_str(&format!("\\x{b:02X}"));
+        } else {
+            out.push(b as char);
+        }
+    }
 }
 
 /// `25/Nov/2026:00:40:00 +0000` (UTC).
@@ -284,7 +267,7 @@ impl AccessLog {
         self.tx.is_some()
     }
 
-    pub fn log(&self, e: &Entry) {
+    pub fn log(&self, e: &Record) {
         if let Some(tx) = &self.tx
             && tx.try_send(self.format.render(e)).is_err()
         {
@@ -293,34 +276,42 @@ impl AccessLog {
     }
 }
 
+impl Sink for AccessLog {
+    fn complete(&self, record: &Record) {
+        self.log(record);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aigw_llm::usage::Usage;
+    use http::HeaderMap;
 
-    fn entry() -> Entry {
-        Entry {
-            remote_addr: "127.0.0.1".parse().unwrap(),
-            start: SystemTime::UNIX_EPOCH + Duration::from_secs(1_742_531_283),
-            request_line: "POST /anything HTTP/1.1".into(),
-            status: 200,
-            body_bytes_sent: 804,
-            request_time: Duration::from_millis(2858),
-            upstream_addr: "127.0.0.1:8080".into(),
-            upstream_status: Some(200),
-            upstream_time: Some(Duration::from_millis(2850)),
-            request_id: "abc".into(),
-            route_id: "r1".into(),
-            request_type: "ai_chat",
-            request_llm_model: "gpt-4".into(),
-            llm_model: "gpt-4".into(),
-            ttft: Some(Duration::from_millis(2858)),
-            usage: Usage { prompt: 23, completion: 8, total: 31, cache_read: 1, cache_creation: 2, reasoning: 3 },
-            stream: false,
-            has_tool_calls: true,
-            tool_count: 2,
-            end_user_id: "u1".into(),
-            headers: Some(HeaderMap::from_iter([(http::header::USER_AGENT, "curl/8.6.0".parse().unwrap())])),
-        }
+    fn entry() -> Record {
+        let mut r = Record::new(
+            "127.0.0.1".parse().unwrap(),
+            "POST /anything HTTP/1.1".into(),
+            "abc".into(),
+            Some(HeaderMap::from_iter([(http::header::USER_AGENT, "curl/8.6.0".parse().unwrap())])),
+        );
+        r.start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_742_531_283);
+        r.status = 200;
+        r.body_bytes_sent = 804;
+        r.request_time = Duration::from_millis(2858);
+        r.upstream_addr = "127.0.0.1:8080".into();
+        r.upstream_status = Some(200);
+        r.upstream_time = Some(Duration::from_millis(2850));
+        r.route_id = "r1".into();
+        r.request_type = "ai_chat";
+        r.request_llm_model = "gpt-4".into();
+        r.llm_model = "gpt-4".into();
+        r.ttft = Some(Duration::from_millis(2858));
+        r.usage = Usage { prompt: 23, completion: 8, total: 31, cache_read: 1, cache_creation: 2, reasoning: 3 };
+        r.has_tool_calls = true;
+        r.tool_count = 2;
+        r.end_user_id = "u1".into();
+        r
     }
 
     #[test]
@@ -340,6 +331,20 @@ mod tests {
         );
         assert!(f.needs_headers);
         assert!(Format::parse(DEFAULT_FORMAT).is_ok());
+    }
+
+    /// A client-chosen value with a newline or a quote cannot forge a line.
+    #[test]
+    fn client_values_are_escaped_as_nginx_does() {
+        let f = Format::parse("\"$request_llm_model\" \"$http_user_agent\" $llm_end_user_id $request_line").unwrap();
+        let mut e = entry();
+        e.request_llm_model = "gpt\"\n127.0.0.1 - - [forged]".into();
+        e.end_user_id = "a\\b\tc é".into();
+        e.request_line = "POST /x\r HTTP/1.1".into();
+        e.headers = Some(HeaderMap::from_iter([(http::header::USER_AGENT, http::HeaderValue::from_bytes(b"ua\"\x80").unwrap())]));
+        let line = f.render(&e);
+        assert_eq!(line, "\"gpt\\x22\\x0A127.0.0.1 - - [forged]\" \"ua\\x22\\x80\" a\\x5Cb\\x09c \\xC3\\xA9 POST /x\\x0D HTTP/1.1");
+        assert!(!line.contains('\n'));
     }
 
     #[test]

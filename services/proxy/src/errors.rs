@@ -1,101 +1,91 @@
-//! Gateway-made errors, in the client's own protocol (CONTRACT §6): OpenAI
-//! `{"error":{"message","type","code"}}` or Anthropic `{"type":"error","error":{...}}`.
-//! Each error knows whether it came from the client, the upstream or us.
+//! Errors that end a request before an upstream answer reaches the client. Each knows who
+//! caused it (the client, the upstream or us), its status, and whether another upstream
+//! could serve the request instead (nothing was sent to the client yet). Their bodies are
+//! built by [`aigw_llm::envelope`] in the client's protocol.
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
-use serde_json::json;
+use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 
-use crate::proxy::ProxyBody;
-use aigw_llm::protocol::ClientShape;
+use aigw_llm::envelope::{self, Envelope};
+
+use crate::record::ErrorSource;
 
 #[derive(Debug, Clone)]
 pub struct GatewayError {
     pub status: StatusCode,
     pub message: String,
-    /// OpenAI `type` (Anthropic's type is derived from the status).
+    /// OpenAI `type` (the other protocols derive theirs from the status).
     pub kind: &'static str,
     pub code: &'static str,
-    pub from_upstream: bool,
-    /// The route, when the error happened after routing.
-    pub route_id: Option<String>,
+    pub source: ErrorSource,
+    /// Another upstream may serve the request (a connect failure, a timeout before the
+    /// first byte, 429, 5xx).
+    pub retryable: bool,
 }
 
 impl GatewayError {
-    fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, message: message.into(), kind, code, from_upstream: false, route_id: None }
+    fn new(status: StatusCode, kind: &'static str, code: &'static str, source: ErrorSource, message: impl Into<String>) -> Self {
+        Self { status, message: message.into(), kind, code, source, retryable: false }
     }
     pub fn bad_request(m: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_request", m)
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_request", ErrorSource::Client, m)
     }
     pub fn no_route(path: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", "route_not_found", format!("no route matches {path}"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "route_not_found",
+            ErrorSource::Client,
+            format!("no route matches {path}"),
+        )
     }
     pub fn too_large(size: u64, max: u64) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "invalid_request_error",
             "request_too_large",
+            ErrorSource::Client,
             format!("request size {size} is greater than the maximum size {max} allowed"),
         )
     }
-    pub fn bad_gateway(m: impl Into<String>) -> Self {
-        let mut e = Self::new(StatusCode::BAD_GATEWAY, "api_error", "bad_gateway", m);
-        e.from_upstream = true;
-        e
+    pub fn client_timeout(after: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            "client_body_timeout",
+            ErrorSource::Client,
+            format!("the request body did not arrive within {} ms", after.as_millis()),
+        )
     }
     pub fn not_implemented(m: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_IMPLEMENTED, "api_error", "not_implemented", m)
+        Self::new(StatusCode::NOT_IMPLEMENTED, "api_error", "not_implemented", ErrorSource::Gateway, m)
     }
     pub fn internal(m: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "api_error", "internal_error", m)
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "api_error", "internal_error", ErrorSource::Gateway, m)
     }
-    pub fn upstream_timeout(after: std::time::Duration) -> Self {
-        let mut e = Self::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "api_error",
-            "upstream_timeout",
-            format!("upstream did not answer within {} ms", after.as_millis()),
-        );
-        e.from_upstream = true;
-        e
+    /// The upstream's answer could not be used (not framed, over the cap, not convertible).
+    pub fn bad_gateway(code: &'static str, m: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, "api_error", code, ErrorSource::Upstream, m)
     }
-    pub fn upstream_connect(err: &dyn std::error::Error) -> Self {
-        // The full chain names the cause (refused, DNS, TLS) without any secret.
-        let mut msg = err.to_string();
-        let mut src = err.source();
-        while let Some(s) = src {
-            msg.push_str(": ");
-            msg.push_str(&s.to_string());
-            src = s.source();
-        }
-        let mut e = Self::new(StatusCode::BAD_GATEWAY, "api_error", "upstream_unreachable", format!("cannot reach the upstream: {msg}"));
-        e.from_upstream = true;
+    /// The upstream could not be reached or failed before answering.
+    pub fn upstream(status: StatusCode, code: &'static str, retryable: bool, m: impl Into<String>) -> Self {
+        let mut e = Self::new(status, "api_error", code, ErrorSource::Upstream, m);
+        e.retryable = retryable;
         e
     }
 }
 
-fn anthropic_type(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        400 | 413 => "invalid_request_error",
-        401 => "authentication_error",
-        403 => "permission_error",
-        404 => "not_found_error",
-        429 => "rate_limit_error",
-        529 => "overloaded_error",
-        _ => "api_error",
-    }
-}
-
-pub fn error_response(shape: ClientShape, e: &GatewayError) -> Response<ProxyBody> {
-    let body = match shape {
-        ClientShape::OpenAi => json!({"error": {"message": e.message, "type": e.kind, "code": e.code}}),
-        ClientShape::Anthropic => json!({"type": "error", "error": {"type": anthropic_type(e.status), "message": e.message}}),
-    };
-    let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
-    let mut r = Response::new(Full::new(bytes).map_err(|never| match never {}).boxed_unsync());
+/// A gateway-made error response in the client's protocol (the body is one whole JSON).
+pub fn error_response(env: Envelope, e: &GatewayError) -> Response<Bytes> {
+    let status = e.status.as_u16();
+    let body = envelope::json(env, &envelope::Error { status, kind: Some(e.kind), code: e.code, message: &e.message });
+    let len = body.len();
+    let mut r = Response::new(Bytes::from(body));
     *r.status_mut() = e.status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if env == Envelope::Bedrock {
+        r.headers_mut().insert(HeaderName::from_static("x-amzn-errortype"), HeaderValue::from_static(envelope::bedrock_type(status)));
+    }
     r
 }

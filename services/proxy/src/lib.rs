@@ -1,30 +1,40 @@
 //! aigw-proxy: a stateless LLM gateway node. It takes its routes from a file
-//! (standalone) or from aigw-config, and runs the provider pipeline.
+//! (standalone) or from aigw-config, and runs each request through the stages of
+//! [`pipeline`]: read → route → plan → authorize → send → respond → complete.
+//!
+//! Module arrows point one way: `pipeline` → stages (`read`, `routing`, `authorize`,
+//! `send`, `respond`, `complete`) → shared (`state`, `record`, `errors`, `runtime`,
+//! `compiled`, `router`, `upstream`, `metrics`); `lib` → `serve`, `sources`, `status`.
 
 pub mod access_log;
-pub mod body;
+pub mod authorize;
+pub mod compiled;
+pub mod complete;
 pub mod errors;
-pub mod forward;
-pub mod proxy;
+pub mod metrics;
+pub mod pipeline;
+pub mod read;
+pub mod record;
 pub mod reqvars;
+pub mod respond;
 pub mod router;
+pub mod routing;
 pub mod runtime;
-pub mod sigv4;
+pub mod send;
+pub mod serve;
 pub mod sources;
+pub mod state;
 pub mod status;
 pub mod upstream;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
 
 use aigw_model::secrets::DataKey;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+
+pub use state::ClientLimits;
 
 pub enum Source {
     /// Standalone: a routes file, watched.
@@ -37,6 +47,7 @@ pub struct Config {
     pub source: Source,
     pub data_key: Option<DataKey>,
     pub access_log: access_log::AccessLog,
+    pub client_limits: ClientLimits,
 }
 
 /// Runs the node until `shutdown` resolves, then drains in-flight requests (30 s at most).
@@ -47,10 +58,16 @@ pub async fn run(
     status: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let state = proxy::AppState::new(cfg.access_log);
+    let metrics = Arc::new(metrics::Metrics::default());
+    let keep_headers = cfg.access_log.format.needs_headers;
+    let mut sinks: Vec<Arc<dyn complete::Sink>> = vec![Arc::new(complete::MetricsSink(metrics.clone()))];
+    if cfg.access_log.enabled() {
+        sinks.push(Arc::new(cfg.access_log));
+    }
+    let state = state::AppState::new(metrics, complete::Sinks::new(sinks), keep_headers, cfg.client_limits);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut stopped = stop_rx.clone();
-    let stop_signal = async move { wait_stop(&mut stopped).await };
+    let stop_signal = async move { serve::wait_stop(&mut stopped).await };
     match cfg.source {
         Source::File(path) => {
             let first = std::fs::read(&path).unwrap_or_default();
@@ -65,10 +82,11 @@ pub async fn run(
     tracing::info!(kind = "data", addr = %data.local_addr()?, "listening");
     tracing::info!(kind = "status", addr = %status.local_addr()?, "listening");
 
+    let limits = cfg.client_limits;
     let st = state.clone();
-    let status_task = tokio::spawn(serve(status, stop_rx.clone(), move |req, _| status::handle(st.clone(), req)));
+    let status_task = tokio::spawn(serve::serve(status, stop_rx.clone(), limits, move |req, _| status::handle(st.clone(), req)));
     let st = state.clone();
-    let data_task = tokio::spawn(serve(data, stop_rx, move |req, remote| proxy::handle(st.clone(), req, remote)));
+    let data_task = tokio::spawn(serve::serve(data, stop_rx, limits, move |req, remote| pipeline::handle(st.clone(), req, remote)));
     shutdown.await;
     tracing::info!("shutting down: draining in-flight requests");
     let _ = stop_tx.send(true);
@@ -76,52 +94,4 @@ pub async fn run(
     let _ = status_task.await;
     tracing::info!("stopped");
     Ok(())
-}
-
-async fn wait_stop(rx: &mut tokio::sync::watch::Receiver<bool>) {
-    // The guard returned by wait_for is not Send: drop it before any await.
-    let stopped = rx.wait_for(|s| *s).await.is_ok();
-    if !stopped {
-        std::future::pending::<()>().await;
-    }
-}
-
-/// Accept loop serving HTTP/1.1 and h2c; on stop, finishes open connections (30 s cap).
-async fn serve<F, Fut>(listener: TcpListener, mut stop: tokio::sync::watch::Receiver<bool>, handler: F)
-where
-    F: Fn(hyper::Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<hyper::Response<proxy::ProxyBody>, std::convert::Infallible>> + Send + 'static,
-{
-    let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, remote) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let h = handler.clone();
-                let svc = service_fn(move |req| h(req, remote));
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            _ = wait_stop(&mut stop) => break,
-        }
-    }
-    drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(Duration::from_secs(30)) => tracing::warn!("drain timeout: closing remaining connections"),
-    }
 }

@@ -2,6 +2,7 @@
 //! `post_arg.*`, …). Query arguments are decoded lazily, once.
 
 use aigw_model::vars::{Var, VarSource, VarValue, lookup};
+use aigw_providers::target::decode_component;
 use http::header::{self, HeaderMap};
 use serde_json::Value;
 
@@ -19,29 +20,6 @@ pub struct RequestVars<'a> {
     pub decoded: std::cell::OnceCell<Vec<(String, String)>>,
 }
 
-pub fn pct_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or(()) {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 impl RequestVars<'_> {
     fn args(&self) -> &[(String, String)] {
         self.decoded.get_or_init(|| {
@@ -49,8 +27,8 @@ impl RequestVars<'_> {
                 .split('&')
                 .filter(|p| !p.is_empty())
                 .map(|p| match p.split_once('=') {
-                    Some((k, v)) => (pct_decode(k), pct_decode(v)),
-                    None => (pct_decode(p), String::new()),
+                    Some((k, v)) => (decode_component(k), decode_component(v)),
+                    None => (decode_component(p), String::new()),
                 })
                 .collect()
         })
@@ -80,13 +58,5 @@ impl VarSource for RequestVars<'_> {
                 .map(|(_, v)| VarValue::Str(v)),
             Var::PostArg(path) => self.body.and_then(|b| lookup(b, path)).map(VarValue::Json),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(super::pct_decode("a%20b+c%2Fd%zz%"), "a b c/d%zz%");
     }
 }

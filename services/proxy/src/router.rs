@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use aigw_model::vars::VarSource;
 
-use crate::runtime::CompiledRoute;
+use crate::compiled::CompiledRoute;
 
 #[derive(Default)]
 pub struct Router {
@@ -104,7 +104,7 @@ mod tests {
         for (k, val) in extra.as_object().unwrap() {
             v[k] = val.clone();
         }
-        Arc::new(crate::runtime::compile_route(&v, None, &|_| None, &Default::default()).unwrap())
+        Arc::new(crate::compiled::compile_route(&v, None, &|_| None, &Default::default()).unwrap())
     }
 
     struct Body(Value);

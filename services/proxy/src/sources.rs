@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use aigw_model::proto_json::route_from_proto;
@@ -11,8 +10,8 @@ use aigw_model::secrets::DataKey;
 use aigw_model::snapshot::{parse_routes_file, version_of};
 use serde_json::{Value, json};
 
-use crate::proxy::AppState;
 use crate::runtime;
+use crate::state::AppState;
 use crate::upstream::Upstreams;
 
 fn env_lookup(name: &str) -> Option<String> {
@@ -48,7 +47,7 @@ pub async fn watch_file(path: PathBuf, key: Option<DataKey>, state: Arc<AppState
                 }
             }
             Ok(Err(e)) => {
-                state.metrics.config_rejected.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::Metrics::add(&state.metrics.config_rejected, 1);
                 tracing::error!(error = %e, "routes file rejected; keeping the last good config");
             }
             Err(e) => tracing::error!(error = %e, "routes file reload task failed"),
@@ -132,7 +131,7 @@ pub async fn run_xds(src: XdsSource, state: Arc<AppState>, shutdown: impl std::f
                 Ok(())
             }
             Err(e) => {
-                st.metrics.config_rejected.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::Metrics::add(&st.metrics.config_rejected, 1);
                 Err(e)
             }
         }

@@ -9,7 +9,8 @@ use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
-use crate::proxy::{AppState, ProxyBody};
+use crate::metrics::Metrics;
+use crate::state::{AppState, ProxyBody};
 
 fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<ProxyBody> {
     let mut r = Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed_unsync());
@@ -39,42 +40,32 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Resp
 
 fn metrics(state: &AppState) -> String {
     let m = &state.metrics;
+    let g = Metrics::get;
     let cfg = state.config.load();
     let mut out = String::new();
     for (name, help, kind, v) in [
-        ("aigw_proxy_requests_total", "Data-plane requests received.", "counter", m.requests.load(Ordering::Relaxed)),
-        (
-            "aigw_proxy_gateway_errors_total",
-            "Requests answered with a gateway-made error.",
-            "counter",
-            m.gateway_errors.load(Ordering::Relaxed),
-        ),
-        (
-            "aigw_proxy_upstream_errors_total",
-            "Requests that failed reaching the upstream.",
-            "counter",
-            m.upstream_errors.load(Ordering::Relaxed),
-        ),
-        ("aigw_proxy_prompt_tokens_total", "Prompt tokens reported by upstreams.", "counter", m.prompt_tokens.load(Ordering::Relaxed)),
-        (
-            "aigw_proxy_completion_tokens_total",
-            "Completion tokens reported by upstreams.",
-            "counter",
-            m.completion_tokens.load(Ordering::Relaxed),
-        ),
+        ("aigw_proxy_requests_total", "Data-plane requests received.", "counter", g(&m.requests)),
+        ("aigw_proxy_gateway_errors_total", "Requests answered with a gateway-made error.", "counter", g(&m.gateway_errors)),
+        ("aigw_proxy_upstream_errors_total", "Requests that failed reaching the upstream.", "counter", g(&m.upstream_errors)),
+        ("aigw_proxy_prompt_tokens_total", "Prompt tokens reported by upstreams.", "counter", g(&m.prompt_tokens)),
+        ("aigw_proxy_completion_tokens_total", "Completion tokens reported by upstreams.", "counter", g(&m.completion_tokens)),
         (
             "aigw_proxy_responses_aborted_total",
-            "Responses cut short (client gone, upstream failure, limit).",
+            "Responses cut short (client gone, upstream failure, limit, missing end marker).",
             "counter",
-            m.streams_aborted.load(Ordering::Relaxed),
+            g(&m.responses_aborted),
         ),
-        ("aigw_proxy_config_applied_total", "Config snapshots applied.", "counter", m.config_applied.load(Ordering::Relaxed)),
-        ("aigw_proxy_config_rejected_total", "Config snapshots or files rejected.", "counter", m.config_rejected.load(Ordering::Relaxed)),
+        ("aigw_proxy_clients_gone_total", "Responses whose client went away before the end.", "counter", g(&m.clients_gone)),
+        ("aigw_proxy_config_applied_total", "Config snapshots applied.", "counter", g(&m.config_applied)),
+        ("aigw_proxy_config_rejected_total", "Config snapshots or files rejected.", "counter", g(&m.config_rejected)),
         ("aigw_proxy_routes", "Routes in the applied snapshot.", "gauge", cfg.routes.len() as u64),
         ("aigw_proxy_ready", "1 once a config is applied.", "gauge", state.ready.load(Ordering::Relaxed) as u64),
     ] {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
     }
-    out.push_str(&format!("# HELP aigw_proxy_config_info Applied snapshot version.\n# TYPE aigw_proxy_config_info gauge\naigw_proxy_config_info{{version=\"{}\"}} 1\n", cfg.version));
+    out.push_str(&format!(
+        "# HELP aigw_proxy_config_info Applied snapshot version.\n# TYPE aigw_proxy_config_info gauge\naigw_proxy_config_info{{version=\"{}\"}} 1\n",
+        cfg.version
+    ));
     out
 }

@@ -18,7 +18,7 @@
 use aigw_model::Provider;
 use serde_json::{Map, Value};
 
-use crate::protocol::Protocol;
+use aigw_llm::protocol::Protocol;
 
 pub struct Shaping<'a> {
     pub provider: Provider,

@@ -25,6 +25,11 @@ impl std::fmt::Debug for AwsCredentials {
     }
 }
 
+/// A signing failure (bad URL or parameters); never contains a secret.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("SigV4 signing failed: {0}")]
+pub struct SignError(String);
+
 /// Who signs, for which region and service.
 pub struct Signer<'a> {
     pub creds: &'a AwsCredentials,
@@ -42,7 +47,7 @@ impl Signer<'_> {
         headers: &[(&str, &str)],
         body: &[u8],
         time: SystemTime,
-    ) -> Result<Vec<(&'static str, String)>, String> {
+    ) -> Result<Vec<(&'static str, String)>, SignError> {
         let c = self.creds;
         let identity: Identity =
             Credentials::new(&c.access_key_id, &c.secret_access_key, c.session_token.clone(), None, "aigw-route").into();
@@ -53,11 +58,11 @@ impl Signer<'_> {
             .time(time)
             .settings(SigningSettings::default())
             .build()
-            .map_err(|e| format!("SigV4 parameters: {e}"))?
+            .map_err(|e| SignError(format!("parameters: {e}")))?
             .into();
         let signable = SignableRequest::new(method, url, headers.iter().copied(), SignableBody::Bytes(body))
-            .map_err(|e| format!("SigV4 request: {e}"))?;
-        let (instructions, _signature) = sign(signable, &params).map_err(|e| format!("SigV4 signing: {e}"))?.into_parts();
+            .map_err(|e| SignError(format!("request: {e}")))?;
+        let (instructions, _signature) = sign(signable, &params).map_err(|e| SignError(e.to_string()))?.into_parts();
         let (out, _query) = instructions.into_parts();
         Ok(out.into_iter().map(|h| (h.name(), h.value().to_owned())).collect())
     }

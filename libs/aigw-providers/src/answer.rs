@@ -1,0 +1,132 @@
+//! Whole (non-streamed) answers converted for the client, when the client speaks another
+//! protocol than the upstream: the success body through the converters, an error body
+//! into the client's error envelope (status kept). Pure; streams go through
+//! `aigw_llm::stream::Pipe` instead.
+
+use aigw_llm::envelope::{self, Envelope};
+use aigw_llm::protocol::Protocol;
+use aigw_llm::{anthropic, bedrock};
+use serde_json::Value;
+
+use crate::plan::Plan;
+use crate::table::Conversion;
+
+/// A success body that cannot be converted (not JSON, not the expected shape).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct AnswerError(pub String);
+
+/// Converts a whole upstream answer for the client; None when it goes out unchanged.
+/// `amzn_error_type` is Bedrock's `x-amzn-errortype` header; `id` names a converted answer.
+pub fn convert(plan: &Plan, status: u16, amzn_error_type: Option<&str>, body: &[u8], id: &str) -> Option<Result<Vec<u8>, AnswerError>> {
+    if plan.conversion == Conversion::Native {
+        return None;
+    }
+    let model = plan.model.as_deref().unwrap_or_default();
+    let client = Envelope::for_protocol(plan.client);
+    if !(200..300).contains(&status) {
+        let bytes = if plan.target == Protocol::BedrockConverse {
+            let (kind, message) = bedrock::error_message(amzn_error_type, body);
+            let message = if client == Envelope::Anthropic { format!("{kind}: {message}") } else { message };
+            envelope::json(client, &envelope::Error { status, kind: Some(&kind), code: &kind, message: &message })
+        } else {
+            let message = envelope::message_of(status, body);
+            envelope::json(client, &envelope::Error { status, kind: None, code: "upstream_error", message: &message })
+        };
+        return Some(Ok(bytes));
+    }
+    Some((|| {
+        let v: Value = serde_json::from_slice(body).map_err(|e| AnswerError(format!("the upstream answer is not JSON: {e}")))?;
+        let openai =
+            if plan.target == Protocol::BedrockConverse { bedrock::response_to_openai(&v, &format!("chatcmpl-{id}"), model) } else { v };
+        let out = if plan.client == Protocol::AnthropicMessages {
+            anthropic::response_from_openai(&openai, model, &plan.names).map_err(|e| AnswerError(e.0))?
+        } else {
+            openai
+        };
+        Ok(serde_json::to_vec(&out).unwrap_or_default())
+    })())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aigw_llm::anthropic::ToolNames;
+    use bytes::Bytes;
+    use http::{HeaderMap, Method};
+    use serde_json::json;
+
+    fn plan(conversion: Conversion, client: Protocol, target: Protocol) -> Plan {
+        Plan {
+            conversion,
+            client,
+            target,
+            method: Method::POST,
+            url: String::new(),
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            stream: false,
+            request_model: None,
+            model: Some("m".into()),
+            names: ToolNames::default(),
+        }
+    }
+
+    fn v(b: Vec<u8>) -> Value {
+        serde_json::from_slice(&b).unwrap()
+    }
+
+    #[test]
+    fn conversions() {
+        use Protocol::*;
+        assert!(convert(&plan(Conversion::Native, OpenAiChat, OpenAiChat), 200, None, b"{}", "x").is_none());
+        let chat = json!({"id": "c", "model": "gpt", "choices": [{"index": 0, "message": {"role": "assistant", "content": "2"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}});
+        let a =
+            v(convert(&plan(Conversion::AnthropicToOpenAi, AnthropicMessages, OpenAiChat), 200, None, chat.to_string().as_bytes(), "x")
+                .unwrap()
+                .unwrap());
+        assert_eq!((a["type"].as_str(), a["content"][0]["text"].as_str()), (Some("message"), Some("2")));
+        let converse = json!({"output": {"message": {"role": "assistant", "content": [{"text": "2"}]}}, "stopReason": "end_turn",
+            "usage": {"inputTokens": 3, "outputTokens": 1, "totalTokens": 4}});
+        let o =
+            v(convert(&plan(Conversion::OpenAiToConverse, OpenAiChat, BedrockConverse), 200, None, converse.to_string().as_bytes(), "x")
+                .unwrap()
+                .unwrap());
+        assert_eq!((o["id"].as_str(), o["choices"][0]["message"]["content"].as_str()), (Some("chatcmpl-x"), Some("2")));
+        let bad = convert(&plan(Conversion::AnthropicToOpenAi, AnthropicMessages, OpenAiChat), 200, None, b"<html>", "x").unwrap();
+        assert!(bad.unwrap_err().0.contains("not JSON"));
+        // Errors: the client's envelope, the provider's message kept.
+        let e = v(convert(
+            &plan(Conversion::AnthropicToOpenAi, AnthropicMessages, OpenAiChat),
+            429,
+            None,
+            br#"{"error":{"message":"slow down","type":"requests"}}"#,
+            "x",
+        )
+        .unwrap()
+        .unwrap());
+        assert_eq!(e, json!({"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}));
+        let e = v(convert(
+            &plan(Conversion::OpenAiToConverse, OpenAiChat, BedrockConverse),
+            400,
+            Some("ValidationException:http://internal"),
+            br#"{"message":"bad model"}"#,
+            "x",
+        )
+        .unwrap()
+        .unwrap());
+        assert_eq!((e["error"]["type"].as_str(), e["error"]["message"].as_str()), (Some("ValidationException"), Some("bad model")));
+        let e = v(convert(
+            &plan(Conversion::AnthropicToConverse, AnthropicMessages, BedrockConverse),
+            429,
+            Some("ThrottlingException"),
+            b"{}",
+            "x",
+        )
+        .unwrap()
+        .unwrap());
+        assert_eq!(e["error"]["type"], "rate_limit_error");
+        assert!(e["error"]["message"].as_str().unwrap().starts_with("ThrottlingException: "));
+    }
+}

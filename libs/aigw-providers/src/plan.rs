@@ -1,0 +1,542 @@
+//! The plan stage: a client request and a target in, a description of the upstream
+//! request out — pure, no I/O, no credentials (those are the authorize stage's).
+//!
+//! 1. Conversion into the protocol the provider speaks (Anthropic → OpenAI chat,
+//!    OpenAI chat → Converse, Anthropic → Converse), before shaping, so `options`,
+//!    `llm_options` and `request_body[<target protocol>]` apply to what the upstream gets.
+//! 2. Shaping ([`crate::shaping`], APISIX's order).
+//! 3. Bedrock: the model and the stream flag are gateway-level, not body fields.
+//! 4. The upstream URL: `override.endpoint` as given, or the provider's path.
+//! 5. The header policy: hop-by-hop and gateway-owned headers dropped, client credentials
+//!    dropped when the target has its own, Anthropic headers kept from OpenAI backends,
+//!    `anthropic-version` defaulted; Bedrock gets nothing of the client but the body.
+//!
+//! Each attempt of a request is planned from the client's original request, so a retry on
+//! another target (another provider, another protocol) is shaped for that target.
+
+use aigw_llm::anthropic::{self, ToolNames};
+use aigw_llm::bedrock;
+use aigw_llm::protocol::Protocol;
+use aigw_model::Provider;
+use aigw_model::route::RequestBodyOverrides;
+use bytes::Bytes;
+use http::Method;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use serde_json::{Map, Value};
+
+use crate::shaping::{MaxTokensField, Shaping, max_tokens_field, shape};
+use crate::table::{self, Conversion};
+use crate::target::{Target, decode_component, encode_component};
+
+/// Headers never forwarded upstream: hop-by-hop, and those the gateway sets itself.
+const DROP_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "accept-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "cookie",
+];
+
+/// Client credentials, never forwarded when the target configures its own.
+pub const CREDENTIAL_HEADERS: &[&str] = &["authorization", "x-api-key", "api-key", "x-goog-api-key"];
+
+/// The client's request as the gateway read it.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientRequest<'a> {
+    pub method: &'a Method,
+    pub path: &'a str,
+    /// Path and query as sent.
+    pub path_and_query: &'a str,
+    pub headers: &'a HeaderMap,
+    /// The body bytes as received (forwarded untouched when nothing changes).
+    pub body: &'a Bytes,
+    pub protocol: Protocol,
+}
+
+/// The upstream request to send, before credentials.
+#[derive(Debug)]
+pub struct Plan {
+    pub conversion: Conversion,
+    /// What the client speaks.
+    pub client: Protocol,
+    /// What the upstream receives.
+    pub target: Protocol,
+    pub method: Method,
+    /// `origin + path_and_query`; the authorize stage may append credentials to the query.
+    pub url: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// The answer is expected as a stream.
+    pub stream: bool,
+    /// The model the client asked for (`model` in its body).
+    pub request_model: Option<String>,
+    /// The model the upstream is asked for (`options.model`, the Bedrock model, or the
+    /// client's).
+    pub model: Option<String>,
+    /// Tool names sanitised on the way in, restored on the way out.
+    pub names: ToolNames,
+}
+
+/// Why a request cannot be planned for a target: a 400 for the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("provider {provider} does not support {protocol} protocol (supported: {supported})")]
+    Unsupported { provider: &'static str, protocol: &'static str, supported: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// `/model/{modelId}/converse[-stream]` in a client path (what boto3 sends): the model id.
+fn model_from_path(path: &str) -> Option<String> {
+    let rest = path.rsplit_once("/model/")?.1;
+    let id = rest.strip_suffix("/converse-stream").or_else(|| rest.strip_suffix("/converse"))?;
+    (!id.is_empty()).then(|| decode_component(id))
+}
+
+/// Bedrock streams at `/converse-stream`, also when `override.endpoint` names `/converse`
+/// (APISIX never streams then).
+fn bedrock_stream_path(p: &str) -> String {
+    let (path, query) = match p.split_once('?') {
+        Some((a, b)) => (a, Some(b)),
+        None => (p, None),
+    };
+    let path = match path.strip_suffix("/converse") {
+        Some(base) => format!("{base}/converse-stream"),
+        None => path.to_owned(),
+    };
+    match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    }
+}
+
+/// The Bedrock runtime operations a passthrough request may reach, as the part of the
+/// client path from `/model/` or `/guardrail/` on. Anything else is refused: the gateway
+/// signs what it forwards, so it must not sign whatever path a client sends.
+fn bedrock_runtime_path(path_and_query: &str) -> Option<&str> {
+    let (path, _query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
+    let start = path.rfind("/model/").or_else(|| path.rfind("/guardrail/"))?;
+    let op = &path_and_query[start..];
+    let op_path = &path[start..];
+    let segs: Vec<&str> = op_path.trim_start_matches('/').split('/').collect();
+    let ok = match segs.as_slice() {
+        ["model", id, action] => {
+            !id.is_empty() && matches!(*action, "converse" | "converse-stream" | "invoke" | "invoke-with-response-stream" | "count-tokens")
+        }
+        ["guardrail", id, "version", v, "apply"] => !id.is_empty() && !v.is_empty(),
+        _ => false,
+    };
+    ok.then_some(op)
+}
+
+fn request_body_for(rb: &RequestBodyOverrides, proto: Protocol) -> Option<&Map<String, Value>> {
+    match proto {
+        Protocol::OpenAiChat => rb.openai_chat.as_ref(),
+        Protocol::OpenAiResponses => rb.openai_responses.as_ref(),
+        Protocol::OpenAiEmbeddings => rb.openai_embeddings.as_ref(),
+        Protocol::AnthropicMessages | Protocol::AnthropicCountTokens => rb.anthropic_messages.as_ref(),
+        Protocol::BedrockConverse => rb.bedrock_converse.as_ref(),
+        Protocol::Passthrough => rb.passthrough.as_ref(),
+    }
+}
+
+/// Plans one attempt. `body` is the client's parsed JSON body (owned: each attempt gets
+/// its own copy).
+pub fn plan(req: &ClientRequest<'_>, mut body: Value, t: &Target) -> Result<Plan, PlanError> {
+    let ap = &t.conf;
+    let pc = ap.provider_conf.as_ref();
+    let proto = req.protocol;
+    let conversion = table::route(ap.provider, proto, pc).ok_or_else(|| PlanError::Unsupported {
+        provider: ap.provider.as_str(),
+        protocol: proto.name(),
+        supported: table::supported(ap.provider).join(", "),
+    })?;
+    let target = conversion.target(proto);
+    let request_model = body.get("model").and_then(Value::as_str).map(str::to_owned);
+
+    // 1. Into the target protocol.
+    let mut names = ToolNames::default();
+    let mut converted_stream = false;
+    let mut converted_model = None;
+    let bad = |e: anthropic::ConvertError| PlanError::Invalid(e.0);
+    let mut changed = conversion != Conversion::Native;
+    body = match conversion {
+        Conversion::Native => body,
+        Conversion::AnthropicToOpenAi => {
+            let field = match max_tokens_field(ap.provider, Protocol::OpenAiChat) {
+                MaxTokensField::Top(f) => f,
+                _ => "max_tokens",
+            };
+            anthropic::request_to_openai(&body, field, &mut names).map_err(bad)?
+        }
+        Conversion::OpenAiToConverse | Conversion::AnthropicToConverse => {
+            let openai = if conversion == Conversion::AnthropicToConverse {
+                anthropic::request_to_openai(&body, "max_tokens", &mut names).map_err(bad)?
+            } else {
+                body
+            };
+            let c = bedrock::request_to_converse(&openai).map_err(bad)?;
+            converted_stream = c.stream;
+            converted_model = c.model;
+            c.body
+        }
+    };
+    // 2. Shaped for the target.
+    let ov = ap.override_.as_ref();
+    let shaping = Shaping {
+        provider: ap.provider,
+        target,
+        options: ap.options.as_ref(),
+        max_tokens: ov.and_then(|o| o.llm_options.as_ref()).and_then(|l| l.max_tokens),
+        request_body: ov.and_then(|o| o.request_body.as_ref()).and_then(|rb| request_body_for(rb, target)),
+        force_request_body: ov.is_some_and(|o| o.request_body_force_override),
+    };
+    changed |= shape(&mut body, &shaping);
+    // 3. Bedrock: the model and the stream flag are gateway-level.
+    let bedrock = ap.provider == Provider::Bedrock;
+    let (stream, bedrock_model) = if bedrock && target == Protocol::BedrockConverse {
+        let obj = body.as_object_mut();
+        let (s, m) = obj.map(|o| (o.remove("stream"), o.remove("model"))).unwrap_or_default();
+        changed |= s.is_some() || m.is_some();
+        let stream = converted_stream || s == Some(Value::Bool(true)) || req.path.ends_with("/converse-stream");
+        let model = ap
+            .model()
+            .map(str::to_owned)
+            .or(converted_model)
+            .or_else(|| m.and_then(|v| v.as_str().map(str::to_owned)))
+            .or_else(|| model_from_path(req.path));
+        (stream, model)
+    } else {
+        (target.is_stream(&body), None)
+    };
+    let model = ap.model().map(str::to_owned).or_else(|| bedrock_model.clone()).or_else(|| request_model.clone());
+
+    // 4. The upstream URL.
+    let path_q = match (t.endpoint.as_ref().and_then(|e| e.path_and_query.as_deref()), target) {
+        (Some(p), Protocol::BedrockConverse) if stream => bedrock_stream_path(p),
+        (Some(p), _) => p.to_owned(),
+        (None, Protocol::Passthrough) if bedrock => bedrock_runtime_path(req.path_and_query)
+            .ok_or_else(|| {
+                PlanError::Invalid(format!(
+                    "bedrock passthrough only reaches /model/{{modelId}}/(converse|converse-stream|invoke|invoke-with-response-stream|count-tokens) \
+                     and /guardrail/{{id}}/version/{{v}}/apply, not {}",
+                    req.path
+                ))
+            })?
+            .to_owned(),
+        (None, Protocol::Passthrough) => req.path_and_query.to_owned(),
+        (None, Protocol::BedrockConverse) => {
+            let model = bedrock_model.as_deref().ok_or_else(|| {
+                PlanError::Invalid(
+                    "no model for bedrock: set options.model on the route, send \"model\" in the body, or call /model/{modelId}/converse".into(),
+                )
+            })?;
+            format!("/model/{}/{}", encode_component(model), if stream { "converse-stream" } else { "converse" })
+        }
+        (None, target) => table::native_path(ap.provider, target, pc)
+            .ok_or_else(|| PlanError::Invalid("could not resolve upstream path: override.endpoint needs a path".into()))?,
+    };
+    let url = format!("{}{path_q}", t.origin);
+    let out_body = if changed { Bytes::from(serde_json::to_vec(&body).unwrap_or_default()) } else { req.body.clone() };
+
+    // 5. Headers.
+    let method = if target == Protocol::Passthrough { req.method.clone() } else { Method::POST };
+    let mut headers = HeaderMap::with_capacity(req.headers.len() + 2);
+    if !bedrock {
+        let to_openai = conversion == Conversion::AnthropicToOpenAi;
+        for (name, value) in req.headers {
+            let n = name.as_str();
+            if DROP_HEADERS.contains(&n) || (t.has_credentials && CREDENTIAL_HEADERS.contains(&n)) {
+                continue;
+            }
+            // An OpenAI backend must not see Anthropic credentials or protocol headers.
+            if to_openai && (n == "x-api-key" || n.starts_with("anthropic-")) {
+                continue;
+            }
+            headers.append(name.clone(), value.clone());
+        }
+        if to_openai
+            && !t.has_credentials
+            && !headers.contains_key(header::AUTHORIZATION)
+            && let Some(key) = req.headers.get("x-api-key").and_then(|v| v.to_str().ok())
+            && let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {key}"))
+        {
+            // Bring-your-own-key: the client's Anthropic-style key becomes the backend bearer.
+            v.set_sensitive(true);
+            headers.insert(header::AUTHORIZATION, v);
+        }
+        if matches!(target, Protocol::AnthropicMessages | Protocol::AnthropicCountTokens) && !headers.contains_key("anthropic-version") {
+            headers.insert(HeaderName::from_static("anthropic-version"), HeaderValue::from_static("2023-06-01"));
+        }
+    }
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(Plan { conversion, client: proto, target, method, url, headers, body: out_body, stream, request_model, model, names })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aigw_model::route::AiProxyConfig;
+    use serde_json::json;
+    use std::sync::Arc;
+
+    fn target(provider: &str, extra: Value, has_credentials: bool) -> Target {
+        let mut c = json!({"provider": provider, "auth": {}});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        let conf: AiProxyConfig = serde_json::from_value(c).unwrap();
+        Target::compile(Arc::new(conf), has_credentials).unwrap()
+    }
+
+    fn body_of(p: Protocol) -> Value {
+        match p {
+            Protocol::OpenAiChat => json!({"model": "client-model", "messages": [{"role": "user", "content": "hi"}], "tools": [
+                {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}),
+            Protocol::OpenAiResponses => json!({"model": "client-model", "input": "hi"}),
+            Protocol::OpenAiEmbeddings => json!({"model": "client-model", "input": ["a"]}),
+            Protocol::AnthropicMessages => {
+                json!({"model": "client-model", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})
+            }
+            Protocol::AnthropicCountTokens => json!({"model": "client-model", "messages": [{"role": "user", "content": "hi"}]}),
+            Protocol::BedrockConverse => json!({"messages": [{"role": "user", "content": [{"text": "hi"}]}]}),
+            Protocol::Passthrough => json!({"prompt": "cat"}),
+        }
+    }
+
+    fn path_of(p: Protocol) -> &'static str {
+        match p {
+            Protocol::OpenAiChat => "/v1/chat/completions",
+            Protocol::OpenAiResponses => "/v1/responses",
+            Protocol::OpenAiEmbeddings => "/v1/embeddings",
+            Protocol::AnthropicMessages => "/v1/messages",
+            Protocol::AnthropicCountTokens => "/v1/messages/count_tokens",
+            Protocol::BedrockConverse => "/model/amazon.nova-pro-v1%3A0/converse",
+            Protocol::Passthrough => "/model/m1/invoke",
+        }
+    }
+
+    fn run(t: &Target, p: Protocol, headers: &HeaderMap) -> Result<Plan, PlanError> {
+        let body = body_of(p);
+        let bytes = Bytes::from(serde_json::to_vec(&body).unwrap());
+        let req = ClientRequest { method: &Method::POST, path: path_of(p), path_and_query: path_of(p), headers, body: &bytes, protocol: p };
+        plan(&req, body, t)
+    }
+
+    /// Every provider × inbound protocol from one table: the upstream URL and protocol, or
+    /// the refusal.
+    #[test]
+    fn every_provider_and_protocol() {
+        use Protocol::*;
+        let pc = json!({"provider_conf": {"project_id": "p1", "region": "us-central1"}});
+        let br = json!({"provider_conf": {"region": "us-east-1"}, "options": {"model": "amazon.nova-pro-v1:0"}});
+        let providers: Vec<(&str, Value)> = vec![
+            ("openai", json!({})),
+            ("deepseek", json!({})),
+            (
+                "azure-openai",
+                json!({"override": {"endpoint": "https://r.openai.azure.com/openai/deployments/d/chat/completions?api-version=2024-10-21"}}),
+            ),
+            ("aimlapi", json!({})),
+            ("anthropic", json!({})),
+            ("openrouter", json!({})),
+            ("gemini", json!({})),
+            ("vertex-ai", pc),
+            ("bedrock", br),
+            ("openai-compatible", json!({"override": {"endpoint": "http://127.0.0.1:9/v1"}})),
+        ];
+        let protos = [OpenAiChat, OpenAiResponses, OpenAiEmbeddings, AnthropicMessages, AnthropicCountTokens, BedrockConverse, Passthrough];
+        // (provider, protocol) → Some((url, upstream protocol)) or None (400).
+        let want = |prov: &str, p: Protocol| -> Option<(&'static str, Protocol)> {
+            Some(match (prov, p) {
+                ("openai", OpenAiChat) => ("https://api.openai.com/v1/chat/completions", OpenAiChat),
+                ("openai", OpenAiResponses) => ("https://api.openai.com/v1/responses", OpenAiResponses),
+                ("openai", OpenAiEmbeddings) => ("https://api.openai.com/v1/embeddings", OpenAiEmbeddings),
+                ("openai", AnthropicMessages) => ("https://api.openai.com/v1/chat/completions", OpenAiChat),
+                ("deepseek", OpenAiChat | AnthropicMessages) => ("https://api.deepseek.com/chat/completions", OpenAiChat),
+                ("azure-openai", OpenAiChat | AnthropicMessages) => {
+                    ("https://r.openai.azure.com/openai/deployments/d/chat/completions?api-version=2024-10-21", OpenAiChat)
+                }
+                ("aimlapi", OpenAiChat | AnthropicMessages) => ("https://api.aimlapi.com/v1/chat/completions", OpenAiChat),
+                ("anthropic", OpenAiChat) => ("https://api.anthropic.com/v1/chat/completions", OpenAiChat),
+                ("anthropic", AnthropicMessages) => ("https://api.anthropic.com/v1/messages", AnthropicMessages),
+                ("anthropic", AnthropicCountTokens) => ("https://api.anthropic.com/v1/messages/count_tokens", AnthropicCountTokens),
+                ("openrouter", OpenAiChat | AnthropicMessages) => ("https://openrouter.ai/api/v1/chat/completions", OpenAiChat),
+                ("gemini", OpenAiChat | AnthropicMessages) => {
+                    ("https://generativelanguage.googleapis.com/v1beta/openai/chat/completions", OpenAiChat)
+                }
+                ("gemini", OpenAiEmbeddings) => ("https://generativelanguage.googleapis.com/v1beta/openai/embeddings", OpenAiEmbeddings),
+                ("vertex-ai", OpenAiChat | AnthropicMessages) => (
+                    "https://us-central1-aiplatform.googleapis.com/v1beta1/projects/p1/locations/us-central1/endpoints/openapi/chat/completions",
+                    OpenAiChat,
+                ),
+                ("bedrock", OpenAiChat | AnthropicMessages | BedrockConverse) => {
+                    ("https://bedrock-runtime.us-east-1.amazonaws.com/model/amazon.nova-pro-v1%3A0/converse", BedrockConverse)
+                }
+                ("bedrock", Passthrough) => ("https://bedrock-runtime.us-east-1.amazonaws.com/model/m1/invoke", Passthrough),
+                ("openai-compatible", OpenAiChat | AnthropicMessages | OpenAiResponses | OpenAiEmbeddings) => {
+                    ("http://127.0.0.1:9/v1", if p == AnthropicMessages { OpenAiChat } else { p })
+                }
+                (_, Passthrough) => return None, // checked separately below
+                _ => return None,
+            })
+        };
+        for (prov, extra) in &providers {
+            let t = target(prov, extra.clone(), true);
+            for p in protos {
+                let got = run(&t, p, &HeaderMap::new());
+                if p == Passthrough && *prov != "bedrock" {
+                    // Passthrough reaches any provider at the client's own path, or at
+                    // `override.endpoint` when it names a path (used exactly as given).
+                    let plan = got.unwrap();
+                    let want = match t.endpoint.as_ref().and_then(|e| e.path_and_query.as_deref()) {
+                        Some(p) => format!("{}{p}", t.origin),
+                        None => format!("{}/model/m1/invoke", t.origin),
+                    };
+                    assert_eq!(plan.url, want, "{prov}");
+                    continue;
+                }
+                match (want(prov, p), got) {
+                    (Some((url, up)), Ok(plan)) => {
+                        assert_eq!((plan.url.as_str(), plan.target), (url, up), "{prov} × {p:?}");
+                        assert_eq!(plan.client, p);
+                        let v: Value = serde_json::from_slice(&plan.body).unwrap();
+                        match up {
+                            BedrockConverse => assert!(v.get("model").is_none() && v.get("stream").is_none(), "{prov} × {p:?}: {v}"),
+                            OpenAiChat if p == AnthropicMessages => assert!(v["messages"].is_array(), "{v}"),
+                            _ => {}
+                        }
+                    }
+                    (None, Err(PlanError::Unsupported { provider, .. })) => assert_eq!(provider, *prov),
+                    (w, g) => panic!("{prov} × {p:?}: want {w:?}, got {g:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn header_policy() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("authorization", "Bearer client"),
+            ("x-api-key", "client-key"),
+            ("cookie", "s=1"),
+            ("connection", "keep-alive"),
+            ("anthropic-version", "2023-06-01"),
+            ("anthropic-beta", "tools"),
+            ("x-request-id", "r1"),
+            ("host", "gw"),
+            ("content-type", "application/json; charset=utf-8"),
+        ] {
+            h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        // Route credentials: no client credential is forwarded.
+        let p = run(&target("openai", json!({}), true), Protocol::OpenAiChat, &h).unwrap();
+        let names: Vec<&str> = p.headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(
+            names.iter().filter(|n| ["authorization", "x-api-key", "cookie", "connection", "host"].contains(n)).count(),
+            0,
+            "{names:?}"
+        );
+        assert_eq!(p.headers["x-request-id"], "r1");
+        assert_eq!(p.headers["content-type"], "application/json");
+        // No route credentials: the client's are forwarded (bring your own key).
+        let p = run(&target("openai", json!({}), false), Protocol::OpenAiChat, &h).unwrap();
+        assert_eq!(p.headers["authorization"], "Bearer client");
+        // Anthropic client on an OpenAI backend: no anthropic-* or x-api-key; x-api-key
+        // becomes the bearer when the client has no Authorization.
+        let mut h2 = h.clone();
+        h2.remove("authorization");
+        let p = run(&target("openai", json!({}), false), Protocol::AnthropicMessages, &h2).unwrap();
+        assert!(p.headers.keys().all(|n| !n.as_str().starts_with("anthropic-") && n != "x-api-key"));
+        assert_eq!(p.headers["authorization"], "Bearer client-key");
+        assert!(p.headers["authorization"].is_sensitive());
+        // Native Anthropic: its headers pass, anthropic-version defaulted when absent.
+        let p = run(&target("anthropic", json!({}), true), Protocol::AnthropicMessages, &h).unwrap();
+        assert_eq!(p.headers["anthropic-beta"], "tools");
+        h2.remove("anthropic-version");
+        let p = run(&target("anthropic", json!({}), true), Protocol::AnthropicMessages, &h2).unwrap();
+        assert_eq!(p.headers["anthropic-version"], "2023-06-01");
+        // Bedrock: nothing of the client's headers.
+        let p = run(&target("bedrock", json!({"provider_conf": {"region": "us-east-1"}}), true), Protocol::BedrockConverse, &h).unwrap();
+        assert_eq!(p.headers.len(), 1, "{:?}", p.headers);
+    }
+
+    #[test]
+    fn bedrock_model_stream_and_passthrough_paths() {
+        let t = target("bedrock", json!({"provider_conf": {"region": "eu-west-1"}}), true);
+        let body = json!({"messages": [], "stream": true});
+        let bytes = Bytes::from(body.to_string());
+        let h = HeaderMap::new();
+        let path = "/model/arn%3Aaws%3Abedrock%3Aeu-west-1%3A1%3Ainference-profile%2Feu.m/converse";
+        let req = ClientRequest {
+            method: &Method::POST,
+            path,
+            path_and_query: path,
+            headers: &h,
+            body: &bytes,
+            protocol: Protocol::BedrockConverse,
+        };
+        let p = plan(&req, body.clone(), &t).unwrap();
+        assert!(p.stream);
+        assert_eq!(p.model.as_deref(), Some("arn:aws:bedrock:eu-west-1:1:inference-profile/eu.m"));
+        assert_eq!(
+            p.url,
+            "https://bedrock-runtime.eu-west-1.amazonaws.com/model/arn%3Aaws%3Abedrock%3Aeu-west-1%3A1%3Ainference-profile%2Feu.m/converse-stream"
+        );
+        // Passthrough: known runtime operations only, taken from the client path.
+        let bytes = Bytes::from_static(b"{\"x\":1}");
+        for (path, want) in [
+            ("/bedrock/model/m1/invoke", Some("/model/m1/invoke")),
+            ("/model/m1/invoke-with-response-stream?a=1", Some("/model/m1/invoke-with-response-stream?a=1")),
+            ("/guardrail/g1/version/2/apply", Some("/guardrail/g1/version/2/apply")),
+            ("/bedrock/admin/delete-everything", None),
+            ("/model/m1/../../foundation-models", None),
+            ("/model//invoke", None),
+        ] {
+            let req = ClientRequest {
+                method: &Method::POST,
+                path,
+                path_and_query: path,
+                headers: &h,
+                body: &bytes,
+                protocol: Protocol::Passthrough,
+            };
+            match (plan(&req, json!({"x": 1}), &t), want) {
+                (Ok(p), Some(w)) => assert_eq!(p.url, format!("https://bedrock-runtime.eu-west-1.amazonaws.com{w}")),
+                (Err(PlanError::Invalid(m)), None) => assert!(m.contains("bedrock passthrough"), "{m}"),
+                (got, w) => panic!("{path}: want {w:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unchanged_bodies_are_forwarded_byte_for_byte() {
+        let t = target("openai-compatible", json!({"override": {"endpoint": "http://h/v1/chat/completions"}}), true);
+        let raw = Bytes::from_static(b"{ \"messages\" : [ {\"role\":\"user\",\"content\":\"hi\"} ] }");
+        let body: Value = serde_json::from_slice(&raw).unwrap();
+        let h = HeaderMap::new();
+        let req = ClientRequest {
+            method: &Method::POST,
+            path: "/x",
+            path_and_query: "/x",
+            headers: &h,
+            body: &raw,
+            protocol: Protocol::OpenAiChat,
+        };
+        let p = plan(&req, body.clone(), &t).unwrap();
+        assert_eq!(p.body, raw);
+        let t =
+            target("openai-compatible", json!({"override": {"endpoint": "http://h/v1/chat/completions"}, "options": {"model": "m"}}), true);
+        let p = plan(&req, body, &t).unwrap();
+        assert_ne!(p.body, raw);
+        assert_eq!((p.request_model, p.model.as_deref()), (None, Some("m")));
+    }
+}

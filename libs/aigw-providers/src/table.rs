@@ -1,0 +1,133 @@
+//! The provider table: each provider's default origin, where it serves each protocol, and
+//! how a client protocol reaches it (natively or through a converter).
+
+use aigw_llm::protocol::Protocol;
+use aigw_model::Provider;
+use aigw_model::route::ProviderConf;
+
+/// Default scheme and authority of a provider (None: the route must set override.endpoint).
+pub fn default_origin(provider: Provider, pc: Option<&ProviderConf>) -> Option<String> {
+    let host = match provider {
+        Provider::Openai => "api.openai.com".to_owned(),
+        Provider::Deepseek => "api.deepseek.com".to_owned(),
+        Provider::Aimlapi => "api.aimlapi.com".to_owned(),
+        Provider::Anthropic => "api.anthropic.com".to_owned(),
+        Provider::Openrouter => "openrouter.ai".to_owned(),
+        Provider::Gemini => "generativelanguage.googleapis.com".to_owned(),
+        Provider::VertexAi => match pc.and_then(|p| p.region.as_deref()) {
+            Some("global") | None => "aiplatform.googleapis.com".to_owned(),
+            Some(r) => format!("{r}-aiplatform.googleapis.com"),
+        },
+        Provider::Bedrock => format!("bedrock-runtime.{}.amazonaws.com", pc?.region.as_deref()?),
+        Provider::AzureOpenai | Provider::OpenaiCompatible => return None,
+    };
+    Some(format!("https://{host}"))
+}
+
+/// Native path of `proto` on `provider`; None when the provider does not speak it.
+pub fn native_path(provider: Provider, proto: Protocol, pc: Option<&ProviderConf>) -> Option<String> {
+    use Protocol::*;
+    let p = match (provider, proto) {
+        (Provider::Openai | Provider::OpenaiCompatible, OpenAiChat) => "/v1/chat/completions",
+        (Provider::Openai | Provider::OpenaiCompatible, OpenAiResponses) => "/v1/responses",
+        (Provider::Openai | Provider::OpenaiCompatible, OpenAiEmbeddings) => "/v1/embeddings",
+        (Provider::Deepseek, OpenAiChat) => "/chat/completions",
+        (Provider::Aimlapi, OpenAiChat) => "/v1/chat/completions",
+        (Provider::Anthropic, OpenAiChat) => "/v1/chat/completions",
+        (Provider::Anthropic, AnthropicMessages) => "/v1/messages",
+        (Provider::Anthropic, AnthropicCountTokens) => "/v1/messages/count_tokens",
+        (Provider::Openrouter, OpenAiChat) => "/api/v1/chat/completions",
+        (Provider::Gemini, OpenAiChat) => "/v1beta/openai/chat/completions",
+        (Provider::Gemini, OpenAiEmbeddings) => "/v1beta/openai/embeddings",
+        (Provider::AzureOpenai, OpenAiChat) => "/chat/completions",
+        (Provider::VertexAi, OpenAiChat) => {
+            let pc = pc?;
+            return Some(format!(
+                "/v1beta1/projects/{}/locations/{}/endpoints/openapi/chat/completions",
+                pc.project_id.as_deref()?,
+                pc.region.as_deref()?
+            ));
+        }
+        _ => return None,
+    };
+    Some(p.to_owned())
+}
+
+/// How a client protocol reaches a provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conversion {
+    /// The provider speaks it (or it is passthrough).
+    Native,
+    /// Anthropic client, OpenAI chat backend.
+    AnthropicToOpenAi,
+    /// OpenAI chat client, Bedrock Converse backend.
+    OpenAiToConverse,
+    /// Anthropic client, Bedrock Converse backend (through OpenAI chat).
+    AnthropicToConverse,
+}
+
+impl Conversion {
+    /// The protocol the upstream receives.
+    pub fn target(self, client: Protocol) -> Protocol {
+        match self {
+            Conversion::Native => client,
+            Conversion::AnthropicToOpenAi => Protocol::OpenAiChat,
+            Conversion::OpenAiToConverse | Conversion::AnthropicToConverse => Protocol::BedrockConverse,
+        }
+    }
+}
+
+/// How `proto` reaches `provider`, or None when it cannot.
+pub fn route(provider: Provider, proto: Protocol, pc: Option<&ProviderConf>) -> Option<Conversion> {
+    if provider == Provider::Bedrock {
+        return match proto {
+            Protocol::BedrockConverse | Protocol::Passthrough => Some(Conversion::Native),
+            Protocol::OpenAiChat => Some(Conversion::OpenAiToConverse),
+            Protocol::AnthropicMessages => Some(Conversion::AnthropicToConverse),
+            _ => None,
+        };
+    }
+    if proto == Protocol::Passthrough || native_path(provider, proto, pc).is_some() {
+        return Some(Conversion::Native);
+    }
+    if proto == Protocol::AnthropicMessages && native_path(provider, Protocol::OpenAiChat, pc).is_some() {
+        return Some(Conversion::AnthropicToOpenAi);
+    }
+    None
+}
+
+/// Protocols a provider accepts (natively or converted), for error messages.
+pub fn supported(provider: Provider) -> Vec<&'static str> {
+    use Protocol::*;
+    let pc = ProviderConf { project_id: Some("p".into()), region: Some("r".into()) };
+    [OpenAiChat, OpenAiResponses, OpenAiEmbeddings, AnthropicMessages, AnthropicCountTokens, BedrockConverse]
+        .into_iter()
+        .filter(|p| route(provider, *p, Some(&pc)).is_some())
+        .map(Protocol::name)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_table() {
+        assert_eq!(default_origin(Provider::Openai, None).unwrap(), "https://api.openai.com");
+        assert_eq!(default_origin(Provider::OpenaiCompatible, None), None);
+        let pc = ProviderConf { project_id: Some("p1".into()), region: Some("us-east-1".into()) };
+        assert_eq!(default_origin(Provider::Bedrock, Some(&pc)).unwrap(), "https://bedrock-runtime.us-east-1.amazonaws.com");
+        assert_eq!(native_path(Provider::Openai, Protocol::OpenAiChat, None).unwrap(), "/v1/chat/completions");
+        assert_eq!(native_path(Provider::Deepseek, Protocol::OpenAiChat, None).unwrap(), "/chat/completions");
+        assert_eq!(native_path(Provider::Deepseek, Protocol::OpenAiResponses, None), None);
+        assert_eq!(
+            native_path(Provider::VertexAi, Protocol::OpenAiChat, Some(&pc)).unwrap(),
+            "/v1beta1/projects/p1/locations/us-east-1/endpoints/openapi/chat/completions"
+        );
+        assert_eq!(supported(Provider::Deepseek), vec!["openai-chat", "anthropic-messages"]);
+        assert_eq!(supported(Provider::Bedrock), vec!["openai-chat", "anthropic-messages", "bedrock-converse"]);
+        assert_eq!(route(Provider::Openai, Protocol::AnthropicMessages, None), Some(Conversion::AnthropicToOpenAi));
+        assert_eq!(route(Provider::Anthropic, Protocol::AnthropicMessages, None), Some(Conversion::Native));
+        assert_eq!(route(Provider::Deepseek, Protocol::OpenAiResponses, None), None);
+    }
+}

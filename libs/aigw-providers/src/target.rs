@@ -1,0 +1,138 @@
+//! Where a request goes: a provider configuration compiled once when config arrives
+//! (`override.endpoint` parsed, origin resolved), shared by every request of a route (or
+//! of an `ai-proxy-multi` instance).
+
+use std::sync::Arc;
+
+use aigw_model::route::AiProxyConfig;
+use http::Uri;
+
+/// `override.endpoint`, parsed.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// Path and query as given; None for a bare origin (`https://host` or `https://host/`),
+    /// which means "this host, the provider's default path".
+    pub path_and_query: Option<String>,
+}
+
+impl Endpoint {
+    pub fn parse(ep: &str) -> Result<Endpoint, TargetError> {
+        let uri: Uri = ep.parse().map_err(|e| TargetError(format!("override.endpoint: {e}")))?;
+        let parts = uri.into_parts();
+        let scheme = parts.scheme.ok_or_else(|| TargetError("override.endpoint: no scheme".into()))?;
+        let authority = parts.authority.ok_or_else(|| TargetError("override.endpoint: no host".into()))?;
+        let path_and_query = parts.path_and_query.map(|p| p.as_str().to_owned()).filter(|p| p != "/" && !p.is_empty());
+        Ok(Endpoint { scheme, authority, path_and_query })
+    }
+}
+
+/// A provider configuration that cannot be compiled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TargetError(pub String);
+
+/// One upstream target: the provider configuration plus what is derived from it once.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Provider, provider_conf, options, override (credentials are the authorize stage's).
+    pub conf: Arc<AiProxyConfig>,
+    pub endpoint: Option<Endpoint>,
+    /// `scheme://authority` requests go to.
+    pub origin: String,
+    /// `host[:port]` of the origin (Host header and SigV4).
+    pub authority: String,
+    /// The target brings its own credentials: client credential headers are never forwarded.
+    pub has_credentials: bool,
+}
+
+impl Target {
+    pub fn compile(conf: Arc<AiProxyConfig>, has_credentials: bool) -> Result<Target, TargetError> {
+        let endpoint = match conf.override_.as_ref().and_then(|o| o.endpoint.as_deref()) {
+            Some(ep) => Some(Endpoint::parse(ep)?),
+            None => None,
+        };
+        let origin = match &endpoint {
+            Some(ep) => format!("{}://{}", ep.scheme, ep.authority),
+            None => crate::table::default_origin(conf.provider, conf.provider_conf.as_ref())
+                .ok_or_else(|| TargetError(format!("provider {} needs override.endpoint", conf.provider.as_str())))?,
+        };
+        let authority = origin.split_once("://").map(|(_, a)| a.to_owned()).unwrap_or_default();
+        Ok(Target { conf, endpoint, origin, authority, has_credentials })
+    }
+}
+
+/// Percent-encodes a query component or one path segment (RFC 3986 unreserved kept), so
+/// model ids and ARNs (`:` → `%3A`, `/` → `%2F`) stay one segment.
+pub fn encode_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Decodes `%XX` and `+` (form and query encoding); invalid escapes stay as they are.
+pub fn decode_component(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => match std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                Some(v) => {
+                    out.push(v);
+                    i += 2;
+                }
+                None => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn conf(v: serde_json::Value) -> Arc<AiProxyConfig> {
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    #[test]
+    fn endpoints_and_origins() {
+        let t = Target::compile(
+            conf(json!({"provider": "openai-compatible", "auth": {}, "override": {"endpoint": "http://127.0.0.1:8080/v1/chat/completions?api-version=1"}})),
+            false,
+        )
+        .unwrap();
+        let ep = t.endpoint.as_ref().unwrap();
+        assert_eq!((ep.scheme.as_str(), ep.authority.as_str()), ("http", "127.0.0.1:8080"));
+        assert_eq!(ep.path_and_query.as_deref(), Some("/v1/chat/completions?api-version=1"));
+        assert_eq!((t.origin.as_str(), t.authority.as_str()), ("http://127.0.0.1:8080", "127.0.0.1:8080"));
+        for bare in ["https://h.example", "https://h.example/"] {
+            let t = Target::compile(conf(json!({"provider": "openai", "auth": {}, "override": {"endpoint": bare}})), false).unwrap();
+            assert!(t.endpoint.unwrap().path_and_query.is_none(), "{bare}");
+        }
+        let t = Target::compile(conf(json!({"provider": "openai", "auth": {}})), false).unwrap();
+        assert_eq!(t.origin, "https://api.openai.com");
+        let e = Target::compile(conf(json!({"provider": "openai-compatible", "auth": {}})), false).unwrap_err();
+        assert!(e.0.contains("needs override.endpoint"), "{e}");
+    }
+
+    #[test]
+    fn percent_coding() {
+        assert_eq!(encode_component("arn:aws:bedrock:us-east-1:1:x/y z"), "arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Ax%2Fy%20z");
+        assert_eq!(decode_component("a%20b+c%2Fd%zz%"), "a b c/d%zz%");
+        assert_eq!(decode_component(&encode_component("é/ü:1")), "é/ü:1");
+    }
+}

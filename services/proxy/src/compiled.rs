@@ -1,0 +1,98 @@
+//! One route compiled for the data plane: secrets revealed, the provider target resolved,
+//! credentials turned into an [`UpstreamAuth`], the shared upstream client picked.
+//! Built when a snapshot arrives, never per request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aigw_model::RouteSpec;
+use aigw_model::secrets::{self, DataKey};
+use aigw_providers::target::Target;
+use serde_json::Value;
+
+use crate::authorize::UpstreamAuth;
+use crate::upstream::{ClientKey, Upstream, Upstreams};
+
+/// Non-streamed answers are read under this cap unless `max_response_bytes` is set.
+pub const DEFAULT_RESPONSE_CAP: u64 = 64 << 20;
+
+#[derive(Debug)]
+pub struct CompiledRoute {
+    /// The validated route with secrets in clear text. Never logged or dumped.
+    pub spec: RouteSpec,
+    pub target: Target,
+    pub auth: UpstreamAuth,
+    /// Upstream connect and per-read timeout.
+    pub timeout: Duration,
+    pub upstream: Arc<Upstream>,
+    /// Cap on a non-streamed answer (`max_response_bytes`, else 64 MiB).
+    pub response_cap: u64,
+    /// Cap on one streamed event (`max_response_bytes`, else 16 MiB).
+    pub max_event: usize,
+}
+
+impl CompiledRoute {
+    pub fn id(&self) -> &str {
+        &self.spec.route.id
+    }
+}
+
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+pub fn compile_route(v: &Value, key: Option<&DataKey>, env: EnvLookup<'_>, upstreams: &Upstreams) -> Result<CompiledRoute, String> {
+    let mut clear = v.clone();
+    secrets::reveal_route(&mut clear, key, env).map_err(|e| e.to_string())?;
+    let spec = RouteSpec::from_json(&clear).map_err(|e| e.to_string())?;
+    let ap = spec.ai_proxy.clone();
+    let auth = UpstreamAuth::compile(&ap)?;
+    let target = Target::compile(ap.clone(), auth.has_credentials()).map_err(|e| e.to_string())?;
+    let upstream = upstreams.get(&ClientKey {
+        origin: target.origin.clone(),
+        ssl_verify: ap.ssl_verify,
+        keepalive: ap.keepalive,
+        keepalive_timeout_ms: ap.keepalive_timeout,
+        keepalive_pool: ap.keepalive_pool,
+        connect_timeout_ms: ap.timeout,
+    });
+    let max_event = ap.max_response_bytes.map_or(aigw_llm::sse::DEFAULT_MAX_EVENT, |m| m.min(usize::MAX as u64) as usize);
+    Ok(CompiledRoute {
+        timeout: Duration::from_millis(ap.timeout),
+        response_cap: ap.max_response_bytes.unwrap_or(DEFAULT_RESPONSE_CAP),
+        max_event,
+        spec,
+        target,
+        auth,
+        upstream,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn route(ai: Value) -> Value {
+        json!({"id": "r", "uri": "/x", "plugins": {"ai-proxy": ai}})
+    }
+
+    #[test]
+    fn targets_credentials_and_caps() {
+        let c = compile_route(
+            &route(json!({"provider": "openai-compatible", "auth": {"header": {"Authorization": "Bearer k"}, "query": {"key": "a b"}},
+                "override": {"endpoint": "http://127.0.0.1:8080/v1/chat/completions?api-version=1"}, "max_response_bytes": 1000})),
+            None,
+            &|_| None,
+            &Upstreams::default(),
+        )
+        .unwrap();
+        assert_eq!(c.target.origin, "http://127.0.0.1:8080");
+        assert!(c.target.has_credentials && c.auth.has_credentials());
+        assert_eq!((c.response_cap, c.max_event), (1000, 1000));
+        let c = compile_route(&route(json!({"provider": "openai", "auth": {}})), None, &|_| None, &Upstreams::default()).unwrap();
+        assert!(!c.target.has_credentials);
+        assert_eq!((c.response_cap, c.max_event), (DEFAULT_RESPONSE_CAP, aigw_llm::sse::DEFAULT_MAX_EVENT));
+        let e = compile_route(&route(json!({"provider": "openai-compatible", "auth": {}})), None, &|_| None, &Upstreams::default());
+        let e = e.unwrap_err();
+        assert!(e.contains("override.endpoint"), "{e}");
+    }
+}
