@@ -255,13 +255,14 @@ impl Pipe {
                     out = s.into_bytes();
                 }
                 _ => {
+                    let before = obs.obs.events;
                     let partial = obs.finish().truncated_bytes;
-                    // Held complete lines (an event missing only its blank line) go out;
-                    // a trailing partial line never does.
-                    // The blank line that ends the event is added, so a terminal error
-                    // that may follow can never join it.
+                    // A held event missing only its blank line (whole `data:` lines) goes
+                    // out, with the blank line added so a terminal error that may follow
+                    // can never join it. Anything else held (a partial line, or only an
+                    // `event:` line: SDKs would dispatch it with empty data) never does.
                     let keep = self.held.len().saturating_sub(partial);
-                    if keep > 0 {
+                    if keep > 0 && obs.obs.events > before {
                         out.extend_from_slice(&self.held[..keep]);
                         out.push(b'\n');
                     }
@@ -393,12 +394,20 @@ mod tests {
         Pipe::new(up, client, ToolNames::default(), "m", "id", crate::sse::DEFAULT_MAX_EVENT)
     }
 
-    /// Parses SSE output: every byte must belong to a whole event.
+    /// Parses SSE output: every byte must belong to a whole event, and every event must
+    /// carry data (SDKs dispatch an `event:` line alone as an event with empty data).
     fn whole_events(out: &[u8]) -> Vec<crate::sse::Event> {
         let mut p = Parser::new();
         let mut evs = Vec::new();
         p.push(out, &mut evs);
-        assert_eq!(p.boundary(), out.len() as u64, "partial event in the output: {:?}", String::from_utf8_lossy(out));
+        let text = String::from_utf8_lossy(out);
+        assert_eq!(p.boundary(), out.len() as u64, "partial event in the output: {text:?}");
+        for block in text.replace("\r\n", "\n").split("\n\n").filter(|b| !b.trim().is_empty()) {
+            assert!(
+                block.lines().any(|l| l.starts_with("data:")) || block.lines().all(|l| l.starts_with(':')),
+                "event without data: {block:?}"
+            );
+        }
         evs
     }
 
@@ -548,6 +557,15 @@ mod tests {
         assert_eq!(ending, Ending::Truncated);
         let evs = whole_events(&tail);
         assert_eq!((evs.len(), evs[0].event.as_str()), (1, "error"));
+    }
+
+    #[test]
+    fn a_held_event_line_without_data_is_never_forwarded() {
+        let mut p = pipe(Protocol::OpenAiResponses, Protocol::OpenAiResponses);
+        let (out, ending) = run(&mut p, b"event: response.created\ndata: {}\n\nevent: response.output_text.delta\ndata: {\"ty", 5);
+        assert_eq!(ending, Ending::Truncated);
+        let evs = whole_events(&out);
+        assert_eq!(evs.iter().map(|e| e.event.as_str()).collect::<Vec<_>>(), vec!["response.created", "error"]);
     }
 
     #[test]

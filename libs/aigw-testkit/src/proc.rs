@@ -74,6 +74,18 @@ impl Proc {
         Proc { name: binary.to_owned(), child, lines }
     }
 
+    /// The OS process id (None once it has exited and been reaped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Peak resident memory (VmHWM) in bytes, from /proc.
+    pub fn peak_rss(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kb * 1024)
+    }
+
     pub fn logs(&self) -> Vec<String> {
         self.lines.lock().unwrap().clone()
     }
