@@ -265,3 +265,70 @@ async fn boto3_and_openai_sdks_on_bedrock() {
     assert!(text.contains("boto3: OK") && text.contains("openai: OK"), "{text}");
     assert!(fake.requests().iter().any(|r| r.path().ends_with("/converse-stream")));
 }
+
+/// Found in review (issue 8): the access log takes `$llm_tool_count` and `$llm_end_user_id`
+/// from the client's request (also on Bedrock targets), escapes client values as nginx
+/// does, writes one line per request (a failed converted answer too); the Bedrock
+/// passthrough signs only the runtime paths it knows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_facts_escaping_and_passthrough_paths() {
+    let keys = AwsKeys::example();
+    let fake = FakeServer::start(bedrock(keys.clone(), "us-east-1")).await;
+    let not_json = FakeServer::start(std::sync::Arc::new(|_: &aigw_testkit::fake::Recorded| aigw_testkit::fake::Reply {
+        status: ::http::StatusCode::OK,
+        headers: Vec::new(),
+        body: aigw_testkit::fake::ReplyBody::Stream {
+            content_type: "application/json",
+            chunks: vec![(std::time::Duration::ZERO, bytes::Bytes::from_static(b"<html>not json</html>"))],
+            fail: false,
+        },
+        delay: std::time::Duration::ZERO,
+    }))
+    .await;
+    let dir = aigw_testkit::proc::TempDir::new("alog-br");
+    let log = dir.path().join("access.log");
+    let file = dir.path().join("routes.json");
+    let routes = vec![
+        route("anthropic", "/v1/messages", &keys, fake.url(), Some(MODEL)),
+        route("pass", "/bedrock/*", &keys, fake.url(), Some(MODEL)),
+        json!({"id": "broken", "uri": "/broken/v1/messages", "plugins": {"ai-proxy": {"provider": "openai-compatible",
+            "auth": {"header": {"Authorization": "Bearer k"}}, "override": {"endpoint": format!("{}/v1/chat/completions", not_json.url())}}}}),
+    ];
+    std::fs::write(&file, json!({ "routes": routes }).to_string()).unwrap();
+    let format = "$request_id|$route_id|$status|$llm_tool_count|$llm_end_user_id|$request_llm_model";
+    let p = Proxy::start(&["--routes", file.to_str().unwrap(), "--access-log", log.to_str().unwrap(), "--access-log-format", format], &[])
+        .await;
+    let msg = json!({"model": "claude\"\n127.0.0.1 forged", "max_tokens": 64, "metadata": {"user_id": "u-42"},
+        "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}],
+        "messages": [{"role": "user", "content": "What is 1+1?"}]});
+    let r = http::post_json(&format!("{}/v1/messages", p.data), &[], &msg).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ok_id = r.headers["x-aigw-request-id"].to_str().unwrap().to_owned();
+    let r = http::post_json(&format!("{}/broken/v1/messages", p.data), &[], &msg).await.unwrap();
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.json()["type"], "error");
+    let bad_id = r.headers["x-aigw-request-id"].to_str().unwrap().to_owned();
+
+    // Passthrough: runtime operations only.
+    let r = http::post_json(&format!("{}/bedrock/model/{MODEL}/invoke", p.data), &[], &json!({"prompt": "x"})).await.unwrap();
+    assert_ne!(r.status, 400, "{}", r.text());
+    assert!(fake.last().path().starts_with("/model/"), "{}", fake.last().path());
+    let before = fake.requests().len();
+    let r = http::post_json(&format!("{}/bedrock/list-foundation-models", p.data), &[], &json!({"prompt": "x"})).await.unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("bedrock passthrough"), "{}", r.text());
+    assert_eq!(fake.requests().len(), before, "nothing was signed or sent");
+
+    let text = aigw_testkit::wait_until("log lines", T, || async {
+        let t = std::fs::read_to_string(&log).unwrap_or_default();
+        (t.lines().count() >= 4).then_some(t)
+    })
+    .await;
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.iter().filter(|l| l.starts_with(&ok_id)).count(), 1, "{text}");
+    assert_eq!(lines.iter().filter(|l| l.starts_with(&bad_id)).count(), 1, "one line for a failed converted answer: {text}");
+    let ok = lines.iter().find(|l| l.starts_with(&ok_id)).unwrap();
+    assert_eq!(*ok, format!("{ok_id}|anthropic|200|1|u-42|claude\\x22\\x0A127.0.0.1 forged"));
+    assert!(lines.iter().any(|l| l.starts_with(&bad_id) && l.contains("|broken|502|1|u-42|")), "{text}");
+    assert_eq!(lines.len(), 4, "{text}");
+}
