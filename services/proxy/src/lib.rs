@@ -95,3 +95,45 @@ pub async fn run(
     tracing::info!("stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    /// Module arrows inside the crate point one way (`use crate::x` outside test code):
+    /// a cycle is a failing test, not a review comment.
+    #[test]
+    fn no_import_cycles_between_modules() {
+        use std::collections::{BTreeMap, BTreeSet};
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        let mods: BTreeSet<String> =
+            files.iter().filter_map(|p| p.file_stem()?.to_str().map(str::to_owned)).filter(|m| m != "lib" && m != "main").collect();
+        for m in &mods {
+            let text = std::fs::read_to_string(dir.join(format!("{m}.rs"))).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            let deps = code
+                .match_indices("crate::")
+                .map(|(i, _)| code[i + 7..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect::<String>())
+                .filter(|d| mods.contains(d) && d != m)
+                .collect();
+            edges.insert(m.clone(), deps);
+        }
+        fn visit(n: &str, edges: &BTreeMap<String, BTreeSet<String>>, path: &mut Vec<String>, done: &mut BTreeSet<String>) {
+            if done.contains(n) {
+                return;
+            }
+            assert!(!path.iter().any(|p| p == n), "import cycle: {} -> {n}", path.join(" -> "));
+            path.push(n.to_owned());
+            for d in &edges[n] {
+                visit(d, edges, path, done);
+            }
+            path.pop();
+            done.insert(n.to_owned());
+        }
+        let mut done = BTreeSet::new();
+        for m in edges.keys() {
+            visit(m, &edges, &mut Vec::new(), &mut done);
+        }
+        assert!(edges["pipeline"].contains("respond") && edges["respond"].contains("send"), "the scan sees the arrows");
+    }
+}
