@@ -8,3 +8,4 @@ mod common;
 mod config_plane;
 mod pipeline;
 mod standalone;
+mod token_cache;
