@@ -26,7 +26,9 @@ const MAX_KEY_FILE: u64 = 1 << 20;
 pub enum Credential {
     ServiceAccount(Arc<ServiceAccount>),
     /// The metadata server at `base_url` (`http://host[:port]`), default service account.
-    Metadata { base_url: String },
+    Metadata {
+        base_url: String,
+    },
 }
 
 /// Which rule of the order a credential came from (for logs).

@@ -58,7 +58,13 @@ pub(crate) async fn mint(
     Ok(AccessToken::new(secret, expires_at, refresh_at))
 }
 
-async fn grant(http: &HttpClient, sa: &ServiceAccount, scopes: &[String], now_secs: u64, timeout: Duration) -> Result<(String, u64), GcpAuthError> {
+async fn grant(
+    http: &HttpClient,
+    sa: &ServiceAccount,
+    scopes: &[String],
+    now_secs: u64,
+    timeout: Duration,
+) -> Result<(String, u64), GcpAuthError> {
     let assertion = sa.sign_assertion(scopes, now_secs)?;
     let body = format!("grant_type={GRANT_TYPE}&assertion={assertion}");
     let err = |status: Option<u16>, problem: String| GcpAuthError::Mint {
@@ -187,6 +193,9 @@ mod tests {
 
     #[test]
     fn scopes_are_escaped() {
-        assert_eq!(query_escape("https://www.googleapis.com/auth/cloud-platform"), "https%3A%2F%2Fwww.googleapis.com%2Fauth%2Fcloud-platform");
+        assert_eq!(
+            query_escape("https://www.googleapis.com/auth/cloud-platform"),
+            "https%3A%2F%2Fwww.googleapis.com%2Fauth%2Fcloud-platform"
+        );
     }
 }

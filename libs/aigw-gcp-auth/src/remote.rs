@@ -123,10 +123,7 @@ impl RemoteClient {
                         .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))
                         .expect("ring supports the default TLS versions"),
                 };
-                let https = builder
-                    .https_or_http()
-                    .enable_http2()
-                    .wrap_connector(http);
+                let https = builder.https_or_http().enable_http2().wrap_connector(http);
                 self.endpoint.connect_with_connector_lazy(https)
             })
             .await;
@@ -200,7 +197,8 @@ impl RemoteClient {
 /// A TLS client config trusting exactly the certificates of a PEM bundle.
 fn tls_with_ca(pem: &[u8]) -> Result<rustls::ClientConfig, GcpAuthError> {
     let bad = |e: String| GcpAuthError::Config(format!("control-plane CA bundle: {e}"));
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem).collect::<Result<_, _>>().map_err(|e| bad(e.to_string()))?;
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(pem).collect::<Result<_, _>>().map_err(|e| bad(e.to_string()))?;
     if certs.is_empty() {
         return Err(bad("holds no certificate".into()));
     }

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aigw_gcp_auth::{Credential, GcpAuth, GcpAuthOptions, Origin, TokenSettings, TtlPolicy};
-use aigw_testkit::gcp::{CLOUD_PLATFORM, FakeMetadataServer, FakeTokenEndpoint, FakeVertex, Failure, IssuedTokens, TEST_KEY_B, TestAccount};
+use aigw_testkit::gcp::{
+    CLOUD_PLATFORM, Failure, FakeMetadataServer, FakeTokenEndpoint, FakeVertex, IssuedTokens, TEST_KEY_B, TestAccount,
+};
 use aigw_testkit::wait_until;
 use serde_json::json;
 

@@ -170,7 +170,8 @@ async fn serve(handler: AsyncHandler) -> Served {
                         Ok::<_, Infallible>(Response::builder().status(status).header("content-type", ct).body(Full::new(body)).unwrap())
                     }
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
+                let _ =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
             });
         }
     });
@@ -488,7 +489,8 @@ fn vertex_path(path: &str) -> Option<(String, String, String)> {
     let rest = path.strip_prefix("/v1/").or_else(|| path.strip_prefix("/v1beta1/"))?;
     let mut it = rest.splitn(5, '/');
     let (projects, p, locations, r, rest) = (it.next()?, it.next()?, it.next()?, it.next()?, it.next()?);
-    (projects == "projects" && locations == "locations" && !p.is_empty() && !r.is_empty()).then(|| (p.to_owned(), r.to_owned(), rest.to_owned()))
+    (projects == "projects" && locations == "locations" && !p.is_empty() && !r.is_empty())
+        .then(|| (p.to_owned(), r.to_owned(), rest.to_owned()))
 }
 
 impl FakeVertex {
@@ -555,15 +557,23 @@ fn vertex_reply(issued: &IssuedTokens, rec: &Recorded) -> (StatusCode, &'static 
         return google_error(StatusCode::BAD_REQUEST, "Invalid JSON payload received.", "INVALID_ARGUMENT");
     };
     let Some((_project, _region, rest)) = vertex_path(rec.path()) else {
-        return google_error(StatusCode::NOT_FOUND, &format!("The requested URL {} was not found on this server.", rec.path()), "NOT_FOUND");
+        return google_error(
+            StatusCode::NOT_FOUND,
+            &format!("The requested URL {} was not found on this server.", rec.path()),
+            "NOT_FOUND",
+        );
     };
     if rest == "endpoints/openapi/chat/completions" {
         let model = body["model"].as_str().unwrap_or_default().to_owned();
         // The OpenAI-compatible endpoint needs the publisher prefix ("google/gemini-2.5-flash").
         if !model.contains('/') {
-            return google_error(StatusCode::BAD_REQUEST, &format!("Invalid model: {model:?}: expected publisher/model"), "INVALID_ARGUMENT");
+            return google_error(
+                StatusCode::BAD_REQUEST,
+                &format!("Invalid model: {model:?}: expected publisher/model"),
+                "INVALID_ARGUMENT",
+            );
         }
-        if !body["messages"].as_array().is_some_and(|m| !m.is_empty()) {
+        if body["messages"].as_array().is_none_or(|m| m.is_empty()) {
             return google_error(StatusCode::BAD_REQUEST, "messages: required", "INVALID_ARGUMENT");
         }
         if body["stream"] == true {

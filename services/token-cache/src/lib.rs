@@ -70,7 +70,11 @@ pub fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerC
 }
 
 /// Serves until `shutdown` resolves, then drains for at most 5 s.
-pub async fn run(cfg: Config, listener: TcpListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: Config,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let metrics = Arc::new(metrics::Metrics::default());
     if cfg.data_key.is_none() {
         tracing::warn!("no --data-encryption-key: tokens are stored in redis unencrypted");

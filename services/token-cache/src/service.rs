@@ -18,7 +18,9 @@ use aigw_gcp_auth::flight::SingleFlight;
 use aigw_gcp_auth::token::{fingerprint, to_timestamp};
 use aigw_gcp_auth::{AccessToken, Clock, Credential, GcpAuth, ServiceAccount, TokenSettings, TokenSource, TtlPolicy};
 use aigw_proto::tokencache::v1::token_cache_service_server::TokenCacheService;
-use aigw_proto::tokencache::v1::{GetAccessTokenRequest, GetAccessTokenResponse, InvalidateAccessTokenRequest, InvalidateAccessTokenResponse};
+use aigw_proto::tokencache::v1::{
+    GetAccessTokenRequest, GetAccessTokenResponse, InvalidateAccessTokenRequest, InvalidateAccessTokenResponse,
+};
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 

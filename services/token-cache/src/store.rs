@@ -214,7 +214,14 @@ impl Store {
         let (_, lock, err) = self.keys(key);
         let n: i64 = self
             .run(|mut c| async move {
-                redis::Script::new(SET_AND_RELEASE).key(&err).key(&lock).arg(fence).arg(message).arg(ERROR_TTL_MS).invoke_async(&mut c).await
+                redis::Script::new(SET_AND_RELEASE)
+                    .key(&err)
+                    .key(&lock)
+                    .arg(fence)
+                    .arg(message)
+                    .arg(ERROR_TTL_MS)
+                    .invoke_async(&mut c)
+                    .await
             })
             .await?;
         Ok(n == 1)
@@ -231,8 +238,7 @@ impl Store {
     pub async fn invalidate(&self, key: &str, token_fp: &str) -> Result<bool, Down> {
         let (k, _, _) = self.keys(key);
         let prefix = format!("{token_fp}|");
-        let n: i64 =
-            self.run(|mut c| async move { redis::Script::new(INVALIDATE).key(&k).arg(prefix).invoke_async(&mut c).await }).await?;
+        let n: i64 = self.run(|mut c| async move { redis::Script::new(INVALIDATE).key(&k).arg(prefix).invoke_async(&mut c).await }).await?;
         Ok(n == 1)
     }
 

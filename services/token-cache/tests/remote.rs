@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aigw_gcp_auth::{Credential, GcpAuth, GcpAuthOptions, TokenCacheOptions, TokenSettings};
 use aigw_model::secrets::DataKey;
-use aigw_testkit::gcp::{FakeTokenEndpoint, Failure, IssuedTokens, TestAccount};
+use aigw_testkit::gcp::{Failure, FakeTokenEndpoint, IssuedTokens, TestAccount};
 use aigw_testkit::redis::RedisServer;
 use redis::AsyncCommands;
 
