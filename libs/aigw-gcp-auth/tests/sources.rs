@@ -48,6 +48,37 @@ async fn service_account_token_is_accepted_by_vertex() {
     assert_eq!(vertex_chat(&vertex, t.secret()).await, 200);
     assert_eq!(vertex_chat(&vertex, "ya29.not-minted").await, 401, "the fake must reject unknown tokens");
     assert_eq!(ep.scopes_seen(), [CLOUD_PLATFORM]);
+    // The fake Vertex's other shapes: streamed chat and :predict embeddings.
+    let auth = format!("Bearer {}", t.secret());
+    let base = format!("{}/v1/projects/p/locations/us-central1", vertex.url());
+    let r = aigw_testkit::http::post_json(
+        &format!("{base}/endpoints/openapi/chat/completions"),
+        &[("authorization", &auth)],
+        &json!({"model": "google/gemini-2.5-flash", "stream": true, "stream_options": {"include_usage": true},
+                "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.headers["content-type"], "text/event-stream");
+    assert!(r.text().contains("\"usage\"") && r.text().ends_with("data: [DONE]\n\n"), "{}", r.text());
+    let r = aigw_testkit::http::post_json(
+        &format!("{base}/publishers/google/models/text-embedding-005:predict"),
+        &[("authorization", &auth)],
+        &json!({"instances": [{"content": "hello world"}, {"content": "x"}]}),
+    )
+    .await
+    .unwrap();
+    let j = r.json();
+    assert_eq!(j["predictions"].as_array().unwrap().len(), 2, "{j}");
+    assert_eq!(j["predictions"][0]["embeddings"]["statistics"]["token_count"], 2);
+    let r = aigw_testkit::http::post_json(
+        &format!("{base}/publishers/google/models/m:predict"),
+        &[("authorization", &auth)],
+        &json!({"input": "x"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 400, "an OpenAI-shaped body is not a Vertex predict request");
     // Cached: a second call does not mint.
     assert!(src.token().await.unwrap().same_token(&t));
     assert_eq!(ep.mints(), 1);
