@@ -60,3 +60,7 @@ fuzz target="anthropic_stream" secs="60":
 # The standard benchmark (PERFORMANCE.md): nginx fake upstream, wrk, direct vs aigw side by side.
 bench rounds="3" secs="10":
     bench/run.sh {{rounds}} {{secs}}
+
+# The GCP token cache against a local redis-server (node token: dev-node-token).
+run-token-cache:
+    cargo run -p aigw-token-cache -- --redis redis://127.0.0.1:6379 --node-token dev-node-token

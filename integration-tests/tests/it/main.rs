@@ -9,3 +9,4 @@ mod config_plane;
 mod pipeline;
 mod standalone;
 mod streams;
+mod token_cache;

@@ -3,8 +3,10 @@
 
 pub mod bedrock;
 pub mod fake;
+pub mod gcp;
 pub mod http;
 pub mod proc;
+pub mod redis;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -27,7 +27,7 @@ pub fn bin(name: &str) -> PathBuf {
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = std::process::Command::new(cargo);
-        cmd.current_dir(workspace_root()).args(["build", "--bins", "-p", "aigw-config", "-p", "aigw-proxy"]);
+        cmd.current_dir(workspace_root()).args(["build", "--bins", "-p", "aigw-config", "-p", "aigw-proxy", "-p", "aigw-token-cache"]);
         if profile_dir().file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
