@@ -27,16 +27,17 @@ pub enum CollectError {
     Body(String),
 }
 
-/// Reads a whole body: at most `limit` bytes, each read within `per_read`. A body that
-/// arrives in one frame is returned without a copy; `size_hint` (Content-Length) sizes the
-/// buffer once otherwise.
+/// Reads a whole body: at most `limit` bytes, each read within `per_read`. Frames are
+/// kept as they arrive (no copy, no growing buffer that reallocates) and joined once at the
+/// end with an exact capacity; a body that arrives in one frame is returned as is. So the
+/// memory a body takes is its size (plus one copy when it is complete), and a body over the
+/// limit costs at most the limit before it is dropped.
 pub async fn collect_bounded<B>(mut body: B, limit: u64, per_read: Duration) -> Result<Bytes, CollectError>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    let mut first: Option<Bytes> = None;
-    let mut buf: Option<BytesMut> = None;
+    let mut frames: Vec<Bytes> = Vec::new();
     let mut total: u64 = 0;
     loop {
         let frame = match tokio::time::timeout(per_read, body.frame()).await {
@@ -50,23 +51,18 @@ where
         if total > limit {
             return Err(CollectError::TooLarge);
         }
-        match (&mut first, &mut buf) {
-            (None, None) => first = Some(data),
-            (Some(f), None) => {
-                let hint = body.size_hint().exact().unwrap_or(0).min(limit) as usize;
-                let mut b = BytesMut::with_capacity((f.len() + data.len()).max(hint));
-                b.extend_from_slice(f);
-                b.extend_from_slice(&data);
-                first = None;
-                buf = Some(b);
-            }
-            (_, Some(b)) => b.extend_from_slice(&data),
+        if !data.is_empty() {
+            frames.push(data);
         }
     }
-    Ok(match (first, buf) {
-        (_, Some(b)) => b.freeze(),
-        (Some(f), None) => f,
-        (None, None) => Bytes::new(),
+    Ok(match frames.len() {
+        0 => Bytes::new(),
+        1 => frames.pop().unwrap_or_default(),
+        _ => {
+            let mut b = BytesMut::with_capacity(total as usize);
+            frames.iter().for_each(|f| b.extend_from_slice(f));
+            b.freeze()
+        }
     })
 }
 
