@@ -5,6 +5,7 @@
 pub mod anthropic;
 pub mod bedrock;
 pub mod eventstream;
+pub mod openai_to_anthropic;
 pub mod protocol;
 pub mod shaping;
 pub mod sse;
