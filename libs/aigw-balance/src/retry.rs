@@ -143,14 +143,26 @@ mod tests {
     use GiveUp::*;
     use Outcome::*;
 
+    /// The policy of a real, validated plugin config: `strategy` is the string form, or
+    /// `[a,b]` for the array form, or empty for none.
     fn pol(strategy: &str, statuses: &[u16], max_retries: Option<u32>, within: Option<u64>) -> FallbackPolicy {
-        FallbackPolicy {
-            on_429: strategy.contains("429"),
-            on_5xx: strategy.contains("5xx"),
-            statuses: statuses.to_vec(),
-            max_retries,
-            retry_within_ms: within,
+        let mut conf = serde_json::json!({"instances": [{"name": "a", "provider": "openai", "weight": 1, "auth": {}}]});
+        if let Some(list) = strategy.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+            conf["fallback_strategy"] = list.split(',').filter(|s| !s.is_empty()).collect::<Vec<_>>().into();
+        } else if !strategy.is_empty() {
+            conf["fallback_strategy"] = strategy.into();
         }
+        if !statuses.is_empty() {
+            conf["fallback_http_statuses"] = statuses.to_vec().into();
+        }
+        if let Some(m) = max_retries {
+            conf["max_retries"] = m.into();
+        }
+        if let Some(w) = within {
+            conf["retry_on_failure_within_ms"] = w.into();
+        }
+        let c = aigw_model::multi::validate_ai_proxy_multi("p", &conf).unwrap();
+        crate::config::fallback_policy(&c)
     }
 
     #[test]
@@ -176,6 +188,8 @@ mod tests {
             ("[http_429,http_5xx]", &[], None, None, a(Status(429), false, 5, 1), Retry),
             ("[http_429,http_5xx]", &[], None, None, a(Reset, false, 5, 1), Retry),
             ("[rate_limiting]", &[], None, None, a(Status(429), false, 5, 1), G(NotRetryable)),
+            ("[rate_limiting,http_5xx]", &[], None, None, a(Status(502), false, 5, 1), Retry),
+            ("[]", &[], None, None, a(Status(502), false, 5, 1), G(NotRetryable)),
             ("instance_health_and_rate_limiting", &[], None, None, a(Status(503), false, 5, 1), G(NotRetryable)),
             ("", &[], None, None, a(Status(500), false, 5, 1), G(NotRetryable)),
             // fallback_http_statuses add statuses, whatever the strategy.
