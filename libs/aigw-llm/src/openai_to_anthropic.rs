@@ -22,6 +22,20 @@ fn err(m: impl Into<String>) -> ConvertError {
     ConvertError(m.into())
 }
 
+/// The `anthropic-version` header to send with a converted request (the value the
+/// Anthropic SDKs hard-code).
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// Whether an OpenAI chat request to `provider: anthropic` is converted to the Messages
+/// API: yes, unless `override.endpoint` has a path ending in `/chat/completions`, which is
+/// then an OpenAI-compatible endpoint used as given (CONTRACT §9).
+pub fn converts_for_endpoint(endpoint: Option<&str>) -> bool {
+    let Some(ep) = endpoint else { return true };
+    let no_query = ep.split(['?', '#']).next().unwrap_or_default();
+    let path = no_query.split_once("://").map_or(no_query, |(_, rest)| rest.find('/').map_or("", |i| &rest[i..]));
+    !path.trim_end_matches('/').ends_with("/chat/completions")
+}
+
 /// What [`request_to_anthropic`] produced: the body and what the response side needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AnthropicRequest {
@@ -503,34 +517,16 @@ fn tool_use_block(tc: &Value, path: &str, names: &mut ToolNames) -> Result<Value
     Ok(json!({"type": "tool_use", "id": id, "name": names.sanitize(name), "input": input}))
 }
 
-/// A tool message's content → `tool_result` content (None: empty).
+/// A tool message's content → `tool_result` content (None: empty). Parts convert as a
+/// user's do (text, images, PDFs), which Anthropic accepts inside a tool result.
 fn tool_result_content(content: &Value, path: &str) -> Result<Option<Value>, ConvertError> {
     match content {
-        Value::Null => Ok(None),
-        Value::String(s) if s.is_empty() => Ok(None),
-        Value::String(s) => Ok(Some(Value::String(s.clone()))),
-        Value::Array(parts) => {
-            let mut blocks = Vec::new();
-            for (i, p) in parts.iter().enumerate() {
-                match p.get("type").and_then(Value::as_str) {
-                    Some("text") => {
-                        let t = p.get("text").and_then(Value::as_str).ok_or_else(|| err(format!("{path}[{i}].text: must be a string")))?;
-                        if !t.is_empty() {
-                            blocks.push(text_block(t));
-                        }
-                    }
-                    Some("image_url") => {
-                        let url = p
-                            .pointer("/image_url/url")
-                            .and_then(Value::as_str)
-                            .ok_or_else(|| err(format!("{path}[{i}].image_url.url: Field required")))?;
-                        blocks.push(image_block(url, &format!("{path}[{i}]"))?);
-                    }
-                    _ => return Err(err(format!("{path}[{i}]: tool content takes text or image_url parts"))),
-                }
-            }
+        Value::String(s) if !s.is_empty() => Ok(Some(Value::String(s.clone()))),
+        Value::Array(_) => {
+            let blocks = user_blocks(content, path)?;
             Ok((!blocks.is_empty()).then_some(Value::Array(blocks)))
         }
+        Value::Null | Value::String(_) => Ok(None),
         _ => Err(err(format!("{path}: must be a string or an array of parts"))),
     }
 }
@@ -1179,6 +1175,22 @@ mod tests {
         let b = request_to_anthropic(&tc(""), 1).unwrap().body;
         assert_eq!(b["messages"][1]["content"][0]["input"], json!({}));
         assert_eq!(b["max_tokens"], 1);
+    }
+
+    #[test]
+    fn endpoint_decides_conversion() {
+        for (ep, converts) in [
+            (None, true),
+            (Some("https://api.anthropic.com"), true),
+            (Some("https://api.anthropic.com/"), true),
+            (Some("https://gw.example.com/v1/messages"), true),
+            (Some("https://api.anthropic.com/v1/chat/completions"), false),
+            (Some("https://api.anthropic.com/v1/chat/completions/"), false),
+            (Some("http://127.0.0.1:9/openai/chat/completions?beta=1"), false),
+            (Some("https://chat.completions.example.com/v1/messages"), true),
+        ] {
+            assert_eq!(converts_for_endpoint(ep), converts, "{ep:?}");
+        }
     }
 
     #[test]

@@ -13,10 +13,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
-use crate::route::{
-    AiProxyConfig, Auth, DEFAULT_KEEPALIVE_POOL, DEFAULT_KEEPALIVE_TIMEOUT_MS, DEFAULT_MAX_REQ_BODY_SIZE, DEFAULT_TIMEOUT_MS, Logging,
-    Override, Provider, ProviderConf, ValidationError, from_value_at, validate_ai_proxy,
-};
+use crate::route::{AiProxyConfig, Auth, Logging, Override, Provider, ProviderConf, ValidationError, from_value_at, validate_ai_proxy};
 
 /// The plugin's name in a route's `plugins`.
 pub const PLUGIN: &str = "ai-proxy-multi";
@@ -48,17 +45,17 @@ pub struct AiProxyMultiConfig {
     pub retry_on_failure_within_ms: Option<u64>,
     #[serde(default)]
     pub logging: Option<Logging>,
-    #[serde(default = "d_timeout")]
+    #[serde(default = "crate::route::d_timeout")]
     pub timeout: u64,
-    #[serde(default = "d_true")]
+    #[serde(default = "crate::route::d_true")]
     pub keepalive: bool,
-    #[serde(default = "d_keepalive_timeout")]
+    #[serde(default = "crate::route::d_keepalive_timeout")]
     pub keepalive_timeout: u64,
-    #[serde(default = "d_keepalive_pool")]
+    #[serde(default = "crate::route::d_keepalive_pool")]
     pub keepalive_pool: u64,
-    #[serde(default = "d_true")]
+    #[serde(default = "crate::route::d_true")]
     pub ssl_verify: bool,
-    #[serde(default = "d_max_req_body_size")]
+    #[serde(default = "crate::route::d_max_req_body_size")]
     pub max_req_body_size: u64,
     #[serde(default)]
     pub max_stream_duration_ms: Option<u64>,
@@ -70,22 +67,6 @@ pub struct AiProxyMultiConfig {
     /// APISIX's semantic balancer options: parsed only to reject them with a clear reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub semantic_opts: Option<Value>,
-}
-
-fn d_timeout() -> u64 {
-    DEFAULT_TIMEOUT_MS
-}
-fn d_true() -> bool {
-    true
-}
-fn d_keepalive_timeout() -> u64 {
-    DEFAULT_KEEPALIVE_TIMEOUT_MS
-}
-fn d_keepalive_pool() -> u64 {
-    DEFAULT_KEEPALIVE_POOL
-}
-fn d_max_req_body_size() -> u64 {
-    DEFAULT_MAX_REQ_BODY_SIZE
 }
 
 /// One upstream instance: a full `ai-proxy` target plus its place in the balancer.
@@ -361,12 +342,23 @@ impl AiProxyMultiConfig {
     /// provider_conf, with the route-wide timeouts, limits and logging.
     pub fn instance_config(&self, i: usize) -> Option<AiProxyConfig> {
         let ins = self.instances.get(i)?;
-        Some(AiProxyConfig {
-            provider: ins.provider,
-            provider_conf: ins.provider_conf.clone(),
-            auth: ins.auth.clone(),
-            options: ins.options.clone(),
-            override_: ins.override_.clone(),
+        Some(self.with_target(ins.provider, ins.provider_conf.clone(), ins.auth.clone(), ins.options.clone(), ins.override_.clone()))
+    }
+
+    fn with_target(
+        &self,
+        provider: Provider,
+        provider_conf: Option<ProviderConf>,
+        auth: Auth,
+        options: Option<Map<String, Value>>,
+        override_: Option<Override>,
+    ) -> AiProxyConfig {
+        AiProxyConfig {
+            provider,
+            provider_conf,
+            auth,
+            options,
+            override_,
             logging: self.logging.clone(),
             timeout: self.timeout,
             keepalive: self.keepalive,
@@ -377,7 +369,7 @@ impl AiProxyMultiConfig {
             max_stream_duration_ms: self.max_stream_duration_ms,
             max_response_bytes: self.max_response_bytes,
             streaming_flush_interval_ms: self.streaming_flush_interval_ms,
-        })
+        }
     }
 
     /// `fallback_http_statuses` as status codes (validated to 400..599).
@@ -530,28 +522,7 @@ pub fn validate_ai_proxy_multi(path_prefix: &str, v: &Value) -> Result<AiProxyMu
         return Err(ValidationError::new(at, "the semantic balancer is not supported by aigw; use roundrobin or chash"));
     }
     // Route-wide settings, by ai-proxy's rules (a synthetic provider without requirements).
-    let mut shared = c.instance_config(0).unwrap_or_else(|| AiProxyConfig {
-        provider: Provider::Openai,
-        provider_conf: None,
-        auth: Auth::default(),
-        options: None,
-        override_: None,
-        logging: c.logging.clone(),
-        timeout: c.timeout,
-        keepalive: c.keepalive,
-        keepalive_timeout: c.keepalive_timeout,
-        keepalive_pool: c.keepalive_pool,
-        ssl_verify: c.ssl_verify,
-        max_req_body_size: c.max_req_body_size,
-        max_stream_duration_ms: c.max_stream_duration_ms,
-        max_response_bytes: c.max_response_bytes,
-        streaming_flush_interval_ms: c.streaming_flush_interval_ms,
-    });
-    shared.provider = Provider::Openai;
-    shared.provider_conf = None;
-    shared.auth = Auth::default();
-    shared.options = None;
-    shared.override_ = None;
+    let shared = c.with_target(Provider::Openai, None, Auth::default(), None, None);
     validate_ai_proxy(&shared).map_err(|e| rebase(e, p, ""))?;
     if c.instances.is_empty() {
         return Err(ValidationError::new(format!("{p}.instances"), "expect array to have at least 1 items"));
@@ -590,13 +561,8 @@ pub fn validate_ai_proxy_multi(path_prefix: &str, v: &Value) -> Result<AiProxyMu
             ));
         }
         // The instance's provider requirements, auth and override, by ai-proxy's rules.
-        let mut single = c.instance_config(i).unwrap_or_else(|| shared.clone());
-        single.timeout = DEFAULT_TIMEOUT_MS;
-        single.keepalive_timeout = DEFAULT_KEEPALIVE_TIMEOUT_MS;
-        single.keepalive_pool = DEFAULT_KEEPALIVE_POOL;
-        single.max_req_body_size = DEFAULT_MAX_REQ_BODY_SIZE;
-        single.max_stream_duration_ms = None;
-        single.max_response_bytes = None;
+        // (Route-wide fields were checked above: they are valid here too.)
+        let single = c.instance_config(i).unwrap_or_else(|| shared.clone());
         validate_ai_proxy(&single).map_err(|e| rebase(e, &ip, &format!("instance '{}': ", ins.name)))?;
         if let Some(ch) = &ins.checks {
             check_active(&format!("{ip}.checks.active"), &ch.active)?;

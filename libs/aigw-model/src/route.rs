@@ -245,19 +245,19 @@ pub struct AiProxyConfig {
     pub streaming_flush_interval_ms: Option<u64>,
 }
 
-fn d_timeout() -> u64 {
+pub(crate) fn d_timeout() -> u64 {
     DEFAULT_TIMEOUT_MS
 }
-fn d_true() -> bool {
+pub(crate) fn d_true() -> bool {
     true
 }
-fn d_keepalive_timeout() -> u64 {
+pub(crate) fn d_keepalive_timeout() -> u64 {
     DEFAULT_KEEPALIVE_TIMEOUT_MS
 }
-fn d_keepalive_pool() -> u64 {
+pub(crate) fn d_keepalive_pool() -> u64 {
     DEFAULT_KEEPALIVE_POOL
 }
-fn d_max_req_body_size() -> u64 {
+pub(crate) fn d_max_req_body_size() -> u64 {
     DEFAULT_MAX_REQ_BODY_SIZE
 }
 
