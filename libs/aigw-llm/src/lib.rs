@@ -8,6 +8,7 @@ pub mod anthropic;
 pub mod bedrock;
 pub mod envelope;
 pub mod eventstream;
+pub mod openai_to_anthropic;
 pub mod protocol;
 pub mod sse;
 pub mod stream;

@@ -3,6 +3,7 @@
 //!
 //! Pure: no I/O. Generated proto types stop here (`proto_json`).
 
+pub mod multi;
 pub mod proto_json;
 pub mod route;
 pub mod secrets;

@@ -29,7 +29,7 @@ impl ValidationError {
 }
 
 /// Deserialize `value` as `T`, reporting errors with `prefix` + the serde path.
-fn from_value_at<T: serde::de::DeserializeOwned>(prefix: &str, value: &Value) -> Result<T, ValidationError> {
+pub fn from_value_at<T: serde::de::DeserializeOwned>(prefix: &str, value: &Value) -> Result<T, ValidationError> {
     serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
         let inner = e.path().to_string();
         let path = match (prefix.is_empty(), inner == ".") {
@@ -245,19 +245,19 @@ pub struct AiProxyConfig {
     pub streaming_flush_interval_ms: Option<u64>,
 }
 
-fn d_timeout() -> u64 {
+pub(crate) fn d_timeout() -> u64 {
     DEFAULT_TIMEOUT_MS
 }
-fn d_true() -> bool {
+pub(crate) fn d_true() -> bool {
     true
 }
-fn d_keepalive_timeout() -> u64 {
+pub(crate) fn d_keepalive_timeout() -> u64 {
     DEFAULT_KEEPALIVE_TIMEOUT_MS
 }
-fn d_keepalive_pool() -> u64 {
+pub(crate) fn d_keepalive_pool() -> u64 {
     DEFAULT_KEEPALIVE_POOL
 }
-fn d_max_req_body_size() -> u64 {
+pub(crate) fn d_max_req_body_size() -> u64 {
     DEFAULT_MAX_REQ_BODY_SIZE
 }
 
@@ -433,7 +433,7 @@ fn non_empty(path: &str, v: &str) -> Result<(), ValidationError> {
     if v.is_empty() { Err(ValidationError::new(format!("{AP}.{path}"), "must not be empty (minLength 1)")) } else { Ok(()) }
 }
 
-fn validate_ai_proxy(c: &AiProxyConfig) -> Result<(), ValidationError> {
+pub fn validate_ai_proxy(c: &AiProxyConfig) -> Result<(), ValidationError> {
     range("timeout", c.timeout, 1, Some(600_000))?;
     range("keepalive_timeout", c.keepalive_timeout, 1000, None)?;
     range("keepalive_pool", c.keepalive_pool, 1, None)?;

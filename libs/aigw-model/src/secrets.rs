@@ -1,8 +1,9 @@
 //! Secret fields of a route (CONTRACT §5): encryption at rest with AES-256-GCM,
 //! `$env://NAME` references, and redaction for every read.
 //!
-//! Secret fields (inside `plugins.ai-proxy`): `auth.header.*`, `auth.query.*`,
-//! `auth.gcp.service_account_json`, `auth.aws.secret_access_key`, `auth.aws.session_token`.
+//! Secret fields (inside `plugins.ai-proxy` and each `plugins.ai-proxy-multi.instances[i]`):
+//! `auth.header.*`, `auth.query.*`, `auth.gcp.service_account_json`,
+//! `auth.aws.secret_access_key`, `auth.aws.session_token`.
 //! An encrypted value is `$aigw-enc$v1$` + base64(nonce ‖ ciphertext ‖ tag).
 
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng};
@@ -98,19 +99,43 @@ pub fn is_reference(v: &str) -> bool {
 
 /// Calls `f(path, value)` for every secret string of a route object (JSON form).
 pub fn for_each_secret(route: &mut Value, mut f: impl FnMut(&str, &mut String)) {
-    let Some(auth) = route.pointer_mut("/plugins/ai-proxy/auth").and_then(Value::as_object_mut) else { return };
+    for_each_secret_at(route, |path, _, s| f(path, s));
+}
+
+/// Like [`for_each_secret`], also giving each secret's JSON pointer (unambiguous where the
+/// dotted path is not: header names may contain dots). Secrets live in
+/// `plugins.ai-proxy.auth` and in `plugins.ai-proxy-multi.instances[i].auth`; the dotted
+/// paths are `plugins.ai-proxy.auth.header.NAME` and
+/// `plugins.ai-proxy-multi.instances[0].auth.header.NAME`.
+pub fn for_each_secret_at(route: &mut Value, mut f: impl FnMut(&str, &str, &mut String)) {
+    if let Some(auth) = route.pointer_mut("/plugins/ai-proxy/auth").and_then(Value::as_object_mut) {
+        visit_auth(auth, "plugins.ai-proxy.auth", "/plugins/ai-proxy/auth", &mut f);
+    }
+    if let Some(instances) = route.pointer_mut("/plugins/ai-proxy-multi/instances").and_then(Value::as_array_mut) {
+        for (i, ins) in instances.iter_mut().enumerate() {
+            if let Some(auth) = ins.get_mut("auth").and_then(Value::as_object_mut) {
+                let path = format!("plugins.ai-proxy-multi.instances[{i}].auth");
+                let ptr = format!("/plugins/ai-proxy-multi/instances/{i}/auth");
+                visit_auth(auth, &path, &ptr, &mut f);
+            }
+        }
+    }
+}
+
+fn visit_auth(auth: &mut serde_json::Map<String, Value>, path: &str, ptr: &str, f: &mut impl FnMut(&str, &str, &mut String)) {
     for kind in ["header", "query"] {
         if let Some(map) = auth.get_mut(kind).and_then(Value::as_object_mut) {
             for (k, v) in map.iter_mut() {
                 if let Value::String(s) = v {
-                    f(&format!("plugins.ai-proxy.auth.{kind}.{k}"), s);
+                    let escaped = k.replace('~', "~0").replace('/', "~1");
+                    f(&format!("{path}.{kind}.{k}"), &format!("{ptr}/{kind}/{escaped}"), s);
                 }
             }
         }
     }
     for (obj, field) in [("gcp", "service_account_json"), ("aws", "secret_access_key"), ("aws", "session_token")] {
         if let Some(Value::String(s)) = auth.get_mut(obj).and_then(|o| o.get_mut(field)) {
-            f(&format!("plugins.ai-proxy.auth.{obj}.{field}"), s);
+            f(&format!("{path}.{obj}.{field}"), &format!("{ptr}/{obj}/{field}"), s);
         }
     }
 }
@@ -226,6 +251,64 @@ mod tests {
         assert_eq!(r.pointer("/plugins/ai-proxy/auth/header/Authorization").unwrap(), "Bearer from-env");
         let mut missing = json!({"plugins": {"ai-proxy": {"auth": {"query": {"k": "$env://NOPE"}}}}});
         assert!(matches!(reveal_route(&mut missing, None, &|_| None).unwrap_err(), SecretError::MissingEnv(..)));
+    }
+
+    fn multi_route() -> Value {
+        json!({"id": "m", "uri": "/x", "plugins": {"ai-proxy-multi": {"instances": [
+            {"name": "a", "provider": "openai", "weight": 1, "auth": {"header": {"Authorization": "Bearer sk-multi-a", "x.dotted/name": "dot-secret"}}},
+            {"name": "b", "provider": "bedrock", "weight": 1, "auth": {"query": {"key": "q-multi-b"},
+                "aws": {"access_key_id": "AKID-B", "secret_access_key": "SECRET-B", "session_token": "TOK-B"},
+                "gcp": {"service_account_json": "{\"private_key\":\"PK-B\"}"}}},
+            {"name": "c", "provider": "openai", "weight": 0}
+        ]}}})
+    }
+
+    const MULTI_SECRETS: [&str; 6] = ["sk-multi-a", "dot-secret", "q-multi-b", "SECRET-B", "TOK-B", "PK-B"];
+
+    #[test]
+    fn multi_instance_secrets_are_encrypted_redacted_and_revealed() {
+        let key = DataKey::parse(HEX_KEY).unwrap();
+        let mut paths = Vec::new();
+        for_each_secret_at(&mut multi_route(), |path, ptr, _| paths.push((path.to_owned(), ptr.to_owned())));
+        assert_eq!(paths.len(), 6, "{paths:?}");
+        assert!(paths.contains(&(
+            "plugins.ai-proxy-multi.instances[0].auth.header.x.dotted/name".to_owned(),
+            "/plugins/ai-proxy-multi/instances/0/auth/header/x.dotted~1name".to_owned()
+        )));
+        // Every pointer finds its secret.
+        let original = multi_route();
+        for (_, ptr) in &paths {
+            assert!(original.pointer(ptr).and_then(Value::as_str).is_some(), "{ptr}");
+        }
+        // Encrypted at rest: no secret in clear, the markers present, the key id kept.
+        let mut enc = multi_route();
+        encrypt_route(&mut enc, &key);
+        let text = enc.to_string();
+        for s in &MULTI_SECRETS {
+            assert!(!text.contains(s), "{s} in {text}");
+        }
+        assert_eq!(text.matches(ENC_PREFIX).count(), 6, "{text}");
+        assert!(text.contains("AKID-B"));
+        // Redacted for reads: the marker present and the secret absent.
+        let mut red = multi_route();
+        redact_route(&mut red);
+        let text = red.to_string();
+        for s in &MULTI_SECRETS {
+            assert!(!text.contains(s), "{s} in {text}");
+        }
+        assert_eq!(text.matches(REDACTED).count(), 6, "{text}");
+        assert_eq!(red.pointer("/plugins/ai-proxy-multi/instances/1/auth/aws/secret_access_key").unwrap(), REDACTED);
+        let mut all = enc.clone();
+        redact_all(&mut all);
+        assert!(!all.to_string().contains(ENC_PREFIX));
+        assert_eq!(all.to_string().matches(REDACTED).count(), 6);
+        // Revealed by the proxy, with $env:// references resolved.
+        enc["plugins"]["ai-proxy-multi"]["instances"][2]["auth"] = json!({"header": {"x-api-key": "$env://KEY_C"}});
+        let env = |n: &str| (n == "KEY_C").then(|| "from-env-c".to_owned());
+        reveal_route(&mut enc, Some(&key), &env).unwrap();
+        let mut want = multi_route();
+        want["plugins"]["ai-proxy-multi"]["instances"][2]["auth"] = json!({"header": {"x-api-key": "from-env-c"}});
+        assert_eq!(enc, want);
     }
 
     #[test]
