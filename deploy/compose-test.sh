@@ -69,6 +69,8 @@ cleanup() {
     fi
     echo "compose-test: container logs in $logdir/compose.log"
   fi
+  # Earlier builds of the aigw image, untagged by this one.
+  docker image prune -f --filter label=org.opencontainers.image.title=aigw >/dev/null 2>&1 || true
   if [ "$rc" != 0 ] && [ "$failed" = 0 ]; then failed=1; fi
   echo "compose-test: total $(( $(date +%s) - t0 ))s"
   echo "compose-test: $passed passed, $failed failed"

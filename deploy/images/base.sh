@@ -70,4 +70,6 @@ log "docker import $tarball as $image"
 docker import --change 'CMD ["/bin/bash"]' --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
   "$tarball" "$image" >/dev/null
 docker tag "$image" "$stable"
+# Bases of earlier inputs are no longer used.
+docker images --format '{{.Repository}}:{{.Tag}}' "aigw-local/base" | grep -vx -e "$image" -e "$stable" | xargs -r docker rmi >/dev/null 2>&1 || true
 echo "$stable"

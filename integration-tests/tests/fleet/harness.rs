@@ -133,7 +133,10 @@ impl Fleet {
     }
 
     pub async fn health(&self, container: &str) -> String {
-        docker(&["inspect", "-f", "{{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{end}}", container]).await.trim().to_owned()
+        docker(&["inspect", "-f", "{{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{end}}", container])
+            .await
+            .trim()
+            .to_owned()
     }
 
     /// Waits until every container of `service` runs and is healthy; returns how many.
@@ -246,5 +249,11 @@ impl Fleet {
 
 /// The model of the probe route in a `/config_dump`, if it has one.
 pub fn probe_model(dump: &Value) -> Option<String> {
-    dump["routes"].as_array()?.iter().find(|r| r["id"] == "fleet-probe")?.pointer("/plugins/ai-proxy/options/model")?.as_str().map(str::to_owned)
+    dump["routes"]
+        .as_array()?
+        .iter()
+        .find(|r| r["id"] == "fleet-probe")?
+        .pointer("/plugins/ai-proxy/options/model")?
+        .as_str()
+        .map(str::to_owned)
 }

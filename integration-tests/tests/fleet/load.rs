@@ -60,7 +60,7 @@ pub fn start(name: &str, lb: &str) -> Load {
                 while !stop.load(Ordering::Relaxed) && started.elapsed() < MAX_RUN {
                     tick.tick().await;
                     n += 1;
-                    let stream = (n + w) % 5 == 0;
+                    let stream = (n + w).is_multiple_of(5);
                     counters.sent.fetch_add(1, Ordering::Relaxed);
                     if stream {
                         counters.streams.fetch_add(1, Ordering::Relaxed);
@@ -88,7 +88,11 @@ pub fn start(name: &str, lb: &str) -> Load {
     Load { name: name.to_owned(), stop, counters, errors, workers, started }
 }
 
-async fn one(client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>, url: &str, stream: bool) -> anyhow::Result<()> {
+async fn one(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    url: &str,
+    stream: bool,
+) -> anyhow::Result<()> {
     let mut body = serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "What is 1+1?"}]});
     if stream {
         body["stream"] = true.into();

@@ -153,9 +153,15 @@ mod tests {
     fn dispatches_by_path_and_counts_by_provider_and_status() {
         let h = handler(Arc::new(Mutex::new(Counts::default())));
         let chat = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
-        let ok = h(&rec("POST", "/v1/chat/completions", &[("authorization", "Bearer sk-fake-openai"), ("content-type", "application/json")], chat));
+        let ok = h(&rec(
+            "POST",
+            "/v1/chat/completions",
+            &[("authorization", "Bearer sk-fake-openai"), ("content-type", "application/json")],
+            chat,
+        ));
         assert_eq!(ok.status, StatusCode::OK);
-        let wrong = h(&rec("POST", "/v1/chat/completions", &[("authorization", "Bearer sk-other"), ("content-type", "application/json")], chat));
+        let wrong =
+            h(&rec("POST", "/v1/chat/completions", &[("authorization", "Bearer sk-other"), ("content-type", "application/json")], chat));
         assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
         let msg = br#"{"model":"claude","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;
         let ant = h(&rec("POST", "/v1/messages", &[("x-api-key", "sk-ant-fake"), ("anthropic-version", "2023-06-01")], msg));
