@@ -6,6 +6,7 @@
 # also on failure or interrupt. Exits non-zero on any failure; the last line is
 # `compose-test: N passed, M failed`.
 #
+# Usage: deploy/compose-test.sh [FILTER]   (FILTER: run only the fleet tests whose name has it)
 # Environment: CARGO_TARGET_DIR (default ./target), AIGW_VENV (default ~/.cache/aigw-venv),
 # AIGW_KEEP_FLEET=1 leaves the fleet running (prints how to reach and remove it).
 set -euo pipefail
@@ -119,7 +120,7 @@ echo "compose-test: lb=$AIGW_FLEET_LB config=$AIGW_FLEET_CONFIG fake-llm=$AIGW_F
 
 step "fleet tests"
 set +e
-cargo test --locked -p aigw-integration-tests --test fleet -- --test-threads=1 --nocapture 2>&1 | tee "$logdir/fleet-tests.log"
+cargo test --locked -p aigw-integration-tests --test fleet -- --test-threads=1 --nocapture ${1:+"$1"} 2>&1 | tee "$logdir/fleet-tests.log"
 rc=${PIPESTATUS[0]}
 set -e
 summary=$(grep -E '^test result:' "$logdir/fleet-tests.log" | tail -1)
