@@ -97,7 +97,7 @@ up=1
 compose up -d --no-build
 deadline=$(( $(date +%s) + 180 ))
 while :; do
-  ids=$(compose ps -q)
+  ids=$(compose ps -a -q)
   states=$(docker inspect -f '{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' $ids)
   if ! grep -qv ' running healthy$' <<<"$states"; then break; fi
   if [ "$(date +%s)" -ge "$deadline" ]; then

@@ -94,7 +94,7 @@ impl Fleet {
 
     /// Container ids of a service, running or not.
     pub async fn containers(&self, service: &str) -> Vec<String> {
-        self.compose(&["ps", "-q", service]).await.unwrap().lines().map(str::to_owned).filter(|l| !l.is_empty()).collect()
+        self.compose(&["ps", "-a", "-q", service]).await.unwrap().lines().map(str::to_owned).filter(|l| !l.is_empty()).collect()
     }
 
     /// The running proxy replicas.
