@@ -16,6 +16,10 @@ nextest *args:
 check:
     cargo check --workspace --all-targets
 
+# Release binaries: aigw-config, aigw-proxy, fake-llm (what the fleet images carry).
+build:
+    cargo build --release --locked --bin aigw-config --bin aigw-proxy --bin fake-llm
+
 fmt:
     cargo fmt --all
 
@@ -25,19 +29,23 @@ check-fmt:
 clippy:
     cargo clippy --workspace --all-targets -- -D warnings
 
-# Needs buf (https://buf.build); not installed by CI.
+# buf from PyPI's buf-bin (in the SDK venv: pip install buf-bin), else buf on PATH.
+buf := if path_exists(env_var("HOME") / ".cache/aigw-venv/bin/buf") == "true" { env_var("HOME") / ".cache/aigw-venv/bin/buf" } else { "buf" }
+
 proto-lint:
-    buf lint
-    buf format --diff --exit-code
+    {{buf}} lint
+    {{buf}} format --diff --exit-code
 
 proto-breaking against="main":
     buf breaking --against ".git#branch={{against}}"
 
-lint: check-fmt clippy
+lint: check-fmt clippy proto-lint
 
 ci: check-fmt clippy test
 
 # Standalone gateway from the example routes file (the quickstart).
+run: run-proxy
+
 run-proxy:
     cargo run -p aigw-proxy -- --routes examples/routes.yaml
 
@@ -47,11 +55,21 @@ run-config:
 run-proxy-subscribed:
     cargo run -p aigw-proxy -- --config-service http://127.0.0.1:9180
 
-dev-up:
-    docker compose -f deploy/docker-compose.yml up -d --build
+# The fleet in containers (deploy/README.md), images built locally without a registry.
+# Ports: lb 9080, aigw-config 9180, fake-llm 8480 on 127.0.0.1.
+compose := `if docker compose version >/dev/null 2>&1; then echo "docker compose"; else echo docker-compose; fi`
+fleet := compose + " -p aigw -f deploy/docker-compose.yml -f deploy/compose.local.yml"
 
-dev-down:
-    docker compose -f deploy/docker-compose.yml down -v
+up:
+    deploy/images/build.sh {{fleet}}
+    {{fleet}} up -d --no-build
+
+down:
+    {{fleet}} down -v --remove-orphans
+
+# Build images, bring up a fleet, run the fleet tests under faults, tear it down.
+compose-test:
+    deploy/compose-test.sh
 
 # Fuzz one target (sse, anthropic_request, anthropic_stream, vars); needs nightly + cargo-fuzz.
 fuzz target="anthropic_stream" secs="60":

@@ -160,6 +160,12 @@ impl FakeServer {
 
     async fn start_inner(handler: Handler, tls: bool) -> FakeServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind fake");
+        Self::serve(listener, handler, tls)
+    }
+
+    /// Serves `handler` on a listener the caller bound (e.g. the `fake-llm` binary on
+    /// `0.0.0.0:PORT`).
+    pub fn serve(listener: tokio::net::TcpListener, handler: Handler, tls: bool) -> FakeServer {
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let stats = Arc::new(Stats::default());
