@@ -16,15 +16,26 @@ use crate::upstream::{ClientKey, Upstream, Upstreams};
 /// Non-streamed answers are read under this cap unless `max_response_bytes` is set.
 pub const DEFAULT_RESPONSE_CAP: u64 = 64 << 20;
 
+/// One upstream a route can send to: the provider target, its credentials and the shared
+/// client for its origin. An `ai-proxy` route has one; an `ai-proxy-multi` route one per
+/// instance.
+#[derive(Debug)]
+pub struct CompiledTarget {
+    /// The instance name (`ai-proxy-multi`), empty for `ai-proxy`.
+    pub name: String,
+    pub target: Target,
+    pub auth: UpstreamAuth,
+    pub upstream: Arc<Upstream>,
+}
+
 #[derive(Debug)]
 pub struct CompiledRoute {
     /// The validated route with secrets in clear text. Never logged or dumped.
     pub spec: RouteSpec,
-    pub target: Target,
-    pub auth: UpstreamAuth,
+    /// Never empty.
+    pub targets: Vec<CompiledTarget>,
     /// Upstream connect and per-read timeout.
     pub timeout: Duration,
-    pub upstream: Arc<Upstream>,
     /// Cap on a non-streamed answer (`max_response_bytes`, else 64 MiB).
     pub response_cap: u64,
     /// Cap on one streamed event (`max_response_bytes`, else 16 MiB).
@@ -60,9 +71,7 @@ pub fn compile_route(v: &Value, key: Option<&DataKey>, env: EnvLookup<'_>, upstr
         response_cap: ap.max_response_bytes.unwrap_or(DEFAULT_RESPONSE_CAP),
         max_event,
         spec,
-        target,
-        auth,
-        upstream,
+        targets: vec![CompiledTarget { name: String::new(), target, auth, upstream }],
     })
 }
 
@@ -85,11 +94,12 @@ mod tests {
             &Upstreams::default(),
         )
         .unwrap();
-        assert_eq!(c.target.origin, "http://127.0.0.1:8080");
-        assert!(c.target.has_credentials && c.auth.has_credentials());
+        let t = &c.targets[0];
+        assert_eq!(t.target.origin, "http://127.0.0.1:8080");
+        assert!(t.target.has_credentials && t.auth.has_credentials());
         assert_eq!((c.response_cap, c.max_event), (1000, 1000));
         let c = compile_route(&route(json!({"provider": "openai", "auth": {}})), None, &|_| None, &Upstreams::default()).unwrap();
-        assert!(!c.target.has_credentials);
+        assert!(!c.targets[0].target.has_credentials);
         assert_eq!((c.response_cap, c.max_event), (DEFAULT_RESPONSE_CAP, aigw_llm::sse::DEFAULT_MAX_EVENT));
         let e = compile_route(&route(json!({"provider": "openai-compatible", "auth": {}})), None, &|_| None, &Upstreams::default());
         let e = e.unwrap_err();

@@ -18,12 +18,13 @@ use std::sync::Arc;
 use aigw_llm::envelope::Envelope;
 use aigw_llm::usage::request_facts;
 use aigw_model::Provider;
-use aigw_providers::plan::{ClientRequest, PlanError, plan};
+use aigw_providers::plan::{ClientRequest, Plan, PlanError, plan};
 use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
+use crate::compiled::{CompiledRoute, CompiledTarget};
 use crate::complete::Completion;
 use crate::errors::{GatewayError, error_response};
 use crate::metrics::Metrics;
@@ -31,7 +32,7 @@ use crate::read::read_body;
 use crate::record::Record;
 use crate::respond::{AnswerBody, Payload, respond};
 use crate::routing::{body_limit, find_route};
-use crate::send::send;
+use crate::send::{Sent, send};
 use crate::state::{AppState, ProxyBody, request_id};
 
 /// Entry point for every data-plane request.
@@ -116,19 +117,37 @@ async fn proxy(
         return Err(GatewayError::not_implemented("provider vertex-ai is not implemented yet in this build"));
     }
 
-    // plan
     let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or(path);
     let creq = ClientRequest { method: &parts.method, path, path_and_query, headers: &parts.headers, body: &client.bytes, protocol: proto };
-    let mut plan = plan(&creq, json, &route.target).map_err(|e| match e {
+    let target = &route.targets[0];
+    let (plan, sent) = attempt(&route, target, &creq, json, rec).await?;
+
+    // respond (complete follows when the body ends)
+    respond(sent, &plan, &route, rec).await
+}
+
+/// One upstream attempt: plan → authorize → send, for one target of the route. The
+/// client's request is planned afresh for every attempt (its own protocol, shaping and
+/// credentials), so an attempt on another target is a call of this function.
+async fn attempt(
+    route: &CompiledRoute,
+    t: &CompiledTarget,
+    creq: &ClientRequest<'_>,
+    json: serde_json::Value,
+    rec: &mut Record,
+) -> Result<(Plan, Sent), GatewayError> {
+    // plan
+    let mut plan = plan(creq, json, &t.target).map_err(|e| match e {
         PlanError::Unsupported { .. } | PlanError::Invalid(_) => GatewayError::bad_request(e.to_string()),
     })?;
     rec.request_type = if plan.stream { "ai_stream" } else { "ai_chat" };
     rec.stream = plan.stream;
     rec.request_llm_model = plan.request_model.clone().unwrap_or_default();
     rec.llm_model = plan.model.clone().unwrap_or_default();
+    rec.instance.clone_from(&t.name);
 
     // authorize
-    route.auth.apply(&mut plan, &route.target.authority)?;
+    t.auth.apply(&mut plan, &t.target.authority)?;
 
     // send
     let mut builder = Request::builder().method(plan.method.clone()).uri(&plan.url);
@@ -137,10 +156,8 @@ async fn proxy(
     }
     let upstream_req = builder
         .body(Full::new(plan.body.clone()))
-        .map_err(|e| GatewayError::internal(format!("building the upstream request for {}: {e}", route.target.origin)))?;
+        .map_err(|e| GatewayError::internal(format!("building the upstream request for {}: {e}", t.target.origin)))?;
     rec.attempts += 1;
-    let sent = send(&route.upstream, route.timeout, upstream_req, &route.target.authority).await.map_err(|e| e.into_gateway_error())?;
-
-    // respond (complete follows when the body ends)
-    respond(sent, &plan, &route, rec).await
+    let sent = send(&t.upstream, route.timeout, upstream_req, &t.target.authority).await.map_err(|e| e.into_gateway_error())?;
+    Ok((plan, sent))
 }

@@ -80,6 +80,8 @@ pub struct Record {
     pub ttft: Option<Duration>,
     /// Upstream attempts made (0 when the request never reached one).
     pub attempts: u32,
+    /// The `ai-proxy-multi` instance that answered (empty for `ai-proxy`).
+    pub instance: String,
     /// Status sent to the client.
     pub status: u16,
     pub body_bytes_sent: u64,
@@ -115,6 +117,7 @@ impl Record {
             upstream_time: None,
             ttft: None,
             attempts: 0,
+            instance: String::new(),
             status: 0,
             body_bytes_sent: 0,
             request_time: Duration::ZERO,
