@@ -7,6 +7,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use aigw_model::vars::{Var, VarSource, VarValue};
+use aigw_proxy::compiled::CompileCtx;
 use aigw_proxy::router::MatchInput;
 use aigw_proxy::runtime::compile;
 use aigw_proxy::upstream::Upstreams;
@@ -34,7 +35,7 @@ fn routes(n: usize) -> Vec<Value> {
 fn benches(c: &mut Criterion) {
     let ups = Upstreams::default();
     for n in [10usize, 10_000] {
-        let cfg = compile("v", routes(n), None, &|_| None, &ups).unwrap();
+        let cfg = compile("v", routes(n), &CompileCtx::bare(&ups)).unwrap();
         let (exact, prefix) = (format!("/team{}/v1/chat/completions", n - 2), format!("/team{}/v1/embeddings", n - 1));
         c.bench_function(&format!("route_match/exact/{n}_routes"), |b| {
             b.iter(|| cfg.router.find(&MatchInput { path: black_box(&exact), method: "POST", host: "h" }, &NoVars).is_some())
@@ -46,7 +47,7 @@ fn benches(c: &mut Criterion) {
     let big = routes(10_000);
     let mut g = c.benchmark_group("snapshot");
     g.sample_size(10).measurement_time(Duration::from_secs(10));
-    g.bench_function("compile/10000_routes", |b| b.iter(|| compile("v", big.clone(), None, &|_| None, &ups).unwrap().routes.len()));
+    g.bench_function("compile/10000_routes", |b| b.iter(|| compile("v", big.clone(), &CompileCtx::bare(&ups)).unwrap().routes.len()));
     g.finish();
 }
 

@@ -50,14 +50,30 @@ impl CompiledRoute {
 
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
-pub fn compile_route(v: &Value, key: Option<&DataKey>, env: EnvLookup<'_>, upstreams: &Upstreams) -> Result<CompiledRoute, String> {
+/// What compiling a route needs from the node: the data key, the environment (for
+/// `$env://`), the shared upstream clients. Shared resources that later features need at
+/// compile time (token sources, health checkers) join this struct, not every signature.
+pub struct CompileCtx<'a> {
+    pub key: Option<&'a DataKey>,
+    pub env: EnvLookup<'a>,
+    pub upstreams: &'a Upstreams,
+}
+
+impl<'a> CompileCtx<'a> {
+    /// No data key, an empty environment: for tests and benches.
+    pub fn bare(upstreams: &'a Upstreams) -> CompileCtx<'a> {
+        CompileCtx { key: None, env: &|_| None, upstreams }
+    }
+}
+
+pub fn compile_route(v: &Value, ctx: &CompileCtx<'_>) -> Result<CompiledRoute, String> {
     let mut clear = v.clone();
-    secrets::reveal_route(&mut clear, key, env).map_err(|e| e.to_string())?;
+    secrets::reveal_route(&mut clear, ctx.key, ctx.env).map_err(|e| e.to_string())?;
     let spec = RouteSpec::from_json(&clear).map_err(|e| e.to_string())?;
     let ap = spec.ai_proxy.clone();
     let auth = UpstreamAuth::compile(&ap)?;
     let target = Target::compile(ap.clone(), auth.has_credentials()).map_err(|e| e.to_string())?;
-    let upstream = upstreams.get(&ClientKey {
+    let upstream = ctx.upstreams.get(&ClientKey {
         origin: target.origin.clone(),
         ssl_verify: ap.ssl_verify,
         keepalive: ap.keepalive,
@@ -89,19 +105,17 @@ mod tests {
         let c = compile_route(
             &route(json!({"provider": "openai-compatible", "auth": {"header": {"Authorization": "Bearer k"}, "query": {"key": "a b"}},
                 "override": {"endpoint": "http://127.0.0.1:8080/v1/chat/completions?api-version=1"}, "max_response_bytes": 1000})),
-            None,
-            &|_| None,
-            &Upstreams::default(),
+            &CompileCtx::bare(&Upstreams::default()),
         )
         .unwrap();
         let t = &c.targets[0];
         assert_eq!(t.target.origin, "http://127.0.0.1:8080");
         assert!(t.target.has_credentials && t.auth.has_credentials());
         assert_eq!((c.response_cap, c.max_event), (1000, 1000));
-        let c = compile_route(&route(json!({"provider": "openai", "auth": {}})), None, &|_| None, &Upstreams::default()).unwrap();
+        let c = compile_route(&route(json!({"provider": "openai", "auth": {}})), &CompileCtx::bare(&Upstreams::default())).unwrap();
         assert!(!c.targets[0].target.has_credentials);
         assert_eq!((c.response_cap, c.max_event), (DEFAULT_RESPONSE_CAP, aigw_llm::sse::DEFAULT_MAX_EVENT));
-        let e = compile_route(&route(json!({"provider": "openai-compatible", "auth": {}})), None, &|_| None, &Upstreams::default());
+        let e = compile_route(&route(json!({"provider": "openai-compatible", "auth": {}})), &CompileCtx::bare(&Upstreams::default()));
         let e = e.unwrap_err();
         assert!(e.contains("override.endpoint"), "{e}");
     }

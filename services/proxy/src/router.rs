@@ -104,7 +104,7 @@ mod tests {
         for (k, val) in extra.as_object().unwrap() {
             v[k] = val.clone();
         }
-        Arc::new(crate::compiled::compile_route(&v, None, &|_| None, &Default::default()).unwrap())
+        Arc::new(crate::compiled::compile_route(&v, &crate::compiled::CompileCtx::bare(&Default::default())).unwrap())
     }
 
     struct Body(Value);

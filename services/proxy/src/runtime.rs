@@ -4,12 +4,11 @@
 
 use std::sync::Arc;
 
-use aigw_model::secrets::{self, DataKey};
+use aigw_model::secrets;
 use serde_json::Value;
 
-use crate::compiled::{CompiledRoute, EnvLookup, compile_route};
+use crate::compiled::{CompileCtx, CompiledRoute, compile_route};
 use crate::router::Router;
-use crate::upstream::Upstreams;
 
 pub struct RuntimeConfig {
     pub version: String,
@@ -40,13 +39,7 @@ impl RuntimeConfig {
 }
 
 /// Compiles a whole snapshot; any error rejects all of it (never half-applied).
-pub fn compile(
-    version: &str,
-    routes: Vec<Value>,
-    key: Option<&DataKey>,
-    env: EnvLookup<'_>,
-    upstreams: &Upstreams,
-) -> Result<RuntimeConfig, String> {
+pub fn compile(version: &str, routes: Vec<Value>, ctx: &CompileCtx<'_>) -> Result<RuntimeConfig, String> {
     let mut compiled = Vec::with_capacity(routes.len());
     let mut seen = std::collections::HashSet::with_capacity(routes.len());
     for r in &routes {
@@ -54,7 +47,7 @@ pub fn compile(
         if !seen.insert(id.to_owned()) {
             return Err(format!("route {id:?}: duplicate id"));
         }
-        let c = compile_route(r, key, env, upstreams).map_err(|e| format!("route {id:?}: {e}"))?;
+        let c = compile_route(r, ctx).map_err(|e| format!("route {id:?}: {e}"))?;
         if c.spec.route.status != Some(0) {
             compiled.push(Arc::new(c));
         }
@@ -66,6 +59,7 @@ pub fn compile(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::Upstreams;
     use serde_json::json;
 
     fn route(ai: Value) -> Value {
@@ -77,18 +71,18 @@ mod tests {
         let good = route(json!({"provider": "openai", "auth": {}}));
         let mut bad = route(json!({"provider": "openai", "auth": {"header": {"a": "$env://MISSING"}}}));
         bad["id"] = json!("bad");
-        let err = compile("v", vec![good.clone(), bad], None, &|_| None, &Upstreams::default()).err().unwrap();
+        let err = compile("v", vec![good.clone(), bad], &CompileCtx::bare(&Upstreams::default())).err().unwrap();
         assert!(err.contains("route \"bad\"") && err.contains("MISSING"), "{err}");
-        let err = compile("v", vec![good.clone(), good.clone()], None, &|_| None, &Upstreams::default()).err().unwrap();
+        let err = compile("v", vec![good.clone(), good.clone()], &CompileCtx::bare(&Upstreams::default())).err().unwrap();
         assert!(err.contains("duplicate"), "{err}");
-        let ok = compile("v", vec![good], None, &|_| None, &Upstreams::default()).unwrap();
+        let ok = compile("v", vec![good], &CompileCtx::bare(&Upstreams::default())).unwrap();
         assert_eq!(ok.routes.len(), 1);
     }
 
     #[test]
     fn dump_redacts_secrets() {
         let r = route(json!({"provider": "openai", "auth": {"header": {"Authorization": "Bearer sk-secret"}}}));
-        let cfg = compile("v1", vec![r], None, &|_| None, &Upstreams::default()).unwrap();
+        let cfg = compile("v1", vec![r], &CompileCtx::bare(&Upstreams::default())).unwrap();
         let dump = cfg.dump().to_string();
         assert!(!dump.contains("sk-secret") && dump.contains("v1") && dump.contains("******"), "{dump}");
     }

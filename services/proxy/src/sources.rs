@@ -10,6 +10,7 @@ use aigw_model::secrets::DataKey;
 use aigw_model::snapshot::{parse_routes_file, version_of};
 use serde_json::{Value, json};
 
+use crate::compiled::CompileCtx;
 use crate::runtime;
 use crate::state::AppState;
 use crate::upstream::Upstreams;
@@ -24,7 +25,7 @@ pub fn load_file(path: &Path, key: Option<&DataKey>, upstreams: &Upstreams) -> R
     let mut routes = parse_routes_file(&text, &env_lookup).map_err(|e| format!("{}: {e}", path.display()))?;
     routes.sort_by(|a, b| a.get("id").and_then(Value::as_str).cmp(&b.get("id").and_then(Value::as_str)));
     let version = version_of(&routes);
-    runtime::compile(&version, routes, key, &env_lookup, upstreams).map_err(|e| format!("{}: {e}", path.display()))
+    runtime::compile(&version, routes, &CompileCtx { key, env: &env_lookup, upstreams }).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Polls the routes file and re-applies it on change. Polling (not inotify) also sees
@@ -101,7 +102,7 @@ pub async fn run_xds(src: XdsSource, state: Arc<AppState>, shutdown: impl std::f
     if let Some(cache) = &src.cache
         && let Some((version, routes)) = cache.load()
     {
-        match runtime::compile(&version, routes, src.key.as_ref(), &env_lookup, &state.upstreams) {
+        match runtime::compile(&version, routes, &CompileCtx { key: src.key.as_ref(), env: &env_lookup, upstreams: &state.upstreams }) {
             Ok(cfg) => {
                 tracing::info!(version = %version, file = %cache.path.display(), "serving cached snapshot until the config service answers");
                 state.apply(cfg);
@@ -120,7 +121,7 @@ pub async fn run_xds(src: XdsSource, state: Arc<AppState>, shutdown: impl std::f
     let applier: aigw_xds::Applier = Arc::new(move |version: &str, routes| {
         let mut json: Vec<Value> = routes.iter().map(route_from_proto).collect();
         json.sort_by(|a, b| a.get("id").and_then(Value::as_str).cmp(&b.get("id").and_then(Value::as_str)));
-        match runtime::compile(version, json, key.as_ref(), &env_lookup, &st.upstreams) {
+        match runtime::compile(version, json, &CompileCtx { key: key.as_ref(), env: &env_lookup, upstreams: &st.upstreams }) {
             Ok(compiled) => {
                 if let Some(c) = &cache
                     && let Err(e) = c.store(version, &compiled.source)
