@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # The standard aigw benchmark (shared/design/PERFORMANCE.md): nginx serves the fake upstream,
 # wrk drives load on 127.0.0.1 only, and each round measures side by side:
-#   direct → nginx,  aigw pass-through (openai-compatible),  aigw Anthropic→OpenAI conversion,
-# plus a 25-event SSE stream direct vs through aigw. Bounded: ROUNDS × a few 10 s runs.
-# Writes bench/results/<date>-<commit>.md. Usage: bench/run.sh [ROUNDS] [SECONDS]
+#   direct → nginx,  an nginx proxy_pass hop (the bare-hop reference),  aigw pass-through
+#   (openai-compatible),  aigw Anthropic→OpenAI conversion,  and, with BASELINE_REV=<rev>,
+#   the same two aigw rows for a baseline build (before/after in one interleaved run);
+# plus a 25-event SSE stream direct vs through aigw, and the callgrind instructions per
+# request (bench/callgrind.sh) of each binary and of the nginx hop.
+# Writes bench/results/<date>-<commit>.md. Bounded: ROUNDS × a few 10 s runs.
+# Usage: [BASELINE_REV=<rev>] [CALLGRIND=0] bench/run.sh [ROUNDS] [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${1:-3}"
@@ -12,16 +16,24 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/aigw-target}"
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 for tool in wrk nginx; do
-  command -v "$tool" >/dev/null 2>&1 || { as_root apt-get update -qq; DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$tool"; }
+  command -v "$tool" >/dev/null 2>&1 || command -v "/usr/sbin/$tool" >/dev/null 2>&1 || { as_root apt-get update -qq; DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$tool"; }
 done
 command -v nginx >/dev/null 2>&1 || export PATH="$PATH:/usr/sbin"
 
 cargo build --release -q -p aigw-proxy
 PROXY="$CARGO_TARGET_DIR/release/aigw-proxy"
 work=$(mktemp -d)
-trap 'kill $(cat "$work"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'for f in "$work"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null; done; [ -d "$work/base-src" ] && git worktree remove --force "$work/base-src" 2>/dev/null; rm -rf "$work"' EXIT
+
+BASE_PROXY=""
+if [ -n "${BASELINE_REV:-}" ]; then
+  git worktree add --detach "$work/base-src" "$BASELINE_REV" >/dev/null
+  (cd "$work/base-src" && CARGO_TARGET_DIR="${BASELINE_TARGET_DIR:-$HOME/.cache/aigw-bench-base}" cargo build --release -q -p aigw-proxy)
+  BASE_PROXY="${BASELINE_TARGET_DIR:-$HOME/.cache/aigw-bench-base}/release/aigw-proxy"
+fi
 
 UP=127.0.0.1:18181
+HOP=127.0.0.1:18282
 # Static bodies: nginx answers a POST to a static file with 405, which error_page turns into
 # an internal GET of the same file (a 4.8 KB SSE body is too long for an inline `return`).
 mkdir -p "$work/www/v1/chat" "$work/www/stream/v1/chat"
@@ -48,6 +60,25 @@ http {
 }
 NGINX
 nginx -c "$work/nginx.conf" -p "$work" & echo $! > "$work/nginx-main.pid"
+# The bare hop: its own nginx (one worker), proxy_pass with a keep-alive upstream pool.
+cat > "$work/hop.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $work/hop.pid;
+error_log $work/hop-error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $work/hopbody;
+  keepalive_requests 1000000;
+  upstream up { server $UP; keepalive 64; }
+  server {
+    listen $HOP reuseport;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+NGINX
+nginx -c "$work/hop.conf" -p "$work" & echo $! > "$work/hop-main.pid"
 
 cat > "$work/routes.yaml" <<ROUTES
 routes:
@@ -76,34 +107,41 @@ routes:
         options: {model: gpt-4o-mini}
         override: {endpoint: "http://$UP/v1/chat/completions"}
 ROUTES
+start_proxy() { # NAME BINARY PORT STATUS_PORT
+  "$2" --routes "$work/routes.yaml" --listen "127.0.0.1:$3" --status-listen "127.0.0.1:$4" --access-log off --log-level warn 2>"$work/$1.log" &
+  echo $! > "$work/$1.pid"
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$4/readyz" >/dev/null && break; sleep 0.1; done
+}
 GW=127.0.0.1:19180
-"$PROXY" --routes "$work/routes.yaml" --listen "$GW" --status-listen 127.0.0.1:19191 --access-log off --log-level warn 2>"$work/proxy.log" &
-echo $! > "$work/proxy.pid"
+start_proxy proxy "$PROXY" 19180 19191
 PID=$(cat "$work/proxy.pid")
-for _ in $(seq 100); do curl -sf http://127.0.0.1:19191/readyz >/dev/null && curl -sf -o /dev/null "http://$UP/v1/chat/completions" -d x && break; sleep 0.1; done
+BGW=127.0.0.1:19280
+BPID=""
+if [ -n "$BASE_PROXY" ]; then start_proxy base "$BASE_PROXY" 19280 19291; BPID=$(cat "$work/base.pid"); fi
+for _ in $(seq 100); do curl -sf -o /dev/null "http://$UP/v1/chat/completions" -d x && curl -sf -o /dev/null "http://$HOP/v1/chat/completions" -d x && break; sleep 0.1; done
 
-rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$PID/status"; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$PID/stat"; }
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK=$(getconf CLK_TCK)
-RSS_IDLE=$(rss_kb)
+RSS_IDLE=$(rss_kb "$PID")
 
-# wrk_run NAME URL BODY CONNS -> appends "name conns rps p50_ms p99_ms requests cpu_us_per_req" to results
+# wrk_run NAME URL BODY CONNS [PID] -> appends "name conns rps p50 p99 requests cpu_us_per_req" to results
 wrk_run() {
-  local name=$1 url=$2 body=$3 conns=$4 threads=1
+  local name=$1 url=$2 body=$3 conns=$4 pid=${5:-} threads=1
   if [ "$conns" -gt 1 ]; then threads=2; fi
   BODY_FILE="bench/$body" wrk -t1 -c"$conns" -d2s -s bench/post.lua "$url" >/dev/null 2>&1 || true
-  local before; before=$(cpu_ticks)
+  local before=0; if [ -n "$pid" ]; then before=$(cpu_ticks "$pid"); fi
   local out; out=$(BODY_FILE="bench/$body" wrk -t"$threads" -c"$conns" -d"${SECS}s" --latency -s bench/post.lua "$url")
-  local after; after=$(cpu_ticks)
+  local after=0; if [ -n "$pid" ]; then after=$(cpu_ticks "$pid"); fi
   local rps p50 p99 reqs
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
   local cpu="-"
-  if [[ "$url" == *"$GW"* ]]; then cpu=$(awk -v t="$((after - before))" -v r="$reqs" -v hz="$TICK" 'BEGIN { printf "%.1f", t / hz * 1e6 / r }'); fi
+  if [ -n "$pid" ]; then cpu=$(awk -v t="$((after - before))" -v r="$reqs" -v hz="$TICK" 'BEGIN { printf "%.1f", t / hz * 1e6 / r }'); fi
   echo "$name $conns $rps $p50 $p99 $reqs $cpu" >> "$work/results"
-  if [[ "$url" == *"$GW"* ]]; then rss_kb >> "$work/rss"; fi
+  if [ "$pid" = "$PID" ]; then rss_kb "$PID" >> "$work/rss"; fi
 }
 to_ms() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v=v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v=v*1000 } print v }'; }
 
@@ -111,11 +149,17 @@ for r in $(seq "$ROUNDS"); do
   echo "round $r/$ROUNDS" >&2
   for c in 1 32; do
     wrk_run direct "http://$UP/v1/chat/completions" chat_request.json "$c"
-    wrk_run aigw "http://$GW/v1/chat/completions" chat_request.json "$c"
-    wrk_run aigw-anthropic "http://$GW/v1/messages" anthropic_request.json "$c"
+    wrk_run nginx-hop "http://$HOP/v1/chat/completions" chat_request.json "$c"
+    wrk_run aigw "http://$GW/v1/chat/completions" chat_request.json "$c" "$PID"
+    wrk_run aigw-anthropic "http://$GW/v1/messages" anthropic_request.json "$c" "$PID"
+    if [ -n "$BPID" ]; then
+      wrk_run base "http://$BGW/v1/chat/completions" chat_request.json "$c" "$BPID"
+      wrk_run base-anthropic "http://$BGW/v1/messages" anthropic_request.json "$c" "$BPID"
+    fi
   done
   wrk_run stream-direct "http://$UP/stream/v1/chat/completions" stream_request.json 1
-  wrk_run stream-aigw "http://$GW/stream/v1/chat/completions" stream_request.json 1
+  wrk_run stream-aigw "http://$GW/stream/v1/chat/completions" stream_request.json 1 "$PID"
+  if [ -n "$BPID" ]; then wrk_run stream-base "http://$BGW/stream/v1/chat/completions" stream_request.json 1 "$BPID"; fi
 done
 
 # Summaries: medians across rounds.
@@ -126,27 +170,55 @@ row() { # name conns
   rps=$(col "$1" "$2" 3 | median); p50=$(col "$1" "$2" 4 | to_ms | median); p99=$(col "$1" "$2" 5 | to_ms | median); cpu=$(col "$1" "$2" 7 | grep -v '^-$' | median || true)
   echo "$rps $p50 $p99 ${cpu:--}"
 }
+sub() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", a-b}'; }
+div() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b == 0) print "-"; else printf "%.2f", a/b}'; }
+
+CG=""
+if [ "${CALLGRIND:-1}" != 0 ] && command -v valgrind >/dev/null 2>&1; then
+  echo "callgrind: instructions per request" >&2
+  specs=("aigw=$PROXY")
+  if [ -n "$BASE_PROXY" ]; then specs+=("base=$BASE_PROXY"); fi
+  CG=$(bench/callgrind.sh "${specs[@]}")
+fi
+
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 out="bench/results/$(date -u +%Y-%m-%d)-$commit.md"
+names="direct nginx-hop aigw aigw-anthropic"
+if [ -n "$BPID" ]; then names="$names base base-anthropic"; fi
 {
-  echo "# aigw benchmark $(date -u +%Y-%m-%dT%H:%MZ), commit $commit"
+  echo "# aigw benchmark $(date -u +%Y-%m-%dT%H:%MZ), commit $commit${BASELINE_REV:+, baseline $BASELINE_REV}"
   echo
   echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r). Upstream: nginx 1 worker (811-byte JSON, 26-event SSE)."
-  echo "wrk ${SECS}s runs, ${ROUNDS} interleaved rounds, medians. Latencies in ms. CPU = aigw process CPU time / requests."
+  echo "wrk ${SECS}s runs, ${ROUNDS} interleaved rounds, medians. Latencies in ms. CPU = gateway process CPU time / requests."
+  echo "nginx-hop: nginx proxy_pass (1 worker, keep-alive upstream) between wrk and the same upstream.${BASELINE_REV:+ base: aigw built at $BASELINE_REV, run beside it.}"
   echo
   echo "| target | conns | req/s | p50 | p99 | CPU µs/req |"
   echo "|---|---|---|---|---|---|"
   for c in 1 32; do
-    for n in direct aigw aigw-anthropic; do read -r rps p50 p99 cpu <<<"$(row $n $c)"; echo "| $n | $c | $rps | $p50 | $p99 | $cpu |"; done
+    for n in $names; do read -r rps p50 p99 cpu <<<"$(row "$n" "$c")"; echo "| $n | $c | $rps | $p50 | $p99 | $cpu |"; done
   done
-  for n in stream-direct stream-aigw; do read -r rps p50 p99 cpu <<<"$(row $n 1)"; echo "| $n (whole stream) | 1 | $rps | $p50 | $p99 | $cpu |"; done
+  for n in stream-direct stream-aigw ${BPID:+stream-base}; do read -r rps p50 p99 cpu <<<"$(row "$n" 1)"; echo "| $n (whole stream) | 1 | $rps | $p50 | $p99 | $cpu |"; done
   echo
-  d1=$(col direct 1 4 | to_ms | median); a1=$(col aigw 1 4 | to_ms | median); an1=$(col aigw-anthropic 1 4 | to_ms | median)
-  d32=$(col direct 32 3 | median); a32=$(col aigw 32 3 | median)
+  d1=$(col direct 1 4 | to_ms | median); h1=$(col nginx-hop 1 4 | to_ms | median)
+  a1=$(col aigw 1 4 | to_ms | median); an1=$(col aigw-anthropic 1 4 | to_ms | median)
+  d32=$(col direct 32 3 | median); h32=$(col nginx-hop 32 3 | median); a32=$(col aigw 32 3 | median)
   sd=$(col stream-direct 1 4 | to_ms | median); sa=$(col stream-aigw 1 4 | to_ms | median)
-  echo "- added p50 at c1: pass-through $(awk -v a="$a1" -v d="$d1" 'BEGIN{printf "%.3f", a-d}') ms, Anthropic conversion $(awk -v a="$an1" -v d="$d1" 'BEGIN{printf "%.3f", a-d}') ms"
-  echo "- throughput at c32: $(awk -v a="$a32" -v d="$d32" 'BEGIN{printf "%.2f", a/d}') × direct"
-  echo "- whole 26-event stream at c1: added $(awk -v a="$sa" -v d="$sd" 'BEGIN{printf "%.3f", a-d}') ms (p50)"
+  hop_added=$(sub "$h1" "$d1"); aigw_added=$(sub "$a1" "$d1")
+  echo "- added p50 at c1: nginx hop $hop_added ms; aigw pass-through $aigw_added ms ($(div "$aigw_added" "$hop_added") × the hop), Anthropic conversion $(sub "$an1" "$d1") ms"
+  echo "- throughput at c32: nginx hop $(div "$h32" "$d32") × direct; aigw $(div "$a32" "$d32") × direct = $(div "$a32" "$h32") × the hop"
+  if [ -n "$BPID" ]; then
+    b1=$(col base 1 4 | to_ms | median); bn1=$(col base-anthropic 1 4 | to_ms | median); b32=$(col base 32 3 | median)
+    echo "- baseline ($BASELINE_REV): added p50 at c1 pass-through $(sub "$b1" "$d1") ms, Anthropic $(sub "$bn1" "$d1") ms; c32 $(div "$b32" "$d32") × direct; this build / baseline throughput at c32: $(div "$a32" "$b32")"
+  fi
+  echo "- whole 26-event stream at c1: added $(sub "$sa" "$sd") ms (p50)"
   echo "- RSS: idle $((RSS_IDLE / 1024)) MB, under load max $(( $(sort -n "$work/rss" | tail -1) / 1024 )) MB"
+  if [ -n "$CG" ]; then
+    echo
+    echo "Instructions per request (callgrind, 1,000 sequential keep-alive requests minus an idle run; @warn = --log-level warn):"
+    echo
+    echo "| binary | instructions / request |"
+    echo "|---|---|"
+    while read -r l v; do echo "| $l | $v |"; done <<<"$CG"
+  fi
 } > "$out"
 cat "$out"
