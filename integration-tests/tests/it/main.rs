@@ -10,3 +10,4 @@ mod pipeline;
 mod standalone;
 mod streams;
 mod token_cache;
+mod vertex;

@@ -1,14 +1,13 @@
-//! Service-account JSON: strict validation (usable at config time) and the RS256 JWT
-//! of the OAuth 2.0 JWT-bearer grant (wire-formats §7.2), signed with `ring`.
+//! Service-account JSON: strict validation (shared with config validation through
+//! `aigw_model::gcp`) and the RS256 JWT of the OAuth 2.0 JWT-bearer grant
+//! (wire-formats §7.2), signed with `ring`.
 
 use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
-use rustls::pki_types::PrivateKeyDer;
-use rustls::pki_types::pem::PemObject;
-use serde_json::{Value, json};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::error::GcpAuthError;
@@ -47,64 +46,7 @@ impl std::fmt::Debug for ServiceAccount {
 /// Checks a service-account JSON the way [`ServiceAccount::from_json`] does, for config
 /// validation: `Err` names the problem and never echoes the key.
 pub fn validate_service_account_json(json: &str) -> Result<(), GcpAuthError> {
-    ServiceAccount::from_json(json).map(|_| ())
-}
-
-fn string_field<'a>(obj: &'a serde_json::Map<String, Value>, name: &str) -> Result<&'a str, GcpAuthError> {
-    match obj.get(name) {
-        None | Some(Value::Null) => Err(GcpAuthError::invalid(format!("lacks {name}"))),
-        Some(Value::String(s)) if s.trim().is_empty() => Err(GcpAuthError::invalid(format!("{name} is empty"))),
-        Some(Value::String(s)) => Ok(s),
-        Some(_) => Err(GcpAuthError::invalid(format!("{name} must be a string"))),
-    }
-}
-
-fn optional_string(obj: &serde_json::Map<String, Value>, name: &str) -> Result<Option<String>, GcpAuthError> {
-    match obj.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(GcpAuthError::invalid(format!("{name} must be a string"))),
-    }
-}
-
-/// `scope` as APISIX reads it: a space-separated string or an array of strings.
-fn scope_field(obj: &serde_json::Map<String, Value>) -> Result<Option<Vec<String>>, GcpAuthError> {
-    let scopes: Vec<String> = match obj.get("scope") {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
-        Some(Value::Array(a)) => {
-            let mut out = Vec::new();
-            for v in a {
-                let s = v.as_str().ok_or_else(|| GcpAuthError::invalid("scope must be a string or an array of strings"))?;
-                out.extend(s.split_whitespace().map(str::to_owned));
-            }
-            out
-        }
-        Some(_) => return Err(GcpAuthError::invalid("scope must be a string or an array of strings")),
-    };
-    Ok((!scopes.is_empty()).then_some(scopes))
-}
-
-fn load_key(pem: &str) -> Result<RsaKeyPair, GcpAuthError> {
-    // Keys pasted through some tools arrive with literal "\n" sequences.
-    let pem = if pem.contains("\\n") { pem.replace("\\n", "\n") } else { pem.to_owned() };
-    let der = PrivateKeyDer::from_pem_slice(pem.as_bytes())
-        .map_err(|_| GcpAuthError::invalid("private_key is not a PEM private key (expected -----BEGIN PRIVATE KEY-----)"))?;
-    let loaded = match &der {
-        PrivateKeyDer::Pkcs8(k) => RsaKeyPair::from_pkcs8(k.secret_pkcs8_der()),
-        PrivateKeyDer::Pkcs1(k) => RsaKeyPair::from_der(k.secret_pkcs1_der()),
-        _ => return Err(GcpAuthError::invalid("private_key does not load: not an RSA key (PKCS#8 or PKCS#1 expected)")),
-    };
-    loaded.map_err(|e| GcpAuthError::invalid(format!("private_key does not load as an RSA key: {e}")))
-}
-
-fn check_token_uri(uri: &str) -> Result<(), GcpAuthError> {
-    let ok = uri
-        .parse::<http::Uri>()
-        .ok()
-        .is_some_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some_and(|h| !h.is_empty()));
-    if ok { Ok(()) } else { Err(GcpAuthError::invalid("token_uri must be an http(s) URL")) }
+    aigw_model::gcp::validate_service_account_json(json).map_err(|e| GcpAuthError::invalid(e.0))
 }
 
 impl ServiceAccount {
@@ -113,33 +55,15 @@ impl ServiceAccount {
     /// `private_key` (RSA, PKCS#8 or PKCS#1 PEM, and it must load) and an http(s)
     /// `token_uri`.
     pub fn from_json(json: &str) -> Result<ServiceAccount, GcpAuthError> {
-        // serde_json's syntax errors name a position, never the text around it.
-        let v: Value = serde_json::from_str(json).map_err(|e| GcpAuthError::invalid(format!("does not parse as JSON: {e}")))?;
-        let obj = v.as_object().ok_or_else(|| GcpAuthError::invalid("must be a JSON object"))?;
-        if let Some(t) = obj.get("type") {
-            match t.as_str() {
-                Some("service_account") => {}
-                Some(other) => {
-                    return Err(GcpAuthError::invalid(format!(
-                        "type {:?} is not supported (only service_account keys)",
-                        crate::error::sanitize(other, 40)
-                    )));
-                }
-                None => return Err(GcpAuthError::invalid("type must be a string")),
-            }
-        }
-        let client_email = string_field(obj, "client_email")?.to_owned();
-        let private_key = string_field(obj, "private_key")?;
-        let token_uri = string_field(obj, "token_uri")?.to_owned();
-        check_token_uri(&token_uri)?;
-        let key = load_key(private_key)?;
+        // One parser for config validation and signing (`aigw_model::gcp`).
+        let k = aigw_model::gcp::parse_service_account(json).map_err(|e| GcpAuthError::invalid(e.0))?;
         Ok(ServiceAccount {
-            private_key_id: optional_string(obj, "private_key_id")?,
-            project_id: optional_string(obj, "project_id")?,
-            scopes: scope_field(obj)?,
-            client_email,
-            token_uri,
-            key,
+            client_email: k.client_email,
+            private_key_id: k.private_key_id,
+            token_uri: k.token_uri,
+            project_id: k.project_id,
+            scopes: k.scopes,
+            key: k.key,
             identity: Sha256::digest(json.as_bytes()).into(),
             json: Arc::from(json),
         })
@@ -204,6 +128,7 @@ impl ServiceAccount {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     const KEY_A: &str = include_str!("../../aigw-testkit/testdata/gcp-TEST-ONLY-sa-key-a.pem");
 
@@ -220,58 +145,29 @@ mod tests {
         v.to_string()
     }
 
-    /// `expect`: None = accepted; Some(fragment) = rejected with a message containing it.
-    fn check(json: &str, expect: Option<&str>) {
-        match (ServiceAccount::from_json(json), expect) {
-            (Ok(_), None) => {}
-            (Ok(_), Some(f)) => panic!("accepted, expected an error with {f:?}"),
-            (Err(e), None) => panic!("rejected: {e}"),
-            (Err(e), Some(f)) => {
-                let m = e.to_string();
-                assert!(m.starts_with("invalid gcp service account json: "), "{m}");
-                assert!(m.contains(f), "{m:?} lacks {f:?}");
-                // Never echo the key: no line of its base64 body appears in the message.
-                for line in KEY_A.lines().filter(|l| !l.starts_with("-----")) {
-                    assert!(!m.contains(line), "message echoes the key: {m}");
-                }
-                assert!(!m.contains("MII"), "message echoes the key: {m}");
-            }
+    /// The cases live with the parser (`aigw_model::gcp`); here: the error type and its
+    /// prefix, and that the key is never echoed.
+    #[test]
+    fn invalid_jsons_are_typed_errors_without_the_key() {
+        for (json, fragment) in [
+            ("{not json".to_owned(), "does not parse as JSON"),
+            (sa(json!({"client_email": null})), "lacks client_email"),
+            (sa(json!({"private_key": "not a pem"})), "private_key is not a PEM private key"),
+        ] {
+            let e = ServiceAccount::from_json(&json).unwrap_err();
+            assert!(e.is_invalid_credential());
+            let m = e.to_string();
+            assert!(m.starts_with("invalid gcp service account json: ") && m.contains(fragment), "{m}");
+            assert!(!m.contains("MII"), "{m}");
+            assert_eq!(validate_service_account_json(&json).unwrap_err(), e);
         }
-    }
-
-    #[test]
-    fn validation_names_the_problem_without_echoing_the_key() {
-        check(&sa(json!({})), None);
-        check(&sa(json!({"type": null})), None);
-        check("{not json", Some("does not parse as JSON"));
-        check("[]", Some("must be a JSON object"));
-        check(&sa(json!({"client_email": null})), Some("lacks client_email"));
-        check(&sa(json!({"private_key": null})), Some("lacks private_key"));
-        check(&sa(json!({"token_uri": null})), Some("lacks token_uri"));
-        check(&sa(json!({"client_email": 5})), Some("client_email must be a string"));
-        check(&sa(json!({"token_uri": "ftp://x/token"})), Some("token_uri must be an http(s) URL"));
-        check(&sa(json!({"type": "authorized_user"})), Some("type \"authorized_user\" is not supported"));
-        check(&sa(json!({"private_key": "not a pem"})), Some("private_key is not a PEM private key"));
-        // A PEM that is not a valid key: a truncated body.
-        let broken: String = KEY_A.lines().filter(|l| !l.starts_with("-----")).take(3).collect::<Vec<_>>().join("\n");
-        check(
-            &sa(json!({"private_key": format!("-----BEGIN PRIVATE KEY-----\n{broken}\n-----END PRIVATE KEY-----\n")})),
-            Some("private_key does not load"),
-        );
-        check(&sa(json!({"scope": 5})), Some("scope must be"));
-    }
-
-    #[test]
-    fn literal_backslash_n_keys_load() {
-        check(&sa(json!({"private_key": KEY_A.replace('\n', "\\n")})), None);
+        assert!(validate_service_account_json(&sa(json!({}))).is_ok());
     }
 
     #[test]
     fn scope_from_string_or_array() {
         let a = ServiceAccount::from_json(&sa(json!({"scope": "a b"}))).unwrap();
         assert_eq!(a.scopes().unwrap(), ["a", "b"]);
-        let a = ServiceAccount::from_json(&sa(json!({"scope": ["a", "b c"]}))).unwrap();
-        assert_eq!(a.scopes().unwrap(), ["a", "b", "c"]);
         assert!(ServiceAccount::from_json(&sa(json!({}))).unwrap().scopes().is_none());
     }
 

@@ -22,6 +22,10 @@ use crate::token::{AccessToken, Clock};
 
 /// Pause between background refresh attempts that did not bring a fresh token.
 const REFRESH_RETRY_MS: u64 = 1_000;
+/// After an upstream 401 drops a token, a 401 on the next token within this time is not
+/// re-minted for: an upstream that refuses every token (a wrong endpoint, a revoked
+/// account) must not turn every request into a token mint.
+pub const REJECT_COOLDOWN_MS: u64 = 5_000;
 
 /// Where a [`TokenSource`] gets new tokens: minting, or the token-cache service.
 pub trait Fetcher: Send + Sync + 'static {
@@ -87,6 +91,8 @@ struct Slot {
     retry_at_ms: u64,
     /// Fingerprint of the last token invalidated: never cached again.
     rejected: Option<String>,
+    /// When a token was last dropped after an upstream 401 (0: never).
+    rejected_at_ms: u64,
 }
 
 struct Inner {
@@ -113,6 +119,11 @@ impl TokenSource {
     /// A source over any [`Fetcher`]; `who` names the credential in logs.
     pub fn new(who: String, fetcher: Arc<dyn Fetcher>, clock: Arc<dyn Clock>, stats: Arc<Stats>) -> TokenSource {
         TokenSource { inner: Arc::new(Inner { who, clock, fetcher, stats, slot: Mutex::new(Slot::default()) }) }
+    }
+
+    /// Whether `other` is this source (clones share one cache).
+    pub fn same_source(&self, other: &TokenSource) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     /// Who the credential is (client_email or the metadata server's default account).
@@ -161,17 +172,49 @@ impl TokenSource {
     /// Drops `token` (an upstream answered 401 with it): it is never handed out again by
     /// this source, and the shared side (aigw-token-cache) is told to drop it too.
     pub async fn invalidate(&self, token: &AccessToken) {
+        self.drop_rejected(token, false).await;
+    }
+
+    /// An upstream answered 401 to `token`: whether the request is worth sending once
+    /// more with [`TokenSource::token`].
+    /// - `token` is the cached one: it is dropped here and in aigw-token-cache (as
+    ///   [`TokenSource::invalidate`]), and the next `token()` fetches a fresh one — unless
+    ///   another token was dropped less than [`REJECT_COOLDOWN_MS`] ago, then `false`
+    ///   (the 401 goes to the client; nothing is minted);
+    /// - another caller already dropped it, or a newer token replaced it: `true`, and
+    ///   `token()` hands out the newer one (or joins its fetch) without another mint.
+    pub async fn reject(&self, token: &AccessToken) -> bool {
+        self.drop_rejected(token, true).await
+    }
+
+    async fn drop_rejected(&self, token: &AccessToken, cooldown: bool) -> bool {
         let inner = &self.inner;
         {
             let mut s = inner.slot.lock().unwrap_or_else(|e| e.into_inner());
-            if s.token.as_ref().is_some_and(|t| t.same_token(token)) {
+            let now = inner.clock.now_ms();
+            let current = s.token.as_ref().is_some_and(|t| t.same_token(token));
+            let fp = token.fingerprint();
+            if !current && s.rejected.as_deref() == Some(fp.as_str()) {
+                return true;
+            }
+            if cooldown && current && s.rejected_at_ms != 0 && now < s.rejected_at_ms + REJECT_COOLDOWN_MS {
+                tracing::warn!(who = %inner.who, token_fp = %fp,
+                    "upstream refused a fresh gcp access token with 401 again; not minting another one for a few seconds");
+                return false;
+            }
+            if cooldown && !current {
+                return true;
+            }
+            if current {
                 s.token = None;
             }
-            s.rejected = Some(token.fingerprint());
+            s.rejected = Some(fp);
+            s.rejected_at_ms = now;
         }
         inc(&inner.stats.invalidations);
         tracing::info!(who = %inner.who, token_fp = %token.fingerprint(), "gcp access token invalidated after an upstream 401");
         inner.fetcher.forget(token).await;
+        true
     }
 
     pub(crate) fn downgrade(&self) -> WeakTokenSource {
@@ -371,6 +414,26 @@ mod tests {
         assert!(fx.src.peek().is_none());
         assert_eq!(fx.src.token().await.unwrap().secret(), "tok-2");
         assert_eq!(fx.stats.invalidations.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_rejected_token_is_reminted_once_and_a_refusing_upstream_does_not_cause_a_mint_storm() {
+        let fx = fixture(600_000);
+        fx.gate.add_permits(10);
+        let t1 = fx.src.token().await.unwrap();
+        // Two requests got 401 with tok-1: the first drops it, the second just retries.
+        assert!(fx.src.reject(&t1).await);
+        assert!(fx.src.reject(&t1).await);
+        let t2 = fx.src.token().await.unwrap();
+        assert_eq!(t2.secret(), "tok-2");
+        assert_eq!(fx.stats.invalidations.load(Ordering::SeqCst), 1);
+        // tok-2 refused at once as well: no third mint within the cooldown.
+        assert!(!fx.src.reject(&t2).await);
+        assert_eq!(fx.src.token().await.unwrap().secret(), "tok-2");
+        fx.clock.advance(Duration::from_millis(REJECT_COOLDOWN_MS));
+        assert!(fx.src.reject(&t2).await);
+        assert_eq!(fx.src.token().await.unwrap().secret(), "tok-3");
+        assert_eq!(fx.n.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]

@@ -10,8 +10,9 @@
 //! // per request:
 //! let token = source.token().await?;            // Err → 500 naming client_email and the endpoint's reason
 //! headers.insert(AUTHORIZATION, token.authorization_header().unwrap());
-//! // after an upstream 401 with that token (then retry once with source.token()):
-//! source.invalidate(&token).await;
+//! // after an upstream 401 with that token: drop it (here and in Redis), then retry once
+//! // with source.token() when this says so (false: a fresh token was refused moments ago):
+//! if source.reject(&token).await { /* send again with source.token().await? */ }
 //! ```
 //! Config validation alone: [`validate_service_account_json`].
 

@@ -97,6 +97,8 @@ impl Clock for ManualClock {
 #[derive(Clone)]
 pub struct AccessToken {
     secret: Arc<str>,
+    /// `Bearer <token>`, built once (a clone per request is a reference count).
+    header: Option<http::HeaderValue>,
     expires_at_ms: u64,
     refresh_at_ms: u64,
 }
@@ -113,7 +115,12 @@ impl std::fmt::Debug for AccessToken {
 
 impl AccessToken {
     pub fn new(secret: impl Into<Arc<str>>, expires_at_ms: u64, refresh_at_ms: u64) -> AccessToken {
-        AccessToken { secret: secret.into(), expires_at_ms, refresh_at_ms: refresh_at_ms.min(expires_at_ms) }
+        let secret: Arc<str> = secret.into();
+        let header = http::HeaderValue::from_str(&format!("Bearer {secret}")).ok().map(|mut v| {
+            v.set_sensitive(true);
+            v
+        });
+        AccessToken { secret, header, expires_at_ms, refresh_at_ms: refresh_at_ms.min(expires_at_ms) }
     }
 
     /// The token itself. Secret: put it in an `Authorization` header, nowhere else.
@@ -123,9 +130,7 @@ impl AccessToken {
 
     /// `Bearer <token>`, marked sensitive (HPACK never indexes it).
     pub fn authorization_header(&self) -> Option<http::HeaderValue> {
-        let mut v = http::HeaderValue::from_str(&format!("Bearer {}", self.secret)).ok()?;
-        v.set_sensitive(true);
-        Some(v)
+        self.header.clone()
     }
 
     pub fn expires_at_ms(&self) -> u64 {

@@ -46,7 +46,7 @@ impl Envelope {
             Protocol::AnthropicMessages | Protocol::AnthropicCountTokens => Envelope::Anthropic,
             Protocol::OpenAiResponses => Envelope::Responses,
             Protocol::BedrockConverse => Envelope::Bedrock,
-            Protocol::OpenAiChat | Protocol::OpenAiEmbeddings | Protocol::Passthrough => Envelope::OpenAi,
+            Protocol::OpenAiChat | Protocol::OpenAiEmbeddings | Protocol::Passthrough | Protocol::VertexPredict => Envelope::OpenAi,
         }
     }
 }

@@ -13,3 +13,4 @@ pub mod protocol;
 pub mod sse;
 pub mod stream;
 pub mod usage;
+pub mod vertex;

@@ -13,6 +13,9 @@ pub enum Protocol {
     AnthropicCountTokens,
     BedrockConverse,
     Passthrough,
+    /// Vertex AI `:predict` (text embeddings): an upstream protocol only, reached by
+    /// converting OpenAI embeddings; never detected from a client.
+    VertexPredict,
 }
 
 impl Protocol {
@@ -25,12 +28,13 @@ impl Protocol {
             Protocol::AnthropicCountTokens => "anthropic-count-tokens",
             Protocol::BedrockConverse => "bedrock-converse",
             Protocol::Passthrough => "passthrough",
+            Protocol::VertexPredict => "vertex-predict",
         }
     }
 
     /// `request_type` is `ai_stream` when the body asks for a stream.
     pub fn is_stream(self, body: &Value) -> bool {
-        !matches!(self, Protocol::OpenAiEmbeddings | Protocol::AnthropicCountTokens)
+        !matches!(self, Protocol::OpenAiEmbeddings | Protocol::AnthropicCountTokens | Protocol::VertexPredict)
             && body.get("stream").and_then(Value::as_bool) == Some(true)
     }
 }

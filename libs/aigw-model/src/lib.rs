@@ -1,8 +1,9 @@
 //! Route and plugin configuration for aigw: the one JSON shape used by routes files,
 //! the REST admin API, gRPC (as proto3 JSON) and `/config_dump` (CONTRACT §2).
 //!
-//! Pure: no I/O. Generated proto types stop here (`proto_json`).
+//! Pure: no I/O (`ring` only loads service-account keys, see `gcp`). Generated proto types stop here (`proto_json`).
 
+pub mod gcp;
 pub mod multi;
 pub mod proto_json;
 pub mod route;

@@ -194,6 +194,9 @@ pub struct RequestBodyOverrides {
     pub bedrock_converse: Option<Map<String, Value>>,
     #[serde(default)]
     pub passthrough: Option<Map<String, Value>>,
+    /// vertex-ai embeddings (OpenAI embeddings converted to `:predict`).
+    #[serde(default, rename = "vertex-predict")]
+    pub vertex_predict: Option<Map<String, Value>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -465,14 +468,23 @@ pub fn validate_ai_proxy(c: &AiProxyConfig) -> Result<(), ValidationError> {
         if let Some(ttl) = gcp.max_ttl {
             range("auth.gcp.max_ttl", ttl, 1, None)?;
         }
+        // Parsed and its key loaded here, so a bad JSON is a 400 at config time (`$env://`
+        // values are checked the same way when the proxy resolves them).
         if let Some(sa) = &gcp.service_account_json
+            && !sa.trim().is_empty()
             && !crate::secrets::is_reference(sa)
             && !crate::secrets::is_encrypted(sa)
-            && let Err(e) = serde_json::from_str::<Value>(sa)
+            && let Err(e) = crate::gcp::validate_service_account_json(sa)
         {
             return Err(ValidationError::new(
                 format!("{AP}.auth.gcp.service_account_json"),
                 format!("invalid gcp service_account_json: {e}"),
+            ));
+        }
+        if c.provider == Provider::Bedrock {
+            return Err(ValidationError::new(
+                format!("{AP}.auth.gcp"),
+                "bedrock requests are signed with auth.aws; auth.gcp does not apply",
             ));
         }
     }
@@ -648,6 +660,34 @@ mod tests {
         check(&[(&ap("auth/gcp"), json!({"max_ttl": 0}))], Some(&["auth.gcp.max_ttl", "minimum 1"]));
         check(&[(&ap("auth/gcp"), json!({"expire_early_secs": -1}))], Some(&["auth.gcp.expire_early_secs"]));
         check(&[(&ap("auth/gcp"), json!({"service_account_json": "$env://SA"}))], None);
+        let key = include_str!("../../aigw-testkit/testdata/gcp-TEST-ONLY-sa-key-a.pem");
+        let sa = |extra: Value| {
+            let mut v = json!({"type": "service_account", "private_key": key, "client_email": "gw@p.iam", "token_uri": "https://oauth2.googleapis.com/token"});
+            for (k, x) in extra.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            v.to_string()
+        };
+        check(&[(&ap("auth/gcp"), json!({"service_account_json": sa(json!({}))}))], None);
+        check(
+            &[(&ap("auth/gcp"), json!({"service_account_json": sa(json!({"client_email": null}))}))],
+            Some(&["plugins.ai-proxy.auth.gcp.service_account_json", "invalid gcp service_account_json: lacks client_email"]),
+        );
+        check(
+            &[(
+                &ap("auth/gcp"),
+                json!({"service_account_json": sa(json!({"private_key": "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"}))}),
+            )],
+            Some(&["private_key does not load"]),
+        );
+        check(
+            &[
+                (&ap("provider"), json!("bedrock")),
+                (&ap("provider_conf"), json!({"region": "us-east-1"})),
+                (&ap("auth"), json!({"aws": {"access_key_id": "a", "secret_access_key": "s"}, "gcp": {}})),
+            ],
+            Some(&["plugins.ai-proxy.auth.gcp", "auth.gcp does not apply"]),
+        );
         check(&[(&ap("auth/aws"), json!({"access_key_id": "", "secret_access_key": "s"}))], Some(&["auth.aws.access_key_id", "minLength"]));
         check(&[(&ap("auth/aws"), json!({"access_key_id": "a", "secret_access_key": ""}))], Some(&["secret_access_key", "minLength"]));
         check(

@@ -5,7 +5,7 @@
 
 use aigw_llm::envelope::{self, Envelope};
 use aigw_llm::protocol::Protocol;
-use aigw_llm::{anthropic, bedrock};
+use aigw_llm::{anthropic, bedrock, vertex};
 use serde_json::Value;
 
 use crate::plan::Plan;
@@ -37,6 +37,10 @@ pub fn convert(plan: &Plan, status: u16, amzn_error_type: Option<&str>, body: &[
     }
     Some((|| {
         let v: Value = serde_json::from_slice(body).map_err(|e| AnswerError(format!("the upstream answer is not JSON: {e}")))?;
+        if plan.target == Protocol::VertexPredict {
+            let out = vertex::predict_to_embeddings(&v, model, plan.embeddings_base64).map_err(|e| AnswerError(e.0))?;
+            return Ok(serde_json::to_vec(&out).unwrap_or_default());
+        }
         let openai =
             if plan.target == Protocol::BedrockConverse { bedrock::response_to_openai(&v, &format!("chatcmpl-{id}"), model) } else { v };
         let out = if plan.client == Protocol::AnthropicMessages {
@@ -69,6 +73,7 @@ mod tests {
             request_model: None,
             model: Some("m".into()),
             names: ToolNames::default(),
+            embeddings_base64: false,
         }
     }
 
@@ -128,5 +133,27 @@ mod tests {
         .unwrap());
         assert_eq!(e["error"]["type"], "rate_limit_error");
         assert!(e["error"]["message"].as_str().unwrap().starts_with("ThrottlingException: "));
+    }
+
+    #[test]
+    fn vertex_predict_answers_become_openai_embeddings() {
+        use Protocol::*;
+        let p = plan(Conversion::EmbeddingsToVertexPredict, OpenAiEmbeddings, VertexPredict);
+        let predict = json!({"predictions": [{"embeddings": {"values": [0.5], "statistics": {"token_count": 2}}}]});
+        let o = v(convert(&p, 200, None, predict.to_string().as_bytes(), "x").unwrap().unwrap());
+        assert_eq!(
+            o,
+            json!({"object": "list", "model": "m", "data": [{"object": "embedding", "index": 0, "embedding": [0.5]}],
+                   "usage": {"prompt_tokens": 2, "total_tokens": 2}})
+        );
+        let b64 = Plan { embeddings_base64: true, ..plan(Conversion::EmbeddingsToVertexPredict, OpenAiEmbeddings, VertexPredict) };
+        let o = v(convert(&b64, 200, None, predict.to_string().as_bytes(), "x").unwrap().unwrap());
+        assert_eq!(o["data"][0]["embedding"], "AAAAPw==");
+        // Google's error shape becomes OpenAI's, status kept.
+        let e = v(convert(&p, 400, None, br#"{"error":{"code":400,"message":"bad instance","status":"INVALID_ARGUMENT"}}"#, "x")
+            .unwrap()
+            .unwrap());
+        assert_eq!(e["error"]["message"], "bad instance");
+        assert!(convert(&p, 200, None, b"{}", "x").unwrap().is_err());
     }
 }

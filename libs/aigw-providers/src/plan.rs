@@ -15,8 +15,8 @@
 //! another target (another provider, another protocol) is shaped for that target.
 
 use aigw_llm::anthropic::{self, ToolNames};
-use aigw_llm::bedrock;
 use aigw_llm::protocol::Protocol;
+use aigw_llm::{bedrock, vertex};
 use aigw_model::Provider;
 use aigw_model::route::RequestBodyOverrides;
 use bytes::Bytes;
@@ -82,6 +82,8 @@ pub struct Plan {
     pub model: Option<String>,
     /// Tool names sanitised on the way in, restored on the way out.
     pub names: ToolNames,
+    /// Vertex `:predict` embeddings: the client asked for base64 (`encoding_format`).
+    pub embeddings_base64: bool,
 }
 
 /// Why a request cannot be planned for a target: a 400 for the client.
@@ -144,6 +146,7 @@ fn request_body_for(rb: &RequestBodyOverrides, proto: Protocol) -> Option<&Map<S
         Protocol::AnthropicMessages | Protocol::AnthropicCountTokens => rb.anthropic_messages.as_ref(),
         Protocol::BedrockConverse => rb.bedrock_converse.as_ref(),
         Protocol::Passthrough => rb.passthrough.as_ref(),
+        Protocol::VertexPredict => rb.vertex_predict.as_ref(),
     }
 }
 
@@ -165,6 +168,7 @@ pub fn plan(req: &ClientRequest<'_>, mut body: Value, t: &Target) -> Result<Plan
     let mut names = ToolNames::default();
     let mut converted_stream = false;
     let mut converted_model = None;
+    let mut embeddings_base64 = false;
     let bad = |e: anthropic::ConvertError| PlanError::Invalid(e.0);
     let mut changed = conversion != Conversion::Native;
     body = match conversion {
@@ -186,6 +190,11 @@ pub fn plan(req: &ClientRequest<'_>, mut body: Value, t: &Target) -> Result<Plan
             converted_stream = c.stream;
             converted_model = c.model;
             c.body
+        }
+        Conversion::EmbeddingsToVertexPredict => {
+            let p = vertex::embeddings_to_predict(&body).map_err(bad)?;
+            embeddings_base64 = p.base64;
+            p.body
         }
     };
     // 2. Shaped for the target.
@@ -217,6 +226,11 @@ pub fn plan(req: &ClientRequest<'_>, mut body: Value, t: &Target) -> Result<Plan
         (target.is_stream(&body), None)
     };
     let model = ap.model().map(str::to_owned).or_else(|| bedrock_model.clone()).or_else(|| request_model.clone());
+    // Vertex :predict takes the model from the URL and rejects unknown body fields
+    // (`options.model` included, which APISIX would merge in).
+    if target == Protocol::VertexPredict && body.as_object_mut().and_then(|o| o.remove("model")).is_some() {
+        changed = true;
+    }
 
     // 4. The upstream URL.
     let path_q = match (t.endpoint.as_ref().and_then(|e| e.path_and_query.as_deref()), target) {
@@ -239,6 +253,14 @@ pub fn plan(req: &ClientRequest<'_>, mut body: Value, t: &Target) -> Result<Plan
                 )
             })?;
             format!("/model/{}/{}", encode_component(model), if stream { "converse-stream" } else { "converse" })
+        }
+        (None, Protocol::VertexPredict) => {
+            let m = model.as_deref().ok_or_else(|| {
+                PlanError::Invalid("no model for vertex-ai embeddings: set options.model on the route or send \"model\"".into())
+            })?;
+            table::vertex_predict_path(pc, m).ok_or_else(|| {
+                PlanError::Invalid("could not resolve upstream path: vertex-ai needs provider_conf (project_id + region) or override.endpoint with a path".into())
+            })?
         }
         (None, target) => table::native_path(ap.provider, target, pc)
             .ok_or_else(|| PlanError::Invalid("could not resolve upstream path: override.endpoint needs a path".into()))?,
@@ -277,7 +299,20 @@ pub fn plan(req: &ClientRequest<'_>, mut body: Value, t: &Target) -> Result<Plan
         }
     }
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    Ok(Plan { conversion, client: proto, target, method, url, headers, body: out_body, stream, request_model, model, names })
+    Ok(Plan {
+        conversion,
+        client: proto,
+        target,
+        method,
+        url,
+        headers,
+        body: out_body,
+        stream,
+        request_model,
+        model,
+        names,
+        embeddings_base64,
+    })
 }
 
 #[cfg(test)]
@@ -308,6 +343,7 @@ mod tests {
             Protocol::AnthropicCountTokens => json!({"model": "client-model", "messages": [{"role": "user", "content": "hi"}]}),
             Protocol::BedrockConverse => json!({"messages": [{"role": "user", "content": [{"text": "hi"}]}]}),
             Protocol::Passthrough => json!({"prompt": "cat"}),
+            Protocol::VertexPredict => unreachable!("an upstream protocol only"),
         }
     }
 
@@ -320,6 +356,7 @@ mod tests {
             Protocol::AnthropicCountTokens => "/v1/messages/count_tokens",
             Protocol::BedrockConverse => "/model/amazon.nova-pro-v1%3A0/converse",
             Protocol::Passthrough => "/model/m1/invoke",
+            Protocol::VertexPredict => unreachable!("an upstream protocol only"),
         }
     }
 
@@ -374,8 +411,12 @@ mod tests {
                 }
                 ("gemini", OpenAiEmbeddings) => ("https://generativelanguage.googleapis.com/v1beta/openai/embeddings", OpenAiEmbeddings),
                 ("vertex-ai", OpenAiChat | AnthropicMessages) => (
-                    "https://us-central1-aiplatform.googleapis.com/v1beta1/projects/p1/locations/us-central1/endpoints/openapi/chat/completions",
+                    "https://us-central1-aiplatform.googleapis.com/v1/projects/p1/locations/us-central1/endpoints/openapi/chat/completions",
                     OpenAiChat,
+                ),
+                ("vertex-ai", OpenAiEmbeddings) => (
+                    "https://us-central1-aiplatform.googleapis.com/v1/projects/p1/locations/us-central1/publishers/google/models/client-model:predict",
+                    VertexPredict,
                 ),
                 ("bedrock", OpenAiChat | AnthropicMessages | BedrockConverse) => {
                     ("https://bedrock-runtime.us-east-1.amazonaws.com/model/amazon.nova-pro-v1%3A0/converse", BedrockConverse)
@@ -411,6 +452,7 @@ mod tests {
                         match up {
                             BedrockConverse => assert!(v.get("model").is_none() && v.get("stream").is_none(), "{prov} × {p:?}: {v}"),
                             OpenAiChat if p == AnthropicMessages => assert!(v["messages"].is_array(), "{v}"),
+                            VertexPredict => assert_eq!(v, json!({"instances": [{"content": "a"}]}), "{prov} × {p:?}"),
                             _ => {}
                         }
                     }
@@ -515,6 +557,72 @@ mod tests {
                 (got, w) => panic!("{path}: want {w:?}, got {got:?}"),
             }
         }
+    }
+
+    #[test]
+    fn vertex_ai_chat_embeddings_and_anthropic_clients() {
+        let pc = json!({"project_id": "p1", "region": "global"});
+        let post = |t: &Target, p: Protocol, body: Value| {
+            let bytes = Bytes::from(body.to_string());
+            let h = HeaderMap::new();
+            let req = ClientRequest {
+                method: &Method::POST,
+                path: path_of(p),
+                path_and_query: path_of(p),
+                headers: &h,
+                body: &bytes,
+                protocol: p,
+            };
+            plan(&req, body, t)
+        };
+        // The global location has no regional host; options.model picks the predict model and
+        // stays out of the body (Vertex rejects unknown fields), options are merged (APISIX).
+        let t = target(
+            "vertex-ai",
+            json!({"provider_conf": pc, "options": {"model": "text-embedding-005", "parameters": {"autoTruncate": false}}}),
+            true,
+        );
+        let p = post(
+            &t,
+            Protocol::OpenAiEmbeddings,
+            json!({"model": "ada", "input": ["x", "y"], "dimensions": 8, "encoding_format": "base64"}),
+        )
+        .unwrap();
+        assert_eq!(
+            p.url,
+            "https://aiplatform.googleapis.com/v1/projects/p1/locations/global/publishers/google/models/text-embedding-005:predict"
+        );
+        let v: Value = serde_json::from_slice(&p.body).unwrap();
+        assert_eq!(v, json!({"instances": [{"content": "x"}, {"content": "y"}], "parameters": {"autoTruncate": false}}));
+        assert!(p.embeddings_base64 && !p.stream);
+        assert_eq!((p.request_model.as_deref(), p.model.as_deref()), (Some("ada"), Some("text-embedding-005")));
+        // Without any model: a 400 naming the fix.
+        let t = target("vertex-ai", json!({"provider_conf": pc}), true);
+        let e = post(&t, Protocol::OpenAiEmbeddings, json!({"input": "x"})).unwrap_err();
+        assert!(e.to_string().contains("no model for vertex-ai embeddings"), "{e}");
+        // A bare override.endpoint keeps the provider's paths on that host; a bad input is a 400.
+        let t = target("vertex-ai", json!({"provider_conf": pc, "override": {"endpoint": "http://127.0.0.1:9"}}), true);
+        let p = post(&t, Protocol::OpenAiChat, json!({"model": "google/gemini-2.5-flash", "messages": [], "stream": true})).unwrap();
+        assert_eq!(p.url, "http://127.0.0.1:9/v1/projects/p1/locations/global/endpoints/openapi/chat/completions");
+        let v: Value = serde_json::from_slice(&p.body).unwrap();
+        assert_eq!(v["stream_options"], json!({"include_usage": true}));
+        let e = post(&t, Protocol::OpenAiEmbeddings, json!({"model": "m", "input": [1]})).unwrap_err();
+        assert_eq!(e, PlanError::Invalid("unsupported input type at index 0".into()));
+        // Anthropic clients through the converter; llm_options.max_tokens lands in
+        // max_completion_tokens (the spec's table for vertex-ai).
+        let t = target("vertex-ai", json!({"provider_conf": pc, "override": {"llm_options": {"max_tokens": 64}}}), true);
+        let p = post(&t, Protocol::AnthropicMessages, body_of(Protocol::AnthropicMessages)).unwrap();
+        let v: Value = serde_json::from_slice(&p.body).unwrap();
+        assert_eq!((p.target, v["max_completion_tokens"].as_u64(), v.get("max_tokens")), (Protocol::OpenAiChat, Some(64), None), "{v}");
+        // override.request_body keyed "vertex-predict" reaches the predict body.
+        let t = target(
+            "vertex-ai",
+            json!({"provider_conf": pc, "override": {"request_body": {"vertex-predict": {"parameters": {"outputDimensionality": 4}}}}}),
+            true,
+        );
+        let p = post(&t, Protocol::OpenAiEmbeddings, json!({"model": "m", "input": "x"})).unwrap();
+        let v: Value = serde_json::from_slice(&p.body).unwrap();
+        assert_eq!(v["parameters"], json!({"outputDimensionality": 4}));
     }
 
     #[test]

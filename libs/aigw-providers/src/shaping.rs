@@ -50,7 +50,7 @@ pub fn max_tokens_field(provider: Provider, target: Protocol) -> MaxTokensField 
         Protocol::AnthropicMessages => Top("max_tokens"),
         Protocol::AnthropicCountTokens => None,
         Protocol::BedrockConverse => InferenceConfig,
-        Protocol::OpenAiEmbeddings | Protocol::Passthrough => None,
+        Protocol::OpenAiEmbeddings | Protocol::Passthrough | Protocol::VertexPredict => None,
     }
 }
 

@@ -41,16 +41,27 @@ pub fn native_path(provider: Provider, proto: Protocol, pc: Option<&ProviderConf
         (Provider::Gemini, OpenAiEmbeddings) => "/v1beta/openai/embeddings",
         (Provider::AzureOpenai, OpenAiChat) => "/chat/completions",
         (Provider::VertexAi, OpenAiChat) => {
-            let pc = pc?;
-            return Some(format!(
-                "/v1beta1/projects/{}/locations/{}/endpoints/openapi/chat/completions",
-                pc.project_id.as_deref()?,
-                pc.region.as_deref()?
-            ));
+            return Some(format!("{}/endpoints/openapi/chat/completions", vertex_location(pc?)?));
         }
         _ => return None,
     };
     Some(p.to_owned())
+}
+
+/// `/v1/projects/{project_id}/locations/{region}` (Vertex AI's `v1`, as the issue asks;
+/// APISIX uses `v1beta1` for chat, which serves the same OpenAI-compatible endpoint).
+fn vertex_location(pc: &ProviderConf) -> Option<String> {
+    let (p, r) = (pc.project_id.as_deref().filter(|s| !s.is_empty())?, pc.region.as_deref().filter(|s| !s.is_empty())?);
+    Some(format!("/v1/projects/{p}/locations/{r}"))
+}
+
+/// Vertex AI `:predict` of a Google text-embedding `model` (a `google/` prefix, as the
+/// OpenAI-compatible chat endpoint's model names have, is dropped; the rest is one
+/// percent-encoded path segment).
+pub fn vertex_predict_path(pc: Option<&ProviderConf>, model: &str) -> Option<String> {
+    let model = model.strip_prefix("google/").unwrap_or(model);
+    let model = crate::target::encode_component(model).replace("%40", "@");
+    Some(format!("{}/publishers/google/models/{model}:predict", vertex_location(pc?)?))
 }
 
 /// How a client protocol reaches a provider.
@@ -64,6 +75,8 @@ pub enum Conversion {
     OpenAiToConverse,
     /// Anthropic client, Bedrock Converse backend (through OpenAI chat).
     AnthropicToConverse,
+    /// OpenAI embeddings client, Vertex AI `:predict` backend.
+    EmbeddingsToVertexPredict,
 }
 
 impl Conversion {
@@ -73,6 +86,7 @@ impl Conversion {
             Conversion::Native => client,
             Conversion::AnthropicToOpenAi => Protocol::OpenAiChat,
             Conversion::OpenAiToConverse | Conversion::AnthropicToConverse => Protocol::BedrockConverse,
+            Conversion::EmbeddingsToVertexPredict => Protocol::VertexPredict,
         }
     }
 }
@@ -86,6 +100,9 @@ pub fn route(provider: Provider, proto: Protocol, pc: Option<&ProviderConf>) -> 
             Protocol::AnthropicMessages => Some(Conversion::AnthropicToConverse),
             _ => None,
         };
+    }
+    if provider == Provider::VertexAi && proto == Protocol::OpenAiEmbeddings {
+        return Some(Conversion::EmbeddingsToVertexPredict);
     }
     if proto == Protocol::Passthrough || native_path(provider, proto, pc).is_some() {
         return Some(Conversion::Native);
@@ -122,8 +139,23 @@ mod tests {
         assert_eq!(native_path(Provider::Deepseek, Protocol::OpenAiResponses, None), None);
         assert_eq!(
             native_path(Provider::VertexAi, Protocol::OpenAiChat, Some(&pc)).unwrap(),
-            "/v1beta1/projects/p1/locations/us-east-1/endpoints/openapi/chat/completions"
+            "/v1/projects/p1/locations/us-east-1/endpoints/openapi/chat/completions"
         );
+        // Vertex: the global location has no regional host; predict paths name the model.
+        let global = ProviderConf { project_id: Some("p1".into()), region: Some("global".into()) };
+        assert_eq!(default_origin(Provider::VertexAi, Some(&global)).unwrap(), "https://aiplatform.googleapis.com");
+        assert_eq!(default_origin(Provider::VertexAi, Some(&pc)).unwrap(), "https://us-east-1-aiplatform.googleapis.com");
+        assert_eq!(
+            vertex_predict_path(Some(&global), "google/text-embedding-005@001").unwrap(),
+            "/v1/projects/p1/locations/global/publishers/google/models/text-embedding-005@001:predict"
+        );
+        assert_eq!(vertex_predict_path(None, "m"), None);
+        assert_eq!(
+            native_path(Provider::VertexAi, Protocol::OpenAiChat, Some(&ProviderConf { project_id: None, region: Some("r".into()) })),
+            None
+        );
+        assert_eq!(supported(Provider::VertexAi), vec!["openai-chat", "openai-embeddings", "anthropic-messages"]);
+        assert_eq!(route(Provider::VertexAi, Protocol::OpenAiEmbeddings, None), Some(Conversion::EmbeddingsToVertexPredict));
         assert_eq!(supported(Provider::Deepseek), vec!["openai-chat", "anthropic-messages"]);
         assert_eq!(supported(Provider::Bedrock), vec!["openai-chat", "anthropic-messages", "bedrock-converse"]);
         assert_eq!(route(Provider::Openai, Protocol::AnthropicMessages, None), Some(Conversion::AnthropicToOpenAi));

@@ -593,6 +593,15 @@ fn vertex_reply(issued: &IssuedTokens, rec: &Recorded) -> (StatusCode, &'static 
         if model.is_empty() {
             return google_error(StatusCode::NOT_FOUND, "model not found", "NOT_FOUND");
         }
+        // As Google's JSON parsing: unknown fields are refused.
+        if let Some(unknown) = body.as_object().and_then(|o| o.keys().find(|k| !["instances", "parameters"].contains(&k.as_str()))) {
+            return google_error(
+                StatusCode::BAD_REQUEST,
+                &format!("Invalid JSON payload received. Unknown name \"{unknown}\": Cannot find field."),
+                "INVALID_ARGUMENT",
+            );
+        }
+        let dims = body.pointer("/parameters/outputDimensionality").and_then(Value::as_u64).map_or(4, |d| d.min(4) as usize);
         let Some(instances) = body["instances"].as_array().filter(|i| !i.is_empty()) else {
             return google_error(StatusCode::BAD_REQUEST, "instances: required and non-empty", "INVALID_ARGUMENT");
         };
@@ -607,7 +616,8 @@ fn vertex_reply(issued: &IssuedTokens, rec: &Recorded) -> (StatusCode, &'static 
             };
             chars += content.chars().count();
             let tokens = content.split_whitespace().count().max(1);
-            predictions.push(json!({"embeddings": {"values": [0.0123, -0.0456, 0.0789, i as f64],
+            let values: Vec<f64> = [0.0123, -0.0456, 0.0789, i as f64].into_iter().take(dims).collect();
+            predictions.push(json!({"embeddings": {"values": values,
                 "statistics": {"token_count": tokens, "truncated": false}}}));
         }
         return json_reply(StatusCode::OK, json!({"predictions": predictions, "metadata": {"billableCharacterCount": chars}}));

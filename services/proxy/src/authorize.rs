@@ -1,16 +1,23 @@
 //! The authorize stage: the route's credentials applied to a planned upstream request.
 //! One enum, one variant per way of authenticating — static header/query credentials,
-//! AWS SigV4 — so GCP bearer tokens become one more variant, not another `if provider`.
+//! AWS SigV4, GCP OAuth bearer tokens — not another `if provider`.
+//!
+//! Only the GCP variant awaits (its token source answers from memory unless a token
+//! must be fetched); static credentials and SigV4 complete without awaiting anything.
 
 use std::time::SystemTime;
 
-use aigw_model::Provider;
+use aigw_gcp_auth::{AccessToken, Credential, GcpAuth, TokenSettings, TokenSource, TtlPolicy};
 use aigw_model::route::AiProxyConfig;
 use aigw_providers::plan::Plan;
 use aigw_providers::sigv4::{AwsCredentials, Signer};
-use http::header::{self, HeaderName, HeaderValue};
+use http::StatusCode;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::errors::GatewayError;
+
+/// Reads the proxy's environment (injectable for tests).
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 pub enum UpstreamAuth {
     /// No route credentials: the client's own (bring your own key) are forwarded.
@@ -20,9 +27,10 @@ pub enum UpstreamAuth {
     Static { headers: Vec<(HeaderName, HeaderValue)>, query: Vec<(String, String)> },
     /// `auth.aws`: SigV4 over the exact bytes sent.
     SigV4 { creds: AwsCredentials, region: String, service: &'static str },
-    /// Configured but not available in this build (requests fail with 501, never silently
-    /// without credentials).
-    Unavailable(&'static str),
+    /// `auth.gcp`: `Authorization: Bearer <OAuth access token>` from the credential's token
+    /// source (shared by every route with the same credential and TTL settings), over any
+    /// static `auth.header` / `auth.query` (e.g. `x-goog-user-project`).
+    Gcp { source: TokenSource, statics: Box<UpstreamAuth> },
 }
 
 impl std::fmt::Debug for UpstreamAuth {
@@ -37,14 +45,18 @@ impl std::fmt::Debug for UpstreamAuth {
             UpstreamAuth::SigV4 { creds, region, service } => {
                 f.debug_struct("SigV4").field("creds", creds).field("region", region).field("service", service).finish()
             }
-            UpstreamAuth::Unavailable(what) => write!(f, "Unavailable({what})"),
+            UpstreamAuth::Gcp { source, statics } => f.debug_struct("Gcp").field("who", &source.who()).field("statics", statics).finish(),
         }
     }
 }
 
 impl UpstreamAuth {
-    /// Compiles a provider configuration's `auth` (secrets already revealed).
-    pub fn compile(ap: &AiProxyConfig) -> Result<UpstreamAuth, String> {
+    /// Compiles a provider configuration's `auth` (secrets already revealed). `auth.gcp`
+    /// resolves its credential now (explicit JSON, `GCP_SERVICE_ACCOUNT`,
+    /// `GOOGLE_APPLICATION_CREDENTIALS`, else the metadata server, read through `env`) and
+    /// takes its token source from `gcp`; a credential that does not resolve rejects the
+    /// config.
+    pub fn compile(ap: &AiProxyConfig, gcp: &GcpAuth, env: Env<'_>) -> Result<UpstreamAuth, String> {
         if let Some(a) = &ap.auth.aws {
             let region = ap.provider_conf.as_ref().and_then(|p| p.region.clone()).unwrap_or_else(|| "us-east-1".into());
             return Ok(UpstreamAuth::SigV4 {
@@ -71,13 +83,13 @@ impl UpstreamAuth {
             .flatten()
             .map(|(k, v)| (aigw_providers::target::encode_component(k), aigw_providers::target::encode_component(v)))
             .collect();
-        if !headers.is_empty() || !query.is_empty() {
-            return Ok(UpstreamAuth::Static { headers, query });
-        }
-        if ap.auth.gcp.is_some() || ap.provider == Provider::VertexAi {
-            return Ok(UpstreamAuth::Unavailable("GCP credentials (auth.gcp) are not implemented yet in this build"));
-        }
-        Ok(UpstreamAuth::None)
+        let statics = if !headers.is_empty() || !query.is_empty() { UpstreamAuth::Static { headers, query } } else { UpstreamAuth::None };
+        let Some(g) = &ap.auth.gcp else { return Ok(statics) };
+        let (cred, origin) =
+            Credential::resolve(g.service_account_json.as_deref(), env).map_err(|e| format!("auth.gcp.service_account_json: {e}"))?;
+        tracing::debug!(who = %cred.who(), origin = ?origin, "gcp credential resolved");
+        let settings = TokenSettings { scopes: None, ttl: TtlPolicy { expire_early_secs: g.expire_early_secs, max_ttl: g.max_ttl } };
+        Ok(UpstreamAuth::Gcp { source: gcp.source(cred, settings), statics: Box::new(statics) })
     }
 
     /// Whether the target brings its own credentials (client ones are then never forwarded).
@@ -85,8 +97,46 @@ impl UpstreamAuth {
         !matches!(self, UpstreamAuth::None)
     }
 
-    /// Adds the credentials to `plan` (whose host is `authority`).
-    pub fn apply(&self, plan: &mut Plan, authority: &str) -> Result<(), GatewayError> {
+    /// The authorize stage: adds the credentials to `plan` (whose host is `authority`).
+    /// Returns the GCP token used (for [`UpstreamAuth::reauthorize_after`]); None for
+    /// every other variant, which completes without awaiting.
+    pub async fn authorize(&self, plan: &mut Plan, authority: &str) -> Result<Option<AccessToken>, GatewayError> {
+        let UpstreamAuth::Gcp { source, statics } = self else {
+            return self.apply(plan, authority).map(|()| None);
+        };
+        statics.apply(plan, authority)?;
+        let token = source.token().await.map_err(|e| GatewayError::internal(e.to_string()))?;
+        set_bearer(&mut plan.headers, &token)?;
+        Ok(Some(token))
+    }
+
+    /// After an answer with `status` to a request authorized with the GCP token `used`:
+    /// on 401, the token is dropped everywhere (this process and aigw-token-cache) and
+    /// `headers` get a fresh one; `true` means "send once more with `headers`". Nothing
+    /// has reached the client yet when this runs. Never true twice for one attempt: the
+    /// caller retries once.
+    pub async fn reauthorize_after(
+        &self,
+        status: StatusCode,
+        used: Option<&AccessToken>,
+        headers: &mut HeaderMap,
+    ) -> Result<bool, GatewayError> {
+        let (UpstreamAuth::Gcp { source, .. }, Some(used), StatusCode::UNAUTHORIZED) = (self, used, status) else {
+            return Ok(false);
+        };
+        if !source.reject(used).await {
+            return Ok(false);
+        }
+        let fresh = source.token().await.map_err(|e| GatewayError::internal(e.to_string()))?;
+        if fresh.same_token(used) {
+            return Ok(false);
+        }
+        set_bearer(headers, &fresh)?;
+        Ok(true)
+    }
+
+    /// Static credentials and SigV4: no await, no allocation beyond the headers added.
+    fn apply(&self, plan: &mut Plan, authority: &str) -> Result<(), GatewayError> {
         match self {
             UpstreamAuth::None => Ok(()),
             UpstreamAuth::Static { headers, query } => {
@@ -121,9 +171,16 @@ impl UpstreamAuth {
                 }
                 Ok(())
             }
-            UpstreamAuth::Unavailable(what) => Err(GatewayError::not_implemented(*what)),
+            UpstreamAuth::Gcp { .. } => Err(GatewayError::internal("gcp credentials are applied by authorize()")),
         }
     }
+}
+
+/// `Authorization: Bearer <token>`, marked sensitive; replaces any other Authorization.
+fn set_bearer(headers: &mut HeaderMap, token: &AccessToken) -> Result<(), GatewayError> {
+    let v = token.authorization_header().ok_or_else(|| GatewayError::internal("the gcp access token is not a valid header value"))?;
+    headers.insert(header::AUTHORIZATION, v);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -131,9 +188,19 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn auth(v: serde_json::Value) -> UpstreamAuth {
+    const KEY_A: &str = include_str!("../../../libs/aigw-testkit/testdata/gcp-TEST-ONLY-sa-key-a.pem");
+
+    fn sa_json(email: &str) -> String {
+        json!({"type": "service_account", "private_key": KEY_A, "client_email": email, "token_uri": "http://127.0.0.1:1/token"}).to_string()
+    }
+
+    fn compile_with(v: serde_json::Value, gcp: &GcpAuth, env: Env<'_>) -> Result<UpstreamAuth, String> {
         let ap: AiProxyConfig = serde_json::from_value(v).unwrap();
-        UpstreamAuth::compile(&ap).unwrap()
+        UpstreamAuth::compile(&ap, gcp, env)
+    }
+
+    fn auth(v: serde_json::Value) -> UpstreamAuth {
+        compile_with(v, &GcpAuth::new(Default::default()).unwrap(), &|_| None).unwrap()
     }
 
     #[test]
@@ -152,7 +219,53 @@ mod tests {
         assert!(matches!(a, UpstreamAuth::SigV4 { ref region, .. } if region == "eu-west-1"));
         assert!(dbg.contains("AKID") && !dbg.contains("SECRET"), "{dbg}");
         assert!(matches!(auth(json!({"provider": "openai", "auth": {}})), UpstreamAuth::None));
-        let gcp = auth(json!({"provider": "gemini", "auth": {"gcp": {}}}));
-        assert!(matches!(gcp, UpstreamAuth::Unavailable(_)) && gcp.has_credentials());
+        // vertex-ai without auth.gcp: the client's own credentials, as APISIX.
+        let v = auth(json!({"provider": "vertex-ai", "provider_conf": {"project_id": "p", "region": "r"}, "auth": {}}));
+        assert!(matches!(v, UpstreamAuth::None));
+    }
+
+    #[test]
+    fn gcp_on_any_bearer_provider_resolves_its_credential_in_order() {
+        let gcp = GcpAuth::new(Default::default()).unwrap();
+        // Explicit JSON, on gemini's OpenAI-compatible endpoint, over a static header.
+        let a = compile_with(
+            json!({"provider": "gemini", "auth": {"gcp": {"service_account_json": sa_json("explicit@p.iam")}, "header": {"x-goog-user-project": "billing"}}}),
+            &gcp,
+            &|_| None,
+        )
+        .unwrap();
+        assert!(a.has_credentials());
+        let dbg = format!("{a:?}");
+        assert!(dbg.contains("explicit@p.iam") && dbg.contains("x-goog-user-project") && !dbg.contains("MII"), "{dbg}");
+        let UpstreamAuth::Gcp { statics, .. } = &a else { panic!("{a:?}") };
+        assert!(matches!(**statics, UpstreamAuth::Static { .. }));
+        // GCP_SERVICE_ACCOUNT, then the metadata server named by GCE_METADATA_HOST.
+        let env_sa = sa_json("env@p.iam");
+        let env = |k: &str| (k == "GCP_SERVICE_ACCOUNT").then(|| env_sa.clone());
+        let a = compile_with(json!({"provider": "openai", "auth": {"gcp": {}}}), &gcp, &env).unwrap();
+        assert!(format!("{a:?}").contains("env@p.iam"));
+        let md = |k: &str| (k == "GCE_METADATA_HOST").then(|| "127.0.0.1:9".to_owned());
+        let a = compile_with(json!({"provider": "openai", "auth": {"gcp": {}}}), &gcp, &md).unwrap();
+        assert!(format!("{a:?}").contains("metadata server http://127.0.0.1:9"), "{a:?}");
+        // A broken source rejects the config, naming the problem and never the key.
+        let bad = |k: &str| (k == "GCP_SERVICE_ACCOUNT").then(|| json!({"private_key": KEY_A}).to_string());
+        let e = compile_with(json!({"provider": "openai", "auth": {"gcp": {}}}), &gcp, &bad).unwrap_err();
+        assert!(e.contains("GCP_SERVICE_ACCOUNT: lacks client_email") && !e.contains("MII"), "{e}");
+        // Equal credentials and settings share one token source; other TTL settings do not.
+        let a1 = compile_with(json!({"provider": "openai", "auth": {"gcp": {"service_account_json": sa_json("s@p")}}}), &gcp, &|_| None)
+            .unwrap();
+        let a2 = compile_with(json!({"provider": "openai", "auth": {"gcp": {"service_account_json": sa_json("s@p")}}}), &gcp, &|_| None)
+            .unwrap();
+        let a3 = compile_with(
+            json!({"provider": "openai", "auth": {"gcp": {"service_account_json": sa_json("s@p"), "max_ttl": 60}}}),
+            &gcp,
+            &|_| None,
+        )
+        .unwrap();
+        let src = |a: &UpstreamAuth| match a {
+            UpstreamAuth::Gcp { source, .. } => source.clone(),
+            _ => panic!(),
+        };
+        assert!(src(&a1).same_source(&src(&a2)) && !src(&a1).same_source(&src(&a3)));
     }
 }

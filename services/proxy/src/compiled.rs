@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use aigw_gcp_auth::GcpAuth;
 use aigw_model::RouteSpec;
 use aigw_model::secrets::{self, DataKey};
 use aigw_providers::target::Target;
@@ -57,12 +58,17 @@ pub struct CompileCtx<'a> {
     pub key: Option<&'a DataKey>,
     pub env: EnvLookup<'a>,
     pub upstreams: &'a Upstreams,
+    /// The node's GCP token sources (`auth.gcp`): one per distinct credential and TTL
+    /// settings, shared across routes and snapshots.
+    pub gcp: &'a GcpAuth,
 }
 
 impl<'a> CompileCtx<'a> {
-    /// No data key, an empty environment: for tests and benches.
+    /// No data key, an empty environment, in-process GCP tokens: for tests and benches.
     pub fn bare(upstreams: &'a Upstreams) -> CompileCtx<'a> {
-        CompileCtx { key: None, env: &|_| None, upstreams }
+        static GCP: std::sync::OnceLock<GcpAuth> = std::sync::OnceLock::new();
+        let gcp = GCP.get_or_init(|| GcpAuth::new(Default::default()).expect("default gcp auth options are valid"));
+        CompileCtx { key: None, env: &|_| None, upstreams, gcp }
     }
 }
 
@@ -71,7 +77,7 @@ pub fn compile_route(v: &Value, ctx: &CompileCtx<'_>) -> Result<CompiledRoute, S
     secrets::reveal_route(&mut clear, ctx.key, ctx.env).map_err(|e| e.to_string())?;
     let spec = RouteSpec::from_json(&clear).map_err(|e| e.to_string())?;
     let ap = spec.ai_proxy.clone();
-    let auth = UpstreamAuth::compile(&ap)?;
+    let auth = UpstreamAuth::compile(&ap, ctx.gcp, ctx.env)?;
     let target = Target::compile(ap.clone(), auth.has_credentials()).map_err(|e| e.to_string())?;
     let upstream = ctx.upstreams.get(&ClientKey {
         origin: target.origin.clone(),

@@ -48,6 +48,9 @@ pub struct Config {
     pub data_key: Option<DataKey>,
     pub access_log: access_log::AccessLog,
     pub client_limits: ClientLimits,
+    /// `--token-cache` (with `--node-token` and `--control-plane-ca`): GCP tokens through
+    /// aigw-token-cache; None: minted in-process.
+    pub token_cache: Option<aigw_gcp_auth::TokenCacheOptions>,
 }
 
 /// Runs the node until `shutdown` resolves, then drains in-flight requests (30 s at most).
@@ -64,14 +67,16 @@ pub async fn run(
     if cfg.access_log.enabled() {
         sinks.push(Arc::new(cfg.access_log));
     }
-    let state = state::AppState::new(metrics, complete::Sinks::new(sinks), keep_headers, cfg.client_limits);
+    let gcp = aigw_gcp_auth::GcpAuth::new(aigw_gcp_auth::GcpAuthOptions { token_cache: cfg.token_cache, ..Default::default() })?;
+    let state = state::AppState::new(metrics, complete::Sinks::new(sinks), keep_headers, cfg.client_limits, gcp);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut stopped = stop_rx.clone();
     let stop_signal = async move { serve::wait_stop(&mut stopped).await };
     match cfg.source {
         Source::File(path) => {
             let first = std::fs::read(&path).unwrap_or_default();
-            let compiled = sources::load_file(&path, cfg.data_key.as_ref(), &state.upstreams).map_err(|e| anyhow::anyhow!(e))?;
+            let compiled =
+                sources::load_file(&path, cfg.data_key.as_ref(), &state.upstreams, &state.gcp).map_err(|e| anyhow::anyhow!(e))?;
             state.apply(compiled);
             tokio::spawn(sources::watch_file(path, cfg.data_key, state.clone(), first));
         }

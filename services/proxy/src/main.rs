@@ -29,9 +29,17 @@ struct Args {
     /// Node id sent to the config service (default: hostname-pid).
     #[arg(long, env = "AIGW_NODE_ID")]
     node_id: Option<String>,
-    /// Token presented to the config service (metadata x-node-token).
+    /// Token presented to the config service and the token cache (metadata x-node-token).
     #[arg(long, env = "AIGW_NODE_TOKEN", hide_env_values = true)]
     node_token: Option<String>,
+    /// Get GCP access tokens (auth.gcp) from aigw-token-cache at this URL (http://HOST:PORT
+    /// or https://HOST:PORT); without it they are minted in-process. When the service is
+    /// unreachable tokens are minted locally.
+    #[arg(long, env = "AIGW_TOKEN_CACHE")]
+    token_cache: Option<String>,
+    /// PEM bundle verifying https:// control-plane URLs (config service, token cache); default: the bundled webpki roots
+    #[arg(long, env = "AIGW_CONTROL_PLANE_CA")]
+    control_plane_ca: Option<PathBuf>,
     /// Persist the last applied snapshot here; used at start while the config service is unreachable.
     #[arg(long, env = "AIGW_SNAPSHOT_CACHE", requires = "config_service")]
     snapshot_cache: Option<PathBuf>,
@@ -98,12 +106,25 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             aigw_proxy::Source::Xds(Box::new(aigw_proxy::sources::XdsSource {
                 endpoint: url,
                 node_id,
-                node_token: args.node_token,
+                node_token: args.node_token.clone(),
                 cache: args.snapshot_cache.map(|path| aigw_proxy::sources::SnapshotCache { path }),
                 key: data_key.clone(),
             }))
         }
         _ => anyhow::bail!("give exactly one of --routes FILE or --config-service URL"),
+    };
+    let token_cache = match args.token_cache {
+        Some(url) => {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                anyhow::bail!("--token-cache must be http://HOST:PORT or https://HOST:PORT, got {url:?}");
+            }
+            let ca_pem = match &args.control_plane_ca {
+                Some(path) => Some(std::fs::read(path).map_err(|e| anyhow::anyhow!("--control-plane-ca {}: {e}", path.display()))?),
+                None => None,
+            };
+            Some(aigw_gcp_auth::TokenCacheOptions { url, node_token: args.node_token.clone(), ca_pem })
+        }
+        None => None,
     };
     let access_log = aigw_proxy::access_log::AccessLog::open(&args.access_log, &args.access_log_format).map_err(|e| anyhow::anyhow!(e))?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -114,8 +135,13 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.status_listen))?;
         let client_limits = aigw_proxy::ClientLimits { header_timeout: args.client_header_timeout, body_timeout: args.client_body_timeout };
-        aigw_proxy::run(aigw_proxy::Config { source, data_key, access_log, client_limits }, data, status, aigw_telemetry::shutdown_signal())
-            .await
+        aigw_proxy::run(
+            aigw_proxy::Config { source, data_key, access_log, client_limits, token_cache },
+            data,
+            status,
+            aigw_telemetry::shutdown_signal(),
+        )
+        .await
     })
 }
 

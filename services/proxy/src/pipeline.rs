@@ -17,7 +17,6 @@ use std::sync::Arc;
 
 use aigw_llm::envelope::Envelope;
 use aigw_llm::usage::request_facts;
-use aigw_model::Provider;
 use aigw_providers::plan::{ClientRequest, Plan, PlanError, plan};
 use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response};
@@ -113,9 +112,6 @@ async fn proxy(
     let facts = request_facts(proto, &json);
     rec.tool_count = facts.tool_count;
     rec.end_user_id = facts.end_user;
-    if ap.provider == Provider::VertexAi {
-        return Err(GatewayError::not_implemented("provider vertex-ai is not implemented yet in this build"));
-    }
 
     let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or(path);
     let creq = ClientRequest { method: &parts.method, path, path_and_query, headers: &parts.headers, body: &client.bytes, protocol: proto };
@@ -147,9 +143,11 @@ async fn attempt(
     rec.instance.clone_from(&t.name);
 
     // authorize
-    t.auth.apply(&mut plan, &t.target.authority)?;
+    let bearer = t.auth.authorize(&mut plan, &t.target.authority).await?;
 
     // send
+    // GCP only: the headers are kept for one more try after a 401 (see below).
+    let mut again = bearer.as_ref().map(|_| plan.headers.clone());
     let mut builder = Request::builder().method(plan.method.clone()).uri(&plan.url);
     if let Some(h) = builder.headers_mut() {
         *h = std::mem::take(&mut plan.headers);
@@ -158,6 +156,20 @@ async fn attempt(
         .body(Full::new(plan.body.clone()))
         .map_err(|e| GatewayError::internal(format!("building the upstream request for {}: {e}", t.target.origin)))?;
     rec.attempts += 1;
-    let sent = send(&t.upstream, route.timeout, upstream_req, &t.target.authority).await.map_err(|e| e.into_gateway_error())?;
+    let mut sent = send(&t.upstream, route.timeout, upstream_req, &t.target.authority).await.map_err(|e| e.into_gateway_error())?;
+    // A GCP token refused with 401 is dropped everywhere (here and in aigw-token-cache)
+    // and the request sent once more with a fresh one; nothing reached the client yet.
+    if let Some(headers) = again.as_mut()
+        && t.auth.reauthorize_after(sent.response.status(), bearer.as_ref(), headers).await?
+    {
+        drop(sent);
+        let mut builder = Request::builder().method(plan.method.clone()).uri(&plan.url);
+        if let Some(h) = builder.headers_mut() {
+            *h = std::mem::take(headers);
+        }
+        let upstream_req = builder.body(Full::new(plan.body.clone())).map_err(|e| GatewayError::internal(e.to_string()))?;
+        rec.attempts += 1;
+        sent = send(&t.upstream, route.timeout, upstream_req, &t.target.authority).await.map_err(|e| e.into_gateway_error())?;
+    }
     Ok((plan, sent))
 }

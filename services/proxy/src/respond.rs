@@ -125,6 +125,11 @@ pub async fn respond(sent: Sent, plan: &Plan, route: &CompiledRoute, rec: &mut R
     let out = match aigw_providers::answer::convert(plan, status.as_u16(), amzn.as_deref(), &bytes, &rec.request_id) {
         None => bytes,
         Some(Ok(converted)) => {
+            // Vertex :predict carries its token counts in another shape: read the usage
+            // from the OpenAI answer made of it.
+            if plan.target == aigw_llm::protocol::Protocol::VertexPredict {
+                rec.usage = observe_json(&converted).usage;
+            }
             parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             parts.headers.remove("x-amzn-errortype");
             Bytes::from(converted)

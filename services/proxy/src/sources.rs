@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use aigw_gcp_auth::GcpAuth;
 use aigw_model::proto_json::route_from_proto;
 use aigw_model::secrets::DataKey;
 use aigw_model::snapshot::{parse_routes_file, version_of};
@@ -20,12 +21,13 @@ fn env_lookup(name: &str) -> Option<String> {
 }
 
 /// Loads, validates and compiles a routes file.
-pub fn load_file(path: &Path, key: Option<&DataKey>, upstreams: &Upstreams) -> Result<runtime::RuntimeConfig, String> {
+pub fn load_file(path: &Path, key: Option<&DataKey>, upstreams: &Upstreams, gcp: &GcpAuth) -> Result<runtime::RuntimeConfig, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut routes = parse_routes_file(&text, &env_lookup).map_err(|e| format!("{}: {e}", path.display()))?;
     routes.sort_by(|a, b| a.get("id").and_then(Value::as_str).cmp(&b.get("id").and_then(Value::as_str)));
     let version = version_of(&routes);
-    runtime::compile(&version, routes, &CompileCtx { key, env: &env_lookup, upstreams }).map_err(|e| format!("{}: {e}", path.display()))
+    runtime::compile(&version, routes, &CompileCtx { key, env: &env_lookup, upstreams, gcp })
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Polls the routes file and re-applies it on change. Polling (not inotify) also sees
@@ -41,7 +43,7 @@ pub async fn watch_file(path: PathBuf, key: Option<DataKey>, state: Arc<AppState
         }
         last = bytes;
         let (p, k, st) = (path.clone(), key.clone(), state.clone());
-        match tokio::task::spawn_blocking(move || load_file(&p, k.as_ref(), &st.upstreams)).await {
+        match tokio::task::spawn_blocking(move || load_file(&p, k.as_ref(), &st.upstreams, &st.gcp)).await {
             Ok(Ok(cfg)) => {
                 if cfg.version != state.config.load().version {
                     state.apply(cfg);
@@ -102,7 +104,11 @@ pub async fn run_xds(src: XdsSource, state: Arc<AppState>, shutdown: impl std::f
     if let Some(cache) = &src.cache
         && let Some((version, routes)) = cache.load()
     {
-        match runtime::compile(&version, routes, &CompileCtx { key: src.key.as_ref(), env: &env_lookup, upstreams: &state.upstreams }) {
+        match runtime::compile(
+            &version,
+            routes,
+            &CompileCtx { key: src.key.as_ref(), env: &env_lookup, upstreams: &state.upstreams, gcp: &state.gcp },
+        ) {
             Ok(cfg) => {
                 tracing::info!(version = %version, file = %cache.path.display(), "serving cached snapshot until the config service answers");
                 state.apply(cfg);
@@ -121,7 +127,7 @@ pub async fn run_xds(src: XdsSource, state: Arc<AppState>, shutdown: impl std::f
     let applier: aigw_xds::Applier = Arc::new(move |version: &str, routes| {
         let mut json: Vec<Value> = routes.iter().map(route_from_proto).collect();
         json.sort_by(|a, b| a.get("id").and_then(Value::as_str).cmp(&b.get("id").and_then(Value::as_str)));
-        match runtime::compile(version, json, &CompileCtx { key: key.as_ref(), env: &env_lookup, upstreams: &st.upstreams }) {
+        match runtime::compile(version, json, &CompileCtx { key: key.as_ref(), env: &env_lookup, upstreams: &st.upstreams, gcp: &st.gcp }) {
             Ok(compiled) => {
                 if let Some(c) = &cache
                     && let Err(e) = c.store(version, &compiled.source)
@@ -148,7 +154,7 @@ mod tests {
     #[test]
     fn example_routes_file_compiles() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/routes.yaml");
-        let cfg = load_file(&path, None, &Upstreams::default()).unwrap();
+        let cfg = load_file(&path, None, &Upstreams::default(), &aigw_gcp_auth::GcpAuth::new(Default::default()).unwrap()).unwrap();
         assert_eq!(cfg.routes.len(), 5);
     }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use aigw_gcp_auth::GcpAuth;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -40,10 +41,12 @@ pub struct AppState {
     /// Whether a sink renders `$http_*` (the request headers are then kept in the record).
     pub keep_headers: bool,
     pub client_limits: ClientLimits,
+    /// GCP token sources for `auth.gcp` (through aigw-token-cache with `--token-cache`).
+    pub gcp: GcpAuth,
 }
 
 impl AppState {
-    pub fn new(metrics: Arc<Metrics>, sinks: Sinks, keep_headers: bool, client_limits: ClientLimits) -> Arc<AppState> {
+    pub fn new(metrics: Arc<Metrics>, sinks: Sinks, keep_headers: bool, client_limits: ClientLimits, gcp: GcpAuth) -> Arc<AppState> {
         Arc::new(AppState {
             config: ArcSwap::from_pointee(RuntimeConfig::empty()),
             ready: AtomicBool::new(false),
@@ -52,6 +55,7 @@ impl AppState {
             sinks: Arc::new(sinks),
             keep_headers,
             client_limits,
+            gcp,
         })
     }
 

@@ -63,9 +63,29 @@ fn metrics(state: &AppState) -> String {
     ] {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
     }
+    // GCP token sources (auth.gcp): cache hits, mints, aigw-token-cache fetches and fallbacks.
+    for (short, v) in state.gcp.stats().snapshot() {
+        let name = format!("aigw_proxy_gcp_token_{short}_total");
+        out.push_str(&format!("# HELP {name} GCP access tokens {}.\n# TYPE {name} counter\n{name} {v}\n", gcp_help(short)));
+    }
     out.push_str(&format!(
         "# HELP aigw_proxy_config_info Applied snapshot version.\n# TYPE aigw_proxy_config_info gauge\naigw_proxy_config_info{{version=\"{}\"}} 1\n",
         cfg.version
     ));
     out
+}
+
+fn gcp_help(short: &str) -> &'static str {
+    match short {
+        "hits" => "answered from the in-process cache",
+        "misses" => "requests that waited for a fetch",
+        "coalesced" => "misses that joined a fetch already under way",
+        "refresh_ahead" => "background refreshes inside the refresh window",
+        "mints" => "minted by this process",
+        "mint_failures" => "failed mints",
+        "remote_fetches" => "fetched from aigw-token-cache",
+        "remote_fallbacks" => "minted locally because aigw-token-cache was unavailable",
+        "invalidations" => "dropped after an upstream 401",
+        _ => "counter",
+    }
 }
