@@ -4,7 +4,8 @@
 # requests (bench/chat_request.json, 165 bytes) go through it to an nginx upstream serving
 # bench/chat.json; the total minus an idle run (start, no request, stop), divided by 1,000.
 #
-# Usage: bench/callgrind.sh LABEL=PROXY_BINARY [LABEL=PROXY_BINARY...]
+# Usage: [CALLGRIND_KEEP=DIR] bench/callgrind.sh LABEL=PROXY_BINARY [LABEL=PROXY_BINARY...]
+#   CALLGRIND_KEEP keeps the callgrind outputs (for callgrind_annotate --inclusive=yes).
 #   also measures an nginx proxy_pass hop (label nginx-hop) for reference.
 # Prints "label instructions_per_request" lines. Bounded: a few minutes.
 set -euo pipefail
@@ -84,6 +85,7 @@ run_one() {
   if [ "$n" -gt 0 ]; then python3 "$work/client.py" "127.0.0.1:$port" "$n" bench/chat_request.json; fi
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
   rm -f "$work/$label.pid"
+  if [ -n "${CALLGRIND_KEEP:-}" ]; then mkdir -p "$CALLGRIND_KEEP"; cp "$out" "$CALLGRIND_KEEP/"; fi
   total_ir "$out"
 }
 

@@ -10,6 +10,7 @@ pub mod envelope;
 pub mod eventstream;
 pub mod openai_to_anthropic;
 pub mod protocol;
+pub mod scan;
 pub mod sse;
 pub mod stream;
 pub mod usage;

@@ -217,13 +217,46 @@ pub fn usage_of(v: &serde_json::Value) -> Usage {
     serde_json::from_value::<RawUsage>(v.clone()).map(|r| r.to_usage()).unwrap_or_default()
 }
 
-/// Observes a non-streamed JSON body.
+/// Observes a non-streamed JSON body with one structural scan ([`crate::scan`]): only the
+/// top-level `usage` object and `model` string are parsed; tool calls are recognised by
+/// their keys (`tool_calls` with items, Converse `toolUse`, a `type` of `tool_use` or
+/// `function_call`); a top-level `error` is the upstream's error.
 pub fn observe_json(bytes: &[u8]) -> Observation {
+    use crate::scan::{parse_at, raw_str_at, scan_keys};
     let mut o = Observation::default();
-    if let Ok(b) = serde_json::from_slice::<Body>(bytes) {
-        o.absorb(&b);
-        o.done = true;
-    }
+    let complete = scan_keys(bytes, |depth, key, at| match (depth, key) {
+        (1, b"usage") => {
+            if let Some(u) = parse_at::<RawUsage>(bytes, at) {
+                o.usage.merge(&u.to_usage());
+            }
+        }
+        (1, b"model") => {
+            if let Some(m) = parse_at::<String>(bytes, at).filter(|m| !m.is_empty()) {
+                o.model = Some(m);
+            }
+        }
+        (1, b"error") => {
+            if let Some(e) = parse_at::<serde_json::Value>(bytes, at).filter(|e| !e.is_null()) {
+                let msg = e.get("message").and_then(|m| m.as_str()).map(str::to_owned).unwrap_or_else(|| e.to_string());
+                o.error = Some(msg);
+            }
+        }
+        (_, b"tool_calls") => {
+            let rest = bytes.get(at + 1..).unwrap_or_default();
+            let first = rest.iter().find(|b| !b.is_ascii_whitespace());
+            if bytes.get(at) == Some(&b'[') && first.is_some_and(|b| *b != b']') {
+                o.has_tool_calls = true;
+            }
+        }
+        (_, b"toolUse") => o.has_tool_calls = true,
+        (_, b"type") => {
+            if matches!(raw_str_at(bytes, at), Some(b"tool_use" | b"function_call")) {
+                o.has_tool_calls = true;
+            }
+        }
+        _ => {}
+    });
+    o.done = complete;
     o
 }
 
@@ -435,6 +468,24 @@ mod tests {
         assert_eq!((f.tool_count, f.end_user.as_str()), (1, "a1"));
         let f = request_facts(Protocol::BedrockConverse, &json!({"toolConfig": {"tools": [{}, {}, {}]}}));
         assert_eq!((f.tool_count, f.end_user.as_str()), (3, ""));
+    }
+
+    /// The scan sees what a full parse would, and nothing inside strings.
+    #[test]
+    fn whole_bodies_are_observed_by_scanning() {
+        let o = observe_json(br#"{"id":"c","model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant",
+            "content":""usage": {"prompt_tokens": 999}, "tool_calls": [1], "type": "tool_use"","tool_calls":[]},
+            "finish_reason":"stop"}],"usage":{"prompt_tokens":23,"completion_tokens":8,"total_tokens":31,"prompt_tokens_details":{"cached_tokens":3}}}"#);
+        assert_eq!(o.usage, Usage { prompt: 23, completion: 8, total: 31, cache_read: 3, cache_creation: 0, reasoning: 0 });
+        assert_eq!(o.model.as_deref(), Some("gpt-4o"));
+        assert!(!o.has_tool_calls && o.done && o.error.is_none());
+        let r = observe_json(br#"{"object":"response","model":"gpt-4.1","output":[{"type":"function_call","name":"f"}],"usage":{"input_tokens":5,"output_tokens":2,"total_tokens":7}}"#);
+        assert!(r.has_tool_calls);
+        assert_eq!((r.usage.prompt, r.usage.completion), (5, 2));
+        let e = observe_json(br#"{"error":{"message":"Rate limit reached","type":"requests"}}"#);
+        assert_eq!(e.error.as_deref(), Some("Rate limit reached"));
+        let nested = observe_json(br#"{"data":[{"usage":{"prompt_tokens":9}}],"usage":{"prompt_tokens":2,"total_tokens":2}}"#);
+        assert_eq!((nested.usage.prompt, nested.usage.total), (2, 2), "only the top-level usage counts");
     }
 
     #[test]

@@ -96,7 +96,7 @@ pub async fn read_body(
         Err(CollectError::Body(e)) => return Err(GatewayError::bad_request(format!("could not read the request body: {e}"))),
     };
     let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json").to_owned();
-    let is_json = content_type.to_ascii_lowercase().starts_with("application/json");
+    let is_json = content_type.len() >= 16 && content_type.as_bytes()[..16].eq_ignore_ascii_case(b"application/json");
     let json = if is_json && !bytes.is_empty() { serde_json::from_slice(&bytes).ok() } else { None };
     let form = content_type.starts_with("application/x-www-form-urlencoded").then(|| {
         let text = String::from_utf8_lossy(&bytes);

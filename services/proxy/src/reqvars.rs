@@ -14,10 +14,12 @@ pub struct RequestVars<'a> {
     pub method: &'a str,
     pub host: &'a str,
     pub scheme: &'a str,
-    pub remote: String,
+    pub remote: std::net::IpAddr,
     pub headers: &'a HeaderMap,
     pub body: Option<&'a Value>,
     pub decoded: std::cell::OnceCell<Vec<(String, String)>>,
+    /// `remote` as text, made only when an expression asks for it.
+    pub remote_text: std::cell::OnceCell<String>,
 }
 
 impl RequestVars<'_> {
@@ -43,7 +45,7 @@ impl VarSource for RequestVars<'_> {
             Var::Host => Some(VarValue::Str(self.host)),
             Var::Method => Some(VarValue::Str(self.method)),
             Var::Scheme => Some(VarValue::Str(self.scheme)),
-            Var::RemoteAddr => Some(VarValue::Str(&self.remote)),
+            Var::RemoteAddr => Some(VarValue::Str(self.remote_text.get_or_init(|| self.remote.to_string()))),
             Var::QueryString => Some(VarValue::Str(self.query)),
             Var::Arg(name) => self.args().iter().find(|(k, _)| k == name).map(|(_, v)| VarValue::Str(v)),
             Var::Http(name) => self.headers.get(name.as_str()).and_then(|v| v.to_str().ok()).map(VarValue::Str),

@@ -50,10 +50,11 @@ pub fn find_route(cfg: &RuntimeConfig, parts: &http::request::Parts, remote: IpA
         method: parts.method.as_str(),
         host: &host,
         scheme: "http",
-        remote: remote.to_string(),
+        remote,
         headers: &parts.headers,
         body: body.json.as_ref().or(body.form.as_ref()),
         decoded: Default::default(),
+        remote_text: Default::default(),
     };
     cfg.router.find(&input, &vars)
 }

@@ -70,10 +70,32 @@ impl AppState {
 
 static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// A request id unique to this process run: a random per-process prefix and a counter.
+/// A request id unique to this process run: a random per-process prefix and a counter,
+/// 24 hex digits (written by hand: `format!` was a measurable share of a request).
 pub fn request_id() -> String {
     use std::hash::BuildHasher;
     static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     let seed = *SEED.get_or_init(|| std::collections::hash_map::RandomState::new().hash_one(Instant::now()));
-    format!("{seed:016x}{:08x}", REQUEST_COUNTER.fetch_add(1, Ordering::Relaxed))
+    let n = REQUEST_COUNTER.fetch_add(1, Ordering::Relaxed) as u32;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 24];
+    for (i, b) in out[..16].iter_mut().enumerate() {
+        *b = HEX[((seed >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    for (i, b) in out[16..].iter_mut().enumerate() {
+        *b = HEX[((n >> (28 - 4 * i)) & 0xf) as usize];
+    }
+    out.iter().map(|&b| b as char).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn request_ids_are_24_hex_digits_and_unique() {
+        let (a, b) = (super::request_id(), super::request_id());
+        assert_eq!(a.len(), 24);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_ne!(a, b);
+        assert_eq!(a[..16], b[..16], "one prefix per process");
+    }
 }
