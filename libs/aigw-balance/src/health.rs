@@ -107,6 +107,9 @@ pub struct InstanceHealth {
     failures: AtomicU64,
     ejections: AtomicU64,
     fallbacks: AtomicU64,
+    /// The active prober that owns this instance's probe counters: a config change starts
+    /// a new prober, which claims the instance; the previous one sees it lost and stops.
+    prober: AtomicU64,
 }
 
 impl InstanceHealth {
@@ -203,6 +206,19 @@ impl InstanceHealth {
         reset_failures();
         self.set_active(target);
         Some(target)
+    }
+
+    /// Makes the caller the instance's only prober; returns its token.
+    pub fn claim_prober(&self) -> u64 {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let token = NEXT.fetch_add(1, Relaxed);
+        self.prober.store(token, Relaxed);
+        token
+    }
+
+    /// Whether the prober holding `token` still owns the instance.
+    pub fn owns_prober(&self, token: u64) -> bool {
+        self.prober.load(Relaxed) == token
     }
 
     /// Seconds until the next probe: the unhealthy interval while unhealthy.
