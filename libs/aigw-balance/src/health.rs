@@ -140,11 +140,19 @@ impl InstanceHealth {
 
     pub(crate) fn success(&self) {
         self.successes.fetch_add(1, Relaxed);
-        self.consecutive_failures.store(0, Relaxed);
-        self.streak.store(0, Relaxed);
+        // Reads first: on the common path nothing is set, and a store would still take
+        // the cache line from the other cores serving the same instance.
+        if self.consecutive_failures.load(Relaxed) != 0 {
+            self.consecutive_failures.store(0, Relaxed);
+        }
+        if self.streak.load(Relaxed) != 0 {
+            self.streak.store(0, Relaxed);
+        }
         // An ejected instance that answered well (it was tried because every instance was
         // unhealthy) is back.
-        self.ejected_until.store(0, Relaxed);
+        if self.ejected_until.load(Relaxed) != 0 {
+            self.ejected_until.store(0, Relaxed);
+        }
     }
 
     /// Returns true when this failure ejected the instance.
