@@ -2,6 +2,7 @@
 # The standard aigw benchmark (shared/design/PERFORMANCE.md): nginx serves the fake upstream,
 # wrk drives load on 127.0.0.1 only, and each round measures side by side:
 #   direct → nginx,  aigw pass-through (openai-compatible),  aigw Anthropic→OpenAI conversion,
+#   aigw ai-proxy-multi with one instance and with four weighted instances (same upstream),
 # plus a 25-event SSE stream direct vs through aigw. Bounded: ROUNDS × a few 10 s runs.
 # Writes bench/results/<date>-<commit>.md. Usage: bench/run.sh [ROUNDS] [SECONDS]
 set -euo pipefail
@@ -75,6 +76,27 @@ routes:
         auth: {header: {Authorization: "Bearer bench"}}
         options: {model: gpt-4o-mini}
         override: {endpoint: "http://$UP/v1/chat/completions"}
+  - id: multi1
+    uri: /multi1/v1/chat/completions
+    plugins:
+      ai-proxy-multi:
+        instances:
+          - {name: only, provider: openai-compatible, weight: 1, auth: {header: {Authorization: "Bearer bench"}},
+             options: {model: gpt-4o-mini}, override: {endpoint: "http://$UP/v1/chat/completions"}}
+  - id: multi4
+    uri: /multi4/v1/chat/completions
+    plugins:
+      ai-proxy-multi:
+        fallback_strategy: [http_429, http_5xx]
+        instances:
+          - {name: w1, provider: openai-compatible, weight: 1, auth: {header: {Authorization: "Bearer bench"}},
+             options: {model: gpt-4o-mini}, override: {endpoint: "http://$UP/v1/chat/completions"}}
+          - {name: w3, provider: openai-compatible, weight: 3, auth: {header: {Authorization: "Bearer bench"}},
+             options: {model: gpt-4o-mini}, override: {endpoint: "http://$UP/v1/chat/completions"}}
+          - {name: w2, provider: openai-compatible, weight: 2, auth: {header: {Authorization: "Bearer bench"}},
+             options: {model: gpt-4o-mini}, override: {endpoint: "http://$UP/v1/chat/completions"}}
+          - {name: w5, provider: openai-compatible, weight: 5, auth: {header: {Authorization: "Bearer bench"}},
+             options: {model: gpt-4o-mini}, override: {endpoint: "http://$UP/v1/chat/completions"}}
 ROUTES
 GW=127.0.0.1:19180
 "$PROXY" --routes "$work/routes.yaml" --listen "$GW" --status-listen 127.0.0.1:19191 --access-log off --log-level warn 2>"$work/proxy.log" &
@@ -113,6 +135,8 @@ for r in $(seq "$ROUNDS"); do
     wrk_run direct "http://$UP/v1/chat/completions" chat_request.json "$c"
     wrk_run aigw "http://$GW/v1/chat/completions" chat_request.json "$c"
     wrk_run aigw-anthropic "http://$GW/v1/messages" anthropic_request.json "$c"
+    wrk_run aigw-multi1 "http://$GW/multi1/v1/chat/completions" chat_request.json "$c"
+    wrk_run aigw-multi4 "http://$GW/multi4/v1/chat/completions" chat_request.json "$c"
   done
   wrk_run stream-direct "http://$UP/stream/v1/chat/completions" stream_request.json 1
   wrk_run stream-aigw "http://$GW/stream/v1/chat/completions" stream_request.json 1
@@ -137,7 +161,7 @@ out="bench/results/$(date -u +%Y-%m-%d)-$commit.md"
   echo "| target | conns | req/s | p50 | p99 | CPU µs/req |"
   echo "|---|---|---|---|---|---|"
   for c in 1 32; do
-    for n in direct aigw aigw-anthropic; do read -r rps p50 p99 cpu <<<"$(row $n $c)"; echo "| $n | $c | $rps | $p50 | $p99 | $cpu |"; done
+    for n in direct aigw aigw-anthropic aigw-multi1 aigw-multi4; do read -r rps p50 p99 cpu <<<"$(row $n $c)"; echo "| $n | $c | $rps | $p50 | $p99 | $cpu |"; done
   done
   for n in stream-direct stream-aigw; do read -r rps p50 p99 cpu <<<"$(row $n 1)"; echo "| $n (whole stream) | 1 | $rps | $p50 | $p99 | $cpu |"; done
   echo
@@ -146,6 +170,8 @@ out="bench/results/$(date -u +%Y-%m-%d)-$commit.md"
   sd=$(col stream-direct 1 4 | to_ms | median); sa=$(col stream-aigw 1 4 | to_ms | median)
   echo "- added p50 at c1: pass-through $(awk -v a="$a1" -v d="$d1" 'BEGIN{printf "%.3f", a-d}') ms, Anthropic conversion $(awk -v a="$an1" -v d="$d1" 'BEGIN{printf "%.3f", a-d}') ms"
   echo "- throughput at c32: $(awk -v a="$a32" -v d="$d32" 'BEGIN{printf "%.2f", a/d}') × direct"
+  read -r _ _ _ cpu_pass <<<"$(row aigw 32)"; read -r _ _ _ cpu_m1 <<<"$(row aigw-multi1 32)"; read -r _ _ _ cpu_m4 <<<"$(row aigw-multi4 32)"
+  echo "- ai-proxy-multi CPU µs/req at c32: 1 instance $cpu_m1, 4 weighted $cpu_m4 (ai-proxy $cpu_pass; bar: 1 instance within noise, 4 weighted < +2 µs)"
   echo "- whole 26-event stream at c1: added $(awk -v a="$sa" -v d="$sd" 'BEGIN{printf "%.3f", a-d}') ms (p50)"
   echo "- RSS: idle $((RSS_IDLE / 1024)) MB, under load max $(( $(sort -n "$work/rss" | tail -1) / 1024 )) MB"
 } > "$out"

@@ -121,7 +121,10 @@ async fn weighted_round_robin_splits_1_to_3_and_names_the_instance() {
     assert_eq!(lines.iter().filter(|l| *l == "b 200 200").count(), chats(&b));
     // Per-instance counters: /status/instances and /metrics.
     let s = instance(&p, "w", "a").await;
-    assert_eq!((s["attempts"].as_u64(), s["successes"].as_u64(), s["healthy"].as_bool()), (Some(chats(&a) as u64), Some(chats(&a) as u64), Some(true)));
+    assert_eq!(
+        (s["attempts"].as_u64(), s["successes"].as_u64(), s["healthy"].as_bool()),
+        (Some(chats(&a) as u64), Some(chats(&a) as u64), Some(true))
+    );
     assert_eq!((s["weight"].as_u64(), s["priority"].as_i64()), (Some(1), Some(0)));
     let m = http::get(&format!("{}/metrics", p.status), &[]).await.unwrap().text();
     assert!(m.contains(&format!("aigw_proxy_instance_attempts_total{{route=\"w\",instance=\"b\"}} {}", chats(&b))), "{m}");
@@ -132,11 +135,31 @@ async fn priority_fallback_on_429_and_5xx() {
     let (limited, broken, ok) = (failing("limited", 429).await, failing("broken", 500).await, chat_fake("ok").await);
     let closed = closed_port().await;
     let routes = vec![
-        multi("on429", &["/on429"], vec![oa("limited", &limited.url(), 1, 1), oa("ok", &ok.url(), 1, 0)], json!({"fallback_strategy": "http_429"})),
-        multi("on500", &["/on500"], vec![oa("broken", &broken.url(), 1, 1), oa("ok", &ok.url(), 1, 0)], json!({"fallback_strategy": ["http_5xx"]})),
-        multi("refused", &["/refused"], vec![oa("gone", &closed, 1, 1), oa("ok", &ok.url(), 1, 0)], json!({"fallback_strategy": "http_5xx"})),
+        multi(
+            "on429",
+            &["/on429"],
+            vec![oa("limited", &limited.url(), 1, 1), oa("ok", &ok.url(), 1, 0)],
+            json!({"fallback_strategy": "http_429"}),
+        ),
+        multi(
+            "on500",
+            &["/on500"],
+            vec![oa("broken", &broken.url(), 1, 1), oa("ok", &ok.url(), 1, 0)],
+            json!({"fallback_strategy": ["http_5xx"]}),
+        ),
+        multi(
+            "refused",
+            &["/refused"],
+            vec![oa("gone", &closed, 1, 1), oa("ok", &ok.url(), 1, 0)],
+            json!({"fallback_strategy": "http_5xx"}),
+        ),
         // http_5xx does not cover 429.
-        multi("only5xx", &["/only5xx"], vec![oa("limited", &limited.url(), 1, 1), oa("ok", &ok.url(), 1, 0)], json!({"fallback_strategy": "http_5xx"})),
+        multi(
+            "only5xx",
+            &["/only5xx"],
+            vec![oa("limited", &limited.url(), 1, 1), oa("ok", &ok.url(), 1, 0)],
+            json!({"fallback_strategy": "http_5xx"}),
+        ),
     ];
     let (mut p, _d, log) = with_log(routes, "$route_id $llm_instance $status").await;
     for (path, from, status) in [("/on429", "limited", 429), ("/on500", "broken", 500), ("/refused", "gone", 502)] {
@@ -234,12 +257,8 @@ async fn every_instance_refused_is_a_502_in_the_clients_protocol() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_whose_first_instance_fails_is_served_whole_by_the_second() {
     let (broken, ok) = (failing("broken", 503).await, chat_fake("ok").await);
-    let route = multi(
-        "s",
-        &["/s"],
-        vec![oa("broken", &broken.url(), 1, 1), oa("ok", &ok.url(), 1, 0)],
-        json!({"fallback_strategy": "http_5xx"}),
-    );
+    let route =
+        multi("s", &["/s"], vec![oa("broken", &broken.url(), 1, 1), oa("ok", &ok.url(), 1, 0)], json!({"fallback_strategy": "http_5xx"}));
     let (p, _d) = standalone(vec![route]).await;
     let mut s = http::post_stream(&format!("{}/s", p.data), &[], &chat_body(true)).await.unwrap();
     assert_eq!(s.status, 200);
@@ -266,7 +285,8 @@ async fn an_openai_client_falls_back_from_an_openai_instance_to_claude() {
         ],
         json!({"fallback_strategy": ["http_429", "http_5xx"]}),
     );
-    let (p, _d, log) = with_log(vec![route], "$llm_instance $status $llm_model $llm_prompt_tokens $llm_completion_tokens $llm_stream").await;
+    let (p, _d, log) =
+        with_log(vec![route], "$llm_instance $status $llm_model $llm_prompt_tokens $llm_completion_tokens $llm_stream").await;
     let url = format!("{}/x/v1/chat/completions", p.data);
 
     let r = http::post_json(&url, &[("authorization", "Bearer client-placeholder")], &chat_body(false)).await.unwrap();
@@ -277,7 +297,10 @@ async fn an_openai_client_falls_back_from_an_openai_instance_to_claude() {
     assert_eq!(c["choices"][0]["finish_reason"], "stop");
     assert_eq!((c["usage"]["prompt_tokens"].as_u64(), c["usage"]["completion_tokens"].as_u64()), (Some(350), Some(30)));
     let sent = claude.last();
-    assert_eq!((sent.path(), sent.header("x-api-key"), sent.header("anthropic-version")), ("/v1/messages", Some("sk-ant"), Some("2023-06-01")));
+    assert_eq!(
+        (sent.path(), sent.header("x-api-key"), sent.header("anthropic-version")),
+        ("/v1/messages", Some("sk-ant"), Some("2023-06-01"))
+    );
     assert_eq!(sent.header("authorization"), None);
     let body = sent.json();
     assert_eq!((body["max_tokens"].as_u64(), body["model"].as_str()), (Some(4096), Some("claude-sonnet-4-5")));
@@ -318,14 +341,17 @@ fn anthropic_weather_agent(key: &'static str) -> fake::Handler {
         };
         let body = r.json();
         if body["model"] == "limited" {
-            return err(429, "rate_limit_error", "Number of request tokens has exceeded your per-minute rate limit").with_header("retry-after", "7");
+            return err(429, "rate_limit_error", "Number of request tokens has exceeded your per-minute rate limit")
+                .with_header("retry-after", "7");
         }
         let msgs = body["messages"].as_array().cloned().unwrap_or_default();
         let has_tools = body["tools"].as_array().is_some_and(|t| !t.is_empty());
         let blocks = |m: &Value| m["content"].as_array().cloned().unwrap_or_default();
         // Anthropic's own rules: tool history needs declared tools, results need their call.
-        let uses: Vec<Value> = msgs.iter().filter(|m| m["role"] == "assistant").flat_map(blocks).filter(|b| b["type"] == "tool_use").collect();
-        let results: Vec<Value> = msgs.iter().filter(|m| m["role"] == "user").flat_map(blocks).filter(|b| b["type"] == "tool_result").collect();
+        let uses: Vec<Value> =
+            msgs.iter().filter(|m| m["role"] == "assistant").flat_map(blocks).filter(|b| b["type"] == "tool_use").collect();
+        let results: Vec<Value> =
+            msgs.iter().filter(|m| m["role"] == "user").flat_map(blocks).filter(|b| b["type"] == "tool_result").collect();
         if !uses.is_empty() && !has_tools {
             return err(400, "invalid_request_error", "tool_use blocks require tools to be defined");
         }
@@ -354,29 +380,50 @@ fn anthropic_weather_agent(key: &'static str) -> fake::Handler {
         if let Some(res) = results.last() {
             let text = format!("It is {} in Oslo.", res["content"].as_str().unwrap_or("?"));
             if !stream {
-                return Reply::json(S, json!({"id": "msg_w2", "type": "message", "role": "assistant", "model": body["model"],
-                    "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "usage": usage}));
+                return Reply::json(
+                    S,
+                    json!({"id": "msg_w2", "type": "message", "role": "assistant", "model": body["model"],
+                    "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "usage": usage}),
+                );
             }
             return Reply::sse(vec![
                 start,
-                ev("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
-                ev("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}})),
+                ev(
+                    "content_block_start",
+                    json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                ),
+                ev(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
+                ),
                 ev("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
                 delta("end_turn"),
                 ev("message_stop", json!({"type": "message_stop"})),
             ]);
         }
         if !stream {
-            return Reply::json(S, json!({"id": "msg_w1", "type": "message", "role": "assistant", "model": body["model"],
+            return Reply::json(
+                S,
+                json!({"id": "msg_w1", "type": "message", "role": "assistant", "model": body["model"],
                 "content": [{"type": "tool_use", "id": "toolu_w1", "name": "get_weather", "input": {"city": "Oslo"}}],
-                "stop_reason": "tool_use", "usage": usage}));
+                "stop_reason": "tool_use", "usage": usage}),
+            );
         }
         Reply::sse(vec![
             start,
-            ev("content_block_start", json!({"type": "content_block_start", "index": 0,
-                "content_block": {"type": "tool_use", "id": "toolu_w1", "name": "get_weather", "input": {}}})),
-            ev("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{\"city\":"}})),
-            ev("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "\"Oslo\"}"}})),
+            ev(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0,
+                "content_block": {"type": "tool_use", "id": "toolu_w1", "name": "get_weather", "input": {}}}),
+            ),
+            ev(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{\"city\":"}}),
+            ),
+            ev(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "\"Oslo\"}"}}),
+            ),
             ev("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
             delta("tool_use"),
             ev("message_stop", json!({"type": "message_stop"})),
@@ -443,13 +490,15 @@ async fn an_active_probe_takes_an_instance_out_and_back() {
     send(1).await;
     wait_until("probed instance healthy", T, || async { (instance(&p, "ap", "probed").await["active"] == "healthy").then_some(()) }).await;
     healthy.store(false, Ordering::SeqCst);
-    wait_until("probed instance unhealthy", T, || async { (instance(&p, "ap", "probed").await["active"] == "unhealthy").then_some(()) }).await;
+    wait_until("probed instance unhealthy", T, || async { (instance(&p, "ap", "probed").await["active"] == "unhealthy").then_some(()) })
+        .await;
     assert_eq!(instance(&p, "ap", "probed").await["healthy"], false);
     let before = chats(&probed);
     send(10).await;
     assert_eq!(chats(&probed), before, "no traffic to an unhealthy instance");
     healthy.store(true, Ordering::SeqCst);
-    wait_until("probed instance healthy again", T, || async { (instance(&p, "ap", "probed").await["active"] == "healthy").then_some(()) }).await;
+    wait_until("probed instance healthy again", T, || async { (instance(&p, "ap", "probed").await["active"] == "healthy").then_some(()) })
+        .await;
     send(10).await;
     assert!(chats(&probed) >= before + 4, "traffic is back: {} -> {}", before, chats(&probed));
     assert!(probed.requests().iter().any(|r| r.path() == "/healthz" && r.method == "GET"));
@@ -501,7 +550,8 @@ async fn consistent_hashing_by_header_keeps_a_user_on_one_instance() {
 async fn schema_errors_over_rest_and_the_config_plane_carries_the_plugin() {
     let dir = TempDir::new("multi-rest");
     let cfg = Config::start(dir.path(), "127.0.0.1:0", &[]).await;
-    let inst = |name: &str| json!({"name": name, "provider": "openai", "weight": 1, "auth": {"header": {"Authorization": "Bearer sk-secret-1"}}});
+    let inst =
+        |name: &str| json!({"name": name, "provider": "openai", "weight": 1, "auth": {"header": {"Authorization": "Bearer sk-secret-1"}}});
     let route = |plugin: Value| json!({"id": "m", "uri": "/m", "plugins": {"ai-proxy-multi": plugin}});
     for (body, want) in [
         (
@@ -515,7 +565,9 @@ async fn schema_errors_over_rest_and_the_config_plane_carries_the_plugin() {
             "plugins.ai-proxy-multi.balancer.key: must configure `key`",
         ),
         (
-            route(json!({"instances": [{"name": "b", "provider": "openai", "weight": 1, "auth": {}, "override": {"endpoint": "http//h:1"}}]})),
+            route(
+                json!({"instances": [{"name": "b", "provider": "openai", "weight": 1, "auth": {}, "override": {"endpoint": "http//h:1"}}]}),
+            ),
             "instance 'b': invalid endpoint",
         ),
         (
@@ -562,7 +614,11 @@ async fn openai_clients_get_openai_errors_from_claude() {
     assert!(e["error"]["message"].as_str().unwrap().contains("rate limit"));
     body["stream"] = json!(true);
     let r = http::post_json(&url, &[], &body).await.unwrap();
-    assert_eq!((r.status.as_u16(), r.json()["error"]["type"].as_str()), (429, Some("rate_limit_error")), "a stream refused before it starts");
+    assert_eq!(
+        (r.status.as_u16(), r.json()["error"]["type"].as_str()),
+        (429, Some("rate_limit_error")),
+        "a stream refused before it starts"
+    );
     let n = claude.requests().len();
     let mut two = chat_body(false);
     two["n"] = json!(2);

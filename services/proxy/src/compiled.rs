@@ -61,7 +61,7 @@ pub struct MultiRoute {
     pub policy: FallbackPolicy,
     /// What consistent hashing hashes (`HashKey::None` for round robin).
     pub hash: HashKey,
-    /// Active probes, by instance (`checks.active`); empty when no instance has one.
+    /// Active probes, by instance (`checks.active`).
     pub probes: Vec<Option<Arc<Probe>>>,
     /// The probers, started on the route's first request and aborted when the route is
     /// dropped (its snapshot replaced and its last request done).
@@ -147,7 +147,7 @@ fn key_var(name: &str) -> KeyVar {
         _ => {
             if let Some(a) = name.strip_prefix("arg_") {
                 KeyVar::Arg(a.to_owned())
-            } else if let Some(h) = name.strip_prefix("http_").and_then(|h| header_name(h)) {
+            } else if let Some(h) = name.strip_prefix("http_").and_then(header_name) {
                 KeyVar::Http(h)
             } else if let Some(c) = name.strip_prefix("cookie_") {
                 KeyVar::Cookie(c.to_owned())
@@ -353,15 +353,12 @@ fn compile_target(name: String, conf: Arc<AiProxyConfig>, ctx: &CompileCtx<'_>) 
 
 fn compile_multi(route_id: &str, m: &AiProxyMultiConfig, targets: &[CompiledTarget], ctx: &CompileCtx<'_>) -> MultiRoute {
     let balancer = Arc::new(aigw_balance::config::balancer_in(m, route_id, &ctx.upstreams.health));
-    let mut probes: Vec<Option<Arc<Probe>>> = m
+    let probes = m
         .instances
         .iter()
         .zip(targets)
         .map(|(ins, t)| ins.checks.as_ref().map(|c| Arc::new(compile_probe(&c.active, t, m.ssl_verify, ctx))))
         .collect();
-    if probes.iter().all(Option::is_none) {
-        probes.clear();
-    }
     MultiRoute { balancer, policy: aigw_balance::config::fallback_policy(m), hash: HashKey::compile(m), probes, probers: OnceLock::new() }
 }
 
@@ -481,7 +478,7 @@ mod tests {
         assert_eq!(p.headers["host"], "bedrock-runtime.eu-west-1.amazonaws.com");
         // No checks at all: no probes.
         let c = multi_route(json!({"instances": [{"name": "a", "provider": "openai", "weight": 1, "auth": {}}]})).unwrap();
-        assert!(c.multi.as_ref().unwrap().probes.is_empty());
+        assert!(c.multi.as_ref().unwrap().probes.iter().all(Option::is_none));
         // An instance that cannot be compiled names itself.
         let e = multi_route(
             json!({"instances": [{"name": "env", "provider": "openai", "weight": 1, "auth": {"header": {"a": "$env://NOPE"}}}]}),

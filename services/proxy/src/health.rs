@@ -6,13 +6,13 @@
 //!
 //! Probers start on a route's first request (CONTRACT §9 allows it) and stop when the
 //! route is dropped (its snapshot replaced and its last request done) or when a newer
-//! snapshot's prober claims the instance, so an instance is never probed twice over.
+//! snapshot's route claims the instance, so an instance is never probed twice over.
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use aigw_balance::{Balancer, ProbeResult};
+use aigw_balance::{ActiveState, Balancer, ProbeResult};
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::Full;
@@ -21,10 +21,12 @@ use crate::compiled::{CompiledRoute, MultiRoute, Probe, Probers};
 use crate::runtime::RuntimeConfig;
 use crate::send::{SendError, classify};
 
-/// Starts the route's probers unless they run already. Cheap when they do (one atomic
-/// load); a no-op for routes without `checks.active`.
+/// Starts the route's probers unless this route did already (one atomic load then).
+/// Every instance is claimed for this route: a probed one gets a task; one without
+/// `checks.active` (any more) gets its probe verdict cleared, so a check removed by a
+/// config change cannot leave the instance marked unhealthy forever.
 pub fn ensure_probers(route_id: &str, m: &MultiRoute) {
-    if m.probes.is_empty() || m.probers.get().is_some() {
+    if m.probers.get().is_some() {
         return;
     }
     let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
@@ -34,8 +36,11 @@ pub fn ensure_probers(route_id: &str, m: &MultiRoute) {
             .iter()
             .enumerate()
             .filter_map(|(i, p)| {
-                let p = p.clone()?;
                 let token = m.balancer.claim_prober(i);
+                let Some(p) = p.clone() else {
+                    m.balancer.set_active(i, ActiveState::Unknown);
+                    return None;
+                };
                 let name = m.balancer.spec(i).name.clone();
                 let task = rt.spawn(probe_loop(route_id.to_owned(), name, i, Arc::downgrade(&m.balancer), p, token));
                 Some(task.abort_handle())
@@ -165,5 +170,43 @@ mod tests {
         let again = cfg(&ups);
         assert!(instance_metrics(&again).contains("aigw_proxy_instance_failures_total{route=\"m\",instance=\"b\"} 1"));
         assert!(instance_metrics(&RuntimeConfig::empty()).is_empty());
+    }
+
+    /// A check removed by a config change cannot leave its instance marked unhealthy; a
+    /// new route's probers take the instances over from the old route's.
+    #[tokio::test]
+    async fn the_newest_route_owns_the_probes() {
+        let ups = Upstreams::default();
+        let route = |checks: bool| {
+            let mut a = json!({"name": "a", "provider": "openai-compatible", "weight": 1, "auth": {},
+                "override": {"endpoint": "http://127.0.0.1:9/v1/chat/completions"}});
+            if checks {
+                a["checks"] = json!({"active": {"healthy": {"interval": 3600}, "unhealthy": {"interval": 3600}}});
+            }
+            let r = json!({"id": "m", "uri": "/m", "plugins": {"ai-proxy-multi": {"instances": [a,
+                {"name": "b", "provider": "openai", "weight": 1, "auth": {}}]}}});
+            crate::runtime::compile("v", vec![r], &CompileCtx::bare(&ups)).unwrap()
+        };
+        let old = route(true);
+        let om = old.routes[0].multi.as_ref().unwrap();
+        ensure_probers("m", om);
+        assert_eq!(om.probers.get().unwrap().0.len(), 1, "one task: only a has checks");
+        om.balancer.set_active(0, ActiveState::Unhealthy);
+        let new = route(false);
+        let nm = new.routes[0].multi.as_ref().unwrap();
+        assert_eq!(nm.balancer.snapshot()[0].active, ActiveState::Unhealthy, "health carried over by name");
+        ensure_probers("m", nm);
+        assert_eq!(nm.balancer.snapshot()[0].active, ActiveState::Unknown);
+        assert!(nm.probers.get().unwrap().0.is_empty());
+        // Dropping a route stops its probers.
+        let handle = om.probers.get().unwrap().0[0].clone();
+        drop(old);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !handle.is_finished() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap();
     }
 }

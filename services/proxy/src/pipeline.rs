@@ -158,7 +158,7 @@ async fn upstream(
     let key = key.as_deref().unwrap_or_default().as_bytes();
     let mut i = match multi {
         None => 0,
-        Some(m) => m.balancer.pick(key, &[]).ok_or_else(|| no_instance())?,
+        Some(m) => m.balancer.pick(key, &[]).ok_or_else(no_instance)?,
     };
     let mut first_body = Some(json);
     let mut tried: Vec<usize> = Vec::new();
