@@ -593,7 +593,7 @@ async fn schema_errors_over_rest_and_the_config_plane_carries_the_plugin() {
     let p = Proxy::subscribed(&cfg.url(), &[]).await;
     assert_eq!(p.wait_chat_status("/m", 200).await.json()["system_fingerprint"], "a");
     let dump = p.config_dump().await.to_string();
-    assert!(dump.contains("ai-proxy-multi") && !dump.contains("Bearer sk-a"), "{dump}");
+    assert!(dump.contains("ai-proxy-multi") && dump.contains("******") && !dump.contains("sk-a") && !dump.contains("sk-b"), "{dump}");
 }
 
 /// Errors of a plain `provider: anthropic` route for OpenAI clients: OpenAI's envelope,

@@ -81,16 +81,24 @@ impl Drop for Probers {
 }
 
 /// One instance's active health check, compiled (`checks.active`; APISIX's checker).
-#[derive(Debug)]
 pub struct Probe {
     /// `http(s)://host:port/path?auth-query`: `type` gives the scheme, the instance's
     /// endpoint (or the provider's origin) the host and port, as APISIX's checker nodes.
+    /// Holds the instance's `auth.query` credentials: never logged (see `shown`).
     pub url: String,
+    /// `url` without the query, for logs.
+    pub shown: String,
     /// `req_headers`, the instance's `auth.header` (sensitive), and `Host`.
     pub headers: HeaderMap,
     pub timeout: Duration,
     pub rules: ProbeRules,
     pub client: Arc<Upstream>,
+}
+
+impl std::fmt::Debug for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Probe").field("url", &self.shown).field("timeout", &self.timeout).field("rules", &self.rules).finish()
+    }
 }
 
 /// The consistent-hashing key of a request (`balancer.hash_on` + `key`), compiled.
@@ -374,6 +382,7 @@ fn compile_probe(a: &aigw_model::multi::ActiveCheck, t: &CompiledTarget, ssl_ver
         CheckType::Https => "https",
     };
     let mut url = format!("{scheme}://{host_port}{}", a.http_path);
+    let shown = url.split('?').next().unwrap_or_default().to_owned();
     let mut headers = HeaderMap::new();
     for h in a.req_headers.iter().flatten() {
         if let Some((k, v)) = h.split_once(':')
@@ -407,7 +416,7 @@ fn compile_probe(a: &aigw_model::multi::ActiveCheck, t: &CompiledTarget, ssl_ver
         keepalive_pool: 1,
         connect_timeout_ms: timeout.as_millis().max(1) as u64,
     });
-    Probe { url, headers, timeout, rules: aigw_balance::config::probe_rules(a), client }
+    Probe { url, shown, headers, timeout, rules: aigw_balance::config::probe_rules(a), client }
 }
 
 #[cfg(test)]
@@ -469,6 +478,8 @@ mod tests {
         assert!(m.probes[0].is_none());
         let p = m.probes[1].as_ref().unwrap();
         assert_eq!(p.url, "http://127.0.0.1:9/health?q=1%202");
+        let dbg = format!("{p:?}");
+        assert!(dbg.contains("http://127.0.0.1:9/health") && !dbg.contains("1%202") && !dbg.contains("\"k\""), "{dbg}");
         assert_eq!((p.headers["x-api-key"].to_str().unwrap(), p.headers["x-probe"].to_str().unwrap()), ("k", "yes"));
         assert!(p.headers["x-api-key"].is_sensitive());
         assert_eq!(p.headers["host"], "probe.example");
@@ -544,5 +555,17 @@ mod tests {
         assert_eq!(round_robin.key(&p, remote), "");
         assert!(matches!(round_robin.key(&p, remote), Cow::Borrowed(_)));
         assert!(matches!(HashKey::Header(HeaderName::from_static("x-user-id")).key(&p, remote), Cow::Borrowed("alice")));
+    }
+
+    /// The README's ai-proxy-multi example must always load, with no environment set.
+    #[test]
+    fn example_multi_routes_file_compiles() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/multi.yaml");
+        let cfg = crate::sources::load_file(&path, None, &Upstreams::default()).unwrap();
+        let r = &cfg.routes[0];
+        assert_eq!(r.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["openai-main", "openai-spare", "claude"]);
+        let m = r.multi.as_ref().unwrap();
+        assert_eq!(m.probes[2].as_ref().unwrap().url, "https://api.anthropic.com:443/v1/models");
+        assert!(m.policy.on_429 && m.policy.on_5xx);
     }
 }

@@ -51,7 +51,7 @@ pub fn ensure_probers(route_id: &str, m: &MultiRoute) {
 }
 
 async fn probe_loop(route: String, name: String, i: usize, balancer: Weak<Balancer>, probe: Arc<Probe>, token: u64) {
-    tracing::debug!(route = %route, instance = %name, url = %probe.url, "active health checks started");
+    tracing::debug!(route = %route, instance = %name, url = %probe.shown, "active health checks started");
     loop {
         let result = probe_once(&probe).await;
         let Some(b) = balancer.upgrade() else { return };
