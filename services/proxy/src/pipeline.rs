@@ -169,7 +169,8 @@ async fn upstream(
             None => serde_json::from_slice(creq.body)
                 .map_err(|e| GatewayError::bad_request(format!("could not parse JSON request body: {e}")))?,
         };
-        let started = Instant::now();
+        // Only a retry decision needs the attempt's duration.
+        let started = multi.is_some().then(Instant::now);
         let result = attempt(route, t, creq, json, rec).await;
         // (GCP credentials: a 401 here re-mints the token and retries this target once.)
         let Some(m) = multi else { return result.map_err(AttemptError::into_gateway_error) };
@@ -185,15 +186,10 @@ async fn upstream(
             None => return result.map_err(AttemptError::into_gateway_error),
         };
         m.balancer.note_fallback(i);
-        let (from, to) = (&t.name, &route.targets[next].name);
-        match &result {
-            Ok(_) => {
-                tracing::warn!(route = %rec.route_id, request_id = %rec.request_id, "ai instance {from} returned status {}, falling back to {to}", outcome_status(&outcome))
-            }
-            Err(e) => {
-                tracing::warn!(route = %rec.route_id, request_id = %rec.request_id, error = %e, "ai instance {from} returned status {}, falling back to {to}", outcome_status(&outcome))
-            }
-        }
+        // APISIX's line (without the upstream body, which is never read).
+        let (from, to, status) = (&t.name, &route.targets[next].name, outcome_status(&outcome));
+        let error = result.as_ref().err().map(tracing::field::display);
+        tracing::warn!(route = %rec.route_id, request_id = %rec.request_id, error, "ai instance {from} returned status {status}, falling back to {to}");
         // The failed answer goes unread: dropping it closes its connection now.
         drop(result);
         i = next;
@@ -206,7 +202,7 @@ fn next_instance(
     m: &MultiRoute,
     outcome: &AttemptOutcome,
     result: &Result<(Plan, Sent), AttemptError>,
-    started: Instant,
+    started: Option<Instant>,
     tried: &mut Vec<usize>,
     i: usize,
     key: &[u8],
@@ -220,7 +216,7 @@ fn next_instance(
         outcome: *outcome,
         // Structurally false: this loop runs before `respond` gives the client a body.
         sent_to_client: false,
-        elapsed_ms: started.elapsed().as_millis() as u64,
+        elapsed_ms: started.map_or(0, |s| s.elapsed().as_millis() as u64),
         attempts: tried.len() as u32 + 1,
     };
     if retry::decide(&m.policy, &a) != Decision::Retry {
@@ -372,7 +368,7 @@ mod tests {
                 m,
                 &attempt_outcome(&SendError::ConnectRefused(String::new())),
                 &refused(),
-                Instant::now(),
+                Some(Instant::now()),
                 &mut tried,
                 i,
                 b"",
@@ -385,22 +381,22 @@ mod tests {
         // A 429 under http_429 goes to the next priority.
         let r = multi(json!({"fallback_strategy": "http_429"}));
         let m = r.multi.as_ref().unwrap();
-        assert_eq!(next_instance(m, &AttemptOutcome::Status(429), &refused(), Instant::now(), &mut Vec::new(), 0, b""), Some(1));
+        assert_eq!(next_instance(m, &AttemptOutcome::Status(429), &refused(), Some(Instant::now()), &mut Vec::new(), 0, b""), Some(1));
         // fallback_http_statuses adds statuses whatever the strategy.
         let r = multi(json!({"fallback_http_statuses": [401]}));
         let m = r.multi.as_ref().unwrap();
-        assert_eq!(next_instance(m, &AttemptOutcome::Status(401), &refused(), Instant::now(), &mut Vec::new(), 0, b""), Some(1));
+        assert_eq!(next_instance(m, &AttemptOutcome::Status(401), &refused(), Some(Instant::now()), &mut Vec::new(), 0, b""), Some(1));
         // retry_on_failure_within_ms: a slow failure is not retried.
         let r = multi(json!({"fallback_strategy": "http_5xx", "retry_on_failure_within_ms": 1}));
         let m = r.multi.as_ref().unwrap();
         let long_ago = Instant::now() - Duration::from_millis(50);
-        assert_eq!(next_instance(m, &AttemptOutcome::TimeoutBeforeFirstByte, &refused(), long_ago, &mut Vec::new(), 0, b""), None);
-        assert_eq!(next_instance(m, &AttemptOutcome::Status(502), &refused(), Instant::now(), &mut Vec::new(), 0, b""), Some(1));
+        assert_eq!(next_instance(m, &AttemptOutcome::TimeoutBeforeFirstByte, &refused(), Some(long_ago), &mut Vec::new(), 0, b""), None);
+        assert_eq!(next_instance(m, &AttemptOutcome::Status(502), &refused(), Some(Instant::now()), &mut Vec::new(), 0, b""), Some(1));
         // A malformed answer (not a connect/reset/timeout) is not retried.
         let other = Err(AttemptError::Send(SendError::Other("bad".into())));
         let r = multi(json!({"fallback_strategy": "http_5xx"}));
         let m = r.multi.as_ref().unwrap();
-        assert_eq!(next_instance(m, &AttemptOutcome::Reset, &other, Instant::now(), &mut Vec::new(), 0, b""), None);
+        assert_eq!(next_instance(m, &AttemptOutcome::Reset, &other, Some(Instant::now()), &mut Vec::new(), 0, b""), None);
     }
 
     #[test]
