@@ -2,8 +2,9 @@
 # The standard aigw benchmark (shared/design/PERFORMANCE.md): nginx serves the fake upstream,
 # wrk drives load on 127.0.0.1 only, and each round measures side by side:
 #   direct → nginx,  an nginx proxy_pass hop (the bare-hop reference),  aigw pass-through
-#   (openai-compatible),  aigw Anthropic→OpenAI conversion,  and, with BASELINE_REV=<rev>,
-#   the same two aigw rows for a baseline build (before/after in one interleaved run);
+#   (openai-compatible),  aigw Anthropic→OpenAI conversion,  aigw ai-proxy-multi with one
+#   instance and with four weighted instances (same upstream), and, with BASELINE_REV=<rev>,
+#   the pass-through and Anthropic rows for a baseline build (before/after in one run);
 # plus a 25-event SSE stream direct vs through aigw, and the callgrind instructions per
 # request (bench/callgrind.sh) of each binary and of the nginx hop.
 # Writes bench/results/<date>-<commit>.md. Bounded: ROUNDS × a few 10 s runs.
@@ -106,6 +107,27 @@ routes:
         auth: {header: {Authorization: "Bearer bench"}}
         options: {model: gpt-4o-mini}
         override: {endpoint: "http://$UP/v1/chat/completions"}
+  - id: multi1
+    uri: /multi1/v1/chat/completions
+    plugins:
+      ai-proxy-multi:
+        instances:
+          - {name: only, provider: openai-compatible, weight: 1, auth: {header: {Authorization: "Bearer bench"}},
+             options: {model: gpt-4o-mini}, override: {endpoint: "http://$UP/v1/chat/completions"}}
+  - id: multi4
+    uri: /multi4/v1/chat/completions
+    plugins:
+      ai-proxy-multi:
+        fallback_strategy: [http_429, http_5xx]
+        instances:
+          - {name: w1, provider: openai-compatible, weight: 1, auth: {header: {Authorization: "Bearer bench"}},
+             options: {model: gpt-4o-mini}, override: {endpoint: "http://$UP/v1/chat/completions"}}
+          - {name: w3, provider: openai-compatible, weight: 3, auth: {header: {Authorization: "Bearer bench"}},
+             options: {model: gpt-4o-mini}, override: {endpoint: "http://$UP/v1/chat/completions"}}
+          - {name: w2, provider: openai-compatible, weight: 2, auth: {header: {Authorization: "Bearer bench"}},
+             options: {model: gpt-4o-mini}, override: {endpoint: "http://$UP/v1/chat/completions"}}
+          - {name: w5, provider: openai-compatible, weight: 5, auth: {header: {Authorization: "Bearer bench"}},
+             options: {model: gpt-4o-mini}, override: {endpoint: "http://$UP/v1/chat/completions"}}
 ROUTES
 start_proxy() { # NAME BINARY PORT STATUS_PORT
   "$2" --routes "$work/routes.yaml" --listen "127.0.0.1:$3" --status-listen "127.0.0.1:$4" --access-log off --log-level warn 2>"$work/$1.log" &
@@ -152,6 +174,8 @@ for r in $(seq "$ROUNDS"); do
     wrk_run nginx-hop "http://$HOP/v1/chat/completions" chat_request.json "$c"
     wrk_run aigw "http://$GW/v1/chat/completions" chat_request.json "$c" "$PID"
     wrk_run aigw-anthropic "http://$GW/v1/messages" anthropic_request.json "$c" "$PID"
+    wrk_run aigw-multi1 "http://$GW/multi1/v1/chat/completions" chat_request.json "$c" "$PID"
+    wrk_run aigw-multi4 "http://$GW/multi4/v1/chat/completions" chat_request.json "$c" "$PID"
     if [ -n "$BPID" ]; then
       wrk_run base "http://$BGW/v1/chat/completions" chat_request.json "$c" "$BPID"
       wrk_run base-anthropic "http://$BGW/v1/messages" anthropic_request.json "$c" "$BPID"
@@ -183,7 +207,7 @@ fi
 
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 out="bench/results/$(date -u +%Y-%m-%d)-$commit.md"
-names="direct nginx-hop aigw aigw-anthropic"
+names="direct nginx-hop aigw aigw-anthropic aigw-multi1 aigw-multi4"
 if [ -n "$BPID" ]; then names="$names base base-anthropic"; fi
 {
   echo "# aigw benchmark $(date -u +%Y-%m-%dT%H:%MZ), commit $commit${BASELINE_REV:+, baseline $BASELINE_REV}"
@@ -206,6 +230,8 @@ if [ -n "$BPID" ]; then names="$names base base-anthropic"; fi
   hop_added=$(sub "$h1" "$d1"); aigw_added=$(sub "$a1" "$d1")
   echo "- added p50 at c1: nginx hop $hop_added ms; aigw pass-through $aigw_added ms ($(div "$aigw_added" "$hop_added") × the hop), Anthropic conversion $(sub "$an1" "$d1") ms"
   echo "- throughput at c32: nginx hop $(div "$h32" "$d32") × direct; aigw $(div "$a32" "$d32") × direct = $(div "$a32" "$h32") × the hop"
+  read -r _ _ _ cpu_pass <<<"$(row aigw 32)"; read -r _ _ _ cpu_m1 <<<"$(row aigw-multi1 32)"; read -r _ _ _ cpu_m4 <<<"$(row aigw-multi4 32)"
+  echo "- ai-proxy-multi CPU µs/req at c32: 1 instance $cpu_m1, 4 weighted $cpu_m4 (ai-proxy $cpu_pass; bar: 1 instance within noise, 4 weighted < +2 µs)"
   if [ -n "$BPID" ]; then
     b1=$(col base 1 4 | to_ms | median); bn1=$(col base-anthropic 1 4 | to_ms | median); b32=$(col base 32 3 | median)
     echo "- baseline ($BASELINE_REV): added p50 at c1 pass-through $(sub "$b1" "$d1") ms, Anthropic $(sub "$bn1" "$d1") ms; c32 $(div "$b32" "$d32") × direct; this build / baseline throughput at c32: $(div "$a32" "$b32")"

@@ -6,6 +6,7 @@ mod anthropic;
 mod bedrock;
 mod common;
 mod config_plane;
+mod multi;
 mod pipeline;
 mod standalone;
 mod streams;

@@ -76,7 +76,9 @@ async fn every_provider_serves_chat_streams_embeddings_and_responses() {
             provider: "anthropic",
             spec: ProviderSpec::new("anthropic", AuthCheck::Bearer("k-an".into())),
             auth: bearer("k-an"),
-            endpoint_path: "",
+            // Anthropic's OpenAI-compatible endpoint, named: used as given (CONTRACT §9;
+            // without it OpenAI clients are converted to Messages, it/multi.rs).
+            endpoint_path: "/v1/chat/completions",
             embeddings: false,
             responses: false,
         },

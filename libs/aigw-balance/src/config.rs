@@ -8,6 +8,7 @@ use aigw_model::multi::{ActiveCheck, AiProxyMultiConfig};
 use crate::clock::{Clock, MonotonicClock};
 use crate::health::{PassivePolicy, ProbeRules};
 use crate::pick::{Algorithm, Balancer, InstanceSpec};
+use crate::registry::HealthRegistry;
 use crate::retry::FallbackPolicy;
 
 pub fn specs(c: &AiProxyMultiConfig) -> Vec<InstanceSpec> {
@@ -59,6 +60,14 @@ pub fn balancer(c: &AiProxyMultiConfig, previous: Option<&Balancer>) -> Balancer
 
 pub fn balancer_with_clock(c: &AiProxyMultiConfig, previous: Option<&Balancer>, clock: Arc<dyn Clock>) -> Balancer {
     Balancer::with_clock(specs(c), algorithm(c), PassivePolicy::default(), clock, previous)
+}
+
+/// The balancer of route `route_id`, its instances' health taken from `registry` (kept
+/// across snapshots by route id and instance name).
+pub fn balancer_in(c: &AiProxyMultiConfig, route_id: &str, registry: &HealthRegistry) -> Balancer {
+    let specs = specs(c);
+    let health = specs.iter().map(|s| registry.get(route_id, &s.name)).collect();
+    Balancer::with_health(specs, algorithm(c), PassivePolicy::default(), Arc::new(MonotonicClock::new()), health)
 }
 
 #[cfg(test)]

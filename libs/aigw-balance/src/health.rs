@@ -107,6 +107,9 @@ pub struct InstanceHealth {
     failures: AtomicU64,
     ejections: AtomicU64,
     fallbacks: AtomicU64,
+    /// The active prober that owns this instance's probe counters: a config change starts
+    /// a new prober, which claims the instance; the previous one sees it lost and stops.
+    prober: AtomicU64,
 }
 
 impl InstanceHealth {
@@ -137,11 +140,19 @@ impl InstanceHealth {
 
     pub(crate) fn success(&self) {
         self.successes.fetch_add(1, Relaxed);
-        self.consecutive_failures.store(0, Relaxed);
-        self.streak.store(0, Relaxed);
+        // Reads first: on the common path nothing is set, and a store would still take
+        // the cache line from the other cores serving the same instance.
+        if self.consecutive_failures.load(Relaxed) != 0 {
+            self.consecutive_failures.store(0, Relaxed);
+        }
+        if self.streak.load(Relaxed) != 0 {
+            self.streak.store(0, Relaxed);
+        }
         // An ejected instance that answered well (it was tried because every instance was
         // unhealthy) is back.
-        self.ejected_until.store(0, Relaxed);
+        if self.ejected_until.load(Relaxed) != 0 {
+            self.ejected_until.store(0, Relaxed);
+        }
     }
 
     /// Returns true when this failure ejected the instance.
@@ -203,6 +214,19 @@ impl InstanceHealth {
         reset_failures();
         self.set_active(target);
         Some(target)
+    }
+
+    /// Makes the caller the instance's only prober; returns its token.
+    pub fn claim_prober(&self) -> u64 {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let token = NEXT.fetch_add(1, Relaxed);
+        self.prober.store(token, Relaxed);
+        token
+    }
+
+    /// Whether the prober holding `token` still owns the instance.
+    pub fn owns_prober(&self, token: u64) -> bool {
+        self.prober.load(Relaxed) == token
     }
 
     /// Seconds until the next probe: the unhealthy interval while unhealthy.

@@ -8,6 +8,7 @@
 //! * [`retry::decide`]: whether a failed attempt is retried on another instance.
 //! * [`clock`]: the time source (injectable for tests).
 //! * [`config`]: building the above from `aigw_model::multi::AiProxyMultiConfig`.
+//! * [`HealthRegistry`]: health kept across config snapshots by route and instance name.
 //!
 //! The rules, with the reasons for each choice, are in `docs/multi.md`.
 
@@ -15,9 +16,11 @@ pub mod clock;
 pub mod config;
 pub mod health;
 pub mod pick;
+pub mod registry;
 pub mod retry;
 
 pub use clock::{Clock, ManualClock, MonotonicClock};
-pub use health::{ActiveState, InstanceStatus, PassivePolicy, ProbeResult, ProbeRules};
+pub use health::{ActiveState, InstanceHealth, InstanceStatus, PassivePolicy, ProbeResult, ProbeRules};
 pub use pick::{Algorithm, Balancer, InstanceSpec};
+pub use registry::HealthRegistry;
 pub use retry::{Attempt, Decision, FallbackPolicy, GiveUp, Outcome};

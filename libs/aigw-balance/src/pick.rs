@@ -140,6 +140,19 @@ impl Balancer {
             .iter()
             .map(|s| previous.and_then(|p| p.specs.iter().position(|o| o.name == s.name).map(|i| p.health[i].clone())).unwrap_or_default())
             .collect();
+        Self::with_health(specs, algorithm, passive, clock, health)
+    }
+
+    /// A balancer over the given health (one per spec, in order), e.g. from a
+    /// [`crate::HealthRegistry`] that keeps it across config snapshots.
+    pub fn with_health(
+        specs: Vec<InstanceSpec>,
+        algorithm: Algorithm,
+        passive: PassivePolicy,
+        clock: Arc<dyn Clock>,
+        mut health: Vec<Arc<InstanceHealth>>,
+    ) -> Balancer {
+        health.resize_with(specs.len(), Default::default);
         let mut priorities: Vec<i32> = specs.iter().filter(|s| s.weight > 0).map(|s| s.priority).collect();
         priorities.sort_unstable_by(|a, b| b.cmp(a));
         priorities.dedup();
@@ -258,6 +271,18 @@ impl Balancer {
     /// it changed (log it).
     pub fn record_probe(&self, i: usize, rules: &ProbeRules, result: ProbeResult) -> Option<ActiveState> {
         self.health.get(i)?.probe(rules, result)
+    }
+
+    /// Makes the caller instance `i`'s only active prober; returns its token (see
+    /// [`Self::owns_prober`]).
+    pub fn claim_prober(&self, i: usize) -> u64 {
+        self.health.get(i).map_or(0, |h| h.claim_prober())
+    }
+
+    /// Whether the prober holding `token` still owns instance `i` (a newer config's prober
+    /// took over otherwise).
+    pub fn owns_prober(&self, i: usize, token: u64) -> bool {
+        self.health.get(i).is_some_and(|h| h.owns_prober(token))
     }
 
     /// Seconds until instance `i` should be probed again.

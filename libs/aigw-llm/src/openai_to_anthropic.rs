@@ -691,6 +691,11 @@ impl StreamToOpenAi {
         self.finished
     }
 
+    /// Whether the upstream gave its stop reason (the content is complete).
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
     /// Whether anything was emitted (a role chunk at least).
     pub fn is_started(&self) -> bool {
         self.started

@@ -6,8 +6,12 @@
 //! Converse event-stream ──StreamToOpenAi──▶ OpenAI chunks ──▶ OpenAI SSE (OpenAI client)
 //!                                                        └──▶ StreamConverter (Anthropic client)
 //! OpenAI SSE ───────────────────────────────────────────────▶ StreamConverter (Anthropic client)
+//! Anthropic SSE ──openai_to_anthropic::StreamToOpenAi──▶ OpenAI chunks ──▶ OpenAI SSE (OpenAI client)
 //! same protocol on both sides: bytes forwarded untouched, observed on the side
 //! ```
+//!
+//! Observation always reads the *upstream* protocol (usage, tool calls, end marker), so
+//! the numbers are the same whatever the client receives.
 //!
 //! Whatever the mode, the client only ever receives whole events (SSE events or
 //! event-stream frames): untouched bytes are forwarded up to the last event boundary and
@@ -21,6 +25,7 @@ use crate::anthropic::{StreamConverter, ToolNames};
 use crate::bedrock::StreamToOpenAi;
 use crate::envelope;
 use crate::eventstream::{self, Message};
+use crate::openai_to_anthropic;
 use crate::protocol::Protocol;
 use crate::usage::{Observation, StreamObserver, usage_of};
 
@@ -30,6 +35,19 @@ enum Out {
     /// OpenAI SSE built from converted chunks.
     OpenAiSse,
     Anthropic(Box<StreamConverter>),
+    /// Anthropic upstream, OpenAI chat client: chunks built from Anthropic events.
+    FromAnthropic(Box<openai_to_anthropic::StreamToOpenAi>),
+}
+
+/// OpenAI SSE framing of converted chunks (`"[DONE]"` included by the converters).
+fn sse_of(chunks: &[String]) -> Bytes {
+    let mut out = Vec::with_capacity(chunks.iter().map(|c| c.len() + 8).sum());
+    for c in chunks {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(c.as_bytes());
+        out.extend_from_slice(b"\n\n");
+    }
+    Bytes::from(out)
 }
 
 struct EventStream {
@@ -85,13 +103,27 @@ pub struct Pipe {
 impl Pipe {
     /// `upstream` is what the provider streams, `client` what the client expects;
     /// `max_event` caps one event (larger ones end the stream with an error).
-    pub fn new(upstream: Protocol, client: Protocol, names: ToolNames, model: &str, id: &str, max_event: usize) -> Pipe {
+    /// `include_usage`: an OpenAI client asked for the usage chunk (`stream_options`); it
+    /// matters when the upstream is Anthropic (other upstreams send it when asked).
+    pub fn new(
+        upstream: Protocol,
+        client: Protocol,
+        names: ToolNames,
+        model: &str,
+        id: &str,
+        max_event: usize,
+        include_usage: bool,
+    ) -> Pipe {
         let out = if upstream == client {
             Out::Raw
         } else {
-            match client {
-                Protocol::AnthropicMessages => Out::Anthropic(Box::new(StreamConverter::new(names, model))),
-                Protocol::OpenAiChat => Out::OpenAiSse,
+            match (upstream, client) {
+                (_, Protocol::AnthropicMessages) => Out::Anthropic(Box::new(StreamConverter::new(names, model))),
+                (Protocol::AnthropicMessages, Protocol::OpenAiChat) => {
+                    let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                    Out::FromAnthropic(Box::new(openai_to_anthropic::StreamToOpenAi::new(names, include_usage, created, model)))
+                }
+                (_, Protocol::OpenAiChat) => Out::OpenAiSse,
                 _ => Out::Raw,
             }
         };
@@ -168,6 +200,11 @@ impl Pipe {
                         obs.feed_with(&chunk, |ev| c.push(&ev.data, &mut s));
                         Some(Bytes::from(s))
                     }
+                    Out::FromAnthropic(c) => {
+                        let mut v = Vec::new();
+                        obs.feed_with(&chunk, |ev| c.push(&ev.event, &ev.data, &mut v));
+                        Some(sse_of(&v))
+                    }
                     _ => {
                         obs.feed(&chunk);
                         None
@@ -226,12 +263,14 @@ impl Pipe {
     fn emit(&mut self, chunks: Vec<String>) -> Option<Bytes> {
         match &mut self.out {
             Out::Raw => None,
-            Out::OpenAiSse => Some(Bytes::from(chunks.iter().flat_map(|c| format!("data: {c}\n\n").into_bytes()).collect::<Vec<u8>>())),
+            Out::OpenAiSse => Some(sse_of(&chunks)),
             Out::Anthropic(conv) => {
                 let mut s = String::new();
                 chunks.iter().for_each(|c| conv.push(c, &mut s));
                 Some(Bytes::from(s))
             }
+            // Only an Anthropic (SSE) upstream feeds this converter, never an event stream.
+            Out::FromAnthropic(_) => Some(sse_of(&chunks)),
         }
     }
 
@@ -253,6 +292,14 @@ impl Pipe {
                     cut_short = !c.is_finished();
                     c.finish(&mut s);
                     out = s.into_bytes();
+                }
+                Out::FromAnthropic(c) => {
+                    let mut v = Vec::new();
+                    obs.finish_with(|ev| c.push(&ev.event, &ev.data, &mut v));
+                    // Cut after the stop reason: complete (only message_stop was lost).
+                    cut_short = !c.is_finished() && !c.is_stopped();
+                    c.finish(&mut v);
+                    out = sse_of(&v).into();
                 }
                 _ => {
                     let before = obs.obs.events;
@@ -314,6 +361,9 @@ impl Pipe {
                 s.into_bytes()
             }
             Out::OpenAiSse => envelope::stream(Protocol::OpenAiChat, &envelope::Error { status, kind: None, code, message }),
+            // The converter already ended the stream with its own error chunk.
+            Out::FromAnthropic(c) if c.is_finished() => Vec::new(),
+            Out::FromAnthropic(_) => envelope::stream(Protocol::OpenAiChat, &envelope::Error { status, kind: None, code, message }),
             Out::Raw => envelope::stream(self.client, &envelope::Error { status, kind: None, code, message }),
         }
     }
@@ -391,7 +441,7 @@ mod tests {
     }
 
     fn pipe(up: Protocol, client: Protocol) -> Pipe {
-        Pipe::new(up, client, ToolNames::default(), "m", "id", crate::sse::DEFAULT_MAX_EVENT)
+        Pipe::new(up, client, ToolNames::default(), "m", "id", crate::sse::DEFAULT_MAX_EVENT, false)
     }
 
     /// Parses SSE output: every byte must belong to a whole event, and every event must
@@ -591,7 +641,7 @@ mod tests {
         assert_eq!(ending, Ending::Complete);
         assert_eq!(out, body.as_bytes());
         assert_eq!((p.obs().usage.prompt, p.obs().usage.completion), (11, 1056));
-        let mut p = Pipe::new(Protocol::OpenAiResponses, Protocol::OpenAiResponses, ToolNames::default(), "m", "id", 1 << 20);
+        let mut p = Pipe::new(Protocol::OpenAiResponses, Protocol::OpenAiResponses, ToolNames::default(), "m", "id", 1 << 20, false);
         let (out, ending) = run(&mut p, body.as_bytes(), 16 << 10);
         assert!(matches!(ending, Ending::Corrupt(_)), "{ending:?}");
         let evs = whole_events(&out);
@@ -617,5 +667,104 @@ mod tests {
         let (out, ending) = run(&mut p, &bytes, 9);
         assert_eq!(ending, Ending::Complete);
         assert_eq!(whole_events(&out).last().map(|e| e.event.clone()), Some("message_stop".to_owned()));
+    }
+
+    fn anthropic_sse() -> Vec<u8> {
+        let ev = |t: &str, v: serde_json::Value| format!("event: {t}\ndata: {v}\n\n");
+        [
+            ev("message_start", json!({"type": "message_start", "message": {"id": "msg_1", "model": "claude-x", "usage": {"input_tokens": 50, "output_tokens": 1, "cache_read_input_tokens": 200, "cache_creation_input_tokens": 100}}})),
+            ev("ping", json!({"type": "ping"})),
+            ev("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
+            ev("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "1+1 "}})),
+            ev("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "= 2"}})),
+            ev("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
+            ev("content_block_start", json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_1", "name": "calc", "input": {}}})),
+            ev("content_block_delta", json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"x\":"}})),
+            ev("content_block_delta", json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "1}"}})),
+            ev("content_block_stop", json!({"type": "content_block_stop", "index": 1})),
+            ev("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 30}})),
+            ev("message_stop", json!({"type": "message_stop"})),
+        ]
+        .concat()
+        .into_bytes()
+    }
+
+    fn openai_pipe_from_anthropic(include_usage: bool) -> Pipe {
+        Pipe::new(
+            Protocol::AnthropicMessages,
+            Protocol::OpenAiChat,
+            ToolNames::default(),
+            "m",
+            "id",
+            crate::sse::DEFAULT_MAX_EVENT,
+            include_usage,
+        )
+    }
+
+    /// Anthropic upstream, OpenAI client: chat.completion.chunks, [DONE], the usage chunk
+    /// only when asked; the observer reads the Anthropic events whatever the client gets.
+    #[test]
+    fn anthropic_to_openai_clients() {
+        let bytes = anthropic_sse();
+        for piece in [1, 7, 64, 1 << 20] {
+            for include_usage in [false, true] {
+                let mut p = openai_pipe_from_anthropic(include_usage);
+                assert!(p.converting());
+                let (out, ending) = run(&mut p, &bytes, piece);
+                assert_eq!(ending, Ending::Complete, "piece {piece}");
+                let evs = whole_events(&out);
+                let data: Vec<&str> = evs.iter().map(|e| e.data.as_str()).collect();
+                assert_eq!(data.last(), Some(&"[DONE]"), "piece {piece}");
+                let chunks: Vec<serde_json::Value> = data.iter().filter_map(|d| serde_json::from_str(d).ok()).collect();
+                assert_eq!(chunks[0]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
+                assert_eq!(chunks[0]["model"], "claude-x");
+                let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+                assert_eq!(text, "1+1 = 2");
+                let args: String =
+                    chunks.iter().filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()).collect();
+                assert_eq!(args, "{\"x\":1}");
+                assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "tool_calls"));
+                let usage = chunks.iter().find(|c| c.get("usage").is_some());
+                assert_eq!(usage.map(|u| u["usage"]["prompt_tokens"].as_u64()), include_usage.then_some(Some(350)), "piece {piece}");
+                let o = p.obs();
+                assert!(o.done && o.has_tool_calls);
+                assert_eq!((o.usage.prompt, o.usage.completion, o.usage.cache_read, o.usage.cache_creation), (350, 30, 200, 100));
+            }
+        }
+    }
+
+    #[test]
+    fn anthropic_to_openai_broken_streams() {
+        let bytes = anthropic_sse();
+        let text = String::from_utf8_lossy(&bytes).to_string();
+        // Cut after the stop reason: complete, [DONE] supplied.
+        let stop = text.find("event: message_stop").unwrap();
+        let mut p = openai_pipe_from_anthropic(false);
+        let (out, ending) = run(&mut p, &bytes[..stop], 11);
+        assert_eq!(ending, Ending::Complete);
+        assert_eq!(whole_events(&out).last().map(|e| e.data.clone()), Some("[DONE]".to_owned()));
+        // Cut mid-content: one OpenAI error chunk, no [DONE], Truncated.
+        let mid = text.find("event: content_block_stop").unwrap() + 5;
+        let mut p = openai_pipe_from_anthropic(true);
+        let (out, ending) = run(&mut p, &bytes[..mid], 11);
+        assert_eq!(ending, Ending::Truncated);
+        let evs = whole_events(&out);
+        assert!(evs.last().unwrap().data.contains("upstream_stream_truncated"), "{evs:?}");
+        assert!(!evs.iter().any(|e| e.data == "[DONE]"));
+        // An upstream error event: an OpenAI error chunk; a later failure adds nothing.
+        let mut err = bytes[..mid].to_vec();
+        err.extend_from_slice(
+            b"\n\nevent: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
+        );
+        let mut p = openai_pipe_from_anthropic(false);
+        let (out, ending) = run(&mut p, &err, 64);
+        assert!(matches!(ending, Ending::UpstreamError(_)), "{ending:?}");
+        let evs = whole_events(&out);
+        assert!(evs.last().unwrap().data.contains("\"code\":\"overloaded_error\""), "{evs:?}");
+        // The gateway ends a stream (timeout, limit): an OpenAI error event.
+        let mut p = openai_pipe_from_anthropic(false);
+        assert!(matches!(p.push(Bytes::copy_from_slice(&bytes[..stop / 2])), Step::Send(_) | Step::Hold));
+        let tail = String::from_utf8(p.fail(504, "upstream_timeout", "no data")).unwrap();
+        assert!(tail.starts_with("data: {\"error\"") && tail.contains("upstream_timeout"), "{tail}");
     }
 }

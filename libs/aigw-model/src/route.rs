@@ -305,7 +305,14 @@ fn d_logger_timeout() -> u64 {
 #[derive(Debug, Clone)]
 pub struct RouteSpec {
     pub route: Route,
+    /// The route-level LLM settings (timeouts, limits, keepalive, `logging`), whichever of
+    /// the two plugins the route carries. For `ai-proxy` this is the plugin's config. For
+    /// `ai-proxy-multi` it is the first instance as an `ai-proxy` config carrying the
+    /// route-wide settings, which are the same for every instance; per-instance fields
+    /// (`provider`, `auth`, `options`, `override`, `provider_conf`) are in [`Self::multi`].
     pub ai_proxy: Arc<AiProxyConfig>,
+    /// `ai-proxy-multi`, when the route carries it (CONTRACT §9).
+    pub multi: Option<Arc<crate::multi::AiProxyMultiConfig>>,
     pub http_logger: Option<HttpLoggerConfig>,
     pub vars: Option<Expr>,
 }
@@ -365,7 +372,9 @@ impl RouteSpec {
             None => None,
             Some(v) => Some(Expr::compile(v).map_err(|e| ValidationError::new(format!("vars{}", e.path), e.message))?),
         };
+        crate::multi::check_exclusive(&route.plugins)?;
         let mut ai_proxy = None;
+        let mut multi = None;
         let mut http_logger = None;
         for (name, conf) in &route.plugins {
             let path = format!("plugins.{name}");
@@ -375,20 +384,31 @@ impl RouteSpec {
                     validate_ai_proxy(&c)?;
                     ai_proxy = Some(Arc::new(c));
                 }
+                crate::multi::PLUGIN => {
+                    let c = crate::multi::validate_ai_proxy_multi(&path, conf)?;
+                    ai_proxy = c.instance_config(0).map(Arc::new);
+                    multi = Some(Arc::new(c));
+                }
                 "http-logger" => {
                     let c: HttpLoggerConfig = from_value_at(&path, conf)?;
                     validate_http_logger(&c)?;
                     http_logger = Some(c);
                 }
                 other => {
-                    return Err(ValidationError::new(path, format!("unknown plugin {other:?}, supported plugins: ai-proxy, http-logger")));
+                    return Err(ValidationError::new(
+                        path,
+                        format!("unknown plugin {other:?}, supported plugins: ai-proxy, ai-proxy-multi, http-logger"),
+                    ));
                 }
             }
         }
         let ai_proxy = ai_proxy.ok_or_else(|| {
-            ValidationError::new("plugins", "the ai-proxy plugin is required (aigw routes always proxy to an LLM provider)")
+            ValidationError::new(
+                "plugins",
+                "the ai-proxy or ai-proxy-multi plugin is required (aigw routes always proxy to an LLM provider)",
+            )
         })?;
-        Ok(RouteSpec { route, ai_proxy, http_logger, vars })
+        Ok(RouteSpec { route, ai_proxy, multi, http_logger, vars })
     }
 
     /// Request paths of this route (`uri` and `uris`).
@@ -639,7 +659,7 @@ mod tests {
         check(&[("/upstream", json!({}))], Some(&["unknown field `upstream`"]));
         check(&[("/vars", json!([["post_arg.model", "==", "openai"]]))], None);
         check(&[("/vars", json!([["post_arg.model", "=~", "x"]]))], Some(&["vars[0][1]", "unknown operator"]));
-        check(&[("/plugins", json!({}))], Some(&["plugins", "ai-proxy plugin is required"]));
+        check(&[("/plugins", json!({}))], Some(&["plugins", "the ai-proxy or ai-proxy-multi plugin is required"]));
         check(&[("/plugins/limit-count", json!({}))], Some(&["plugins.limit-count", "unknown plugin"]));
     }
 
@@ -782,6 +802,33 @@ mod tests {
         check(&[("/plugins/http-logger", json!({"uri": "http://h/", "batch_max_size": 0}))], Some(&["batch_max_size", "minimum 1"]));
         check(&[("/plugins/http-logger", json!({"uri": "http://h/", "timeout": 0}))], Some(&["http-logger.timeout"]));
         check(&[("/plugins/http-logger", json!({"uri": "http://h/", "brokers": []}))], Some(&["unknown field `brokers`"]));
+    }
+
+    #[test]
+    fn ai_proxy_multi_on_a_route() {
+        let multi = json!({"instances": [
+            {"name": "a", "provider": "openai", "weight": 1, "auth": {"header": {"Authorization": "Bearer a"}}},
+            {"name": "b", "provider": "anthropic", "weight": 1, "auth": {"header": {"x-api-key": "b"}}}],
+            "timeout": 1234, "max_response_bytes": 99, "logging": {"summaries": true}});
+        check(&[("/plugins/ai-proxy-multi", multi.clone())], Some(&["plugins", "cannot be configured on the same route"]));
+        let mut v = base();
+        v["plugins"] = json!({"ai-proxy-multi": multi});
+        let spec = RouteSpec::from_json(&v).unwrap();
+        let m = spec.multi.as_ref().unwrap();
+        assert_eq!(m.instances.len(), 2);
+        // The route-level view: route-wide settings, the first instance's target.
+        let ap = &spec.ai_proxy;
+        assert_eq!((ap.timeout, ap.max_response_bytes, ap.provider), (1234, Some(99), Provider::Openai));
+        assert!(ap.logging.as_ref().is_some_and(|l| l.summaries));
+        // Errors keep the plugin's path.
+        v["plugins"]["ai-proxy-multi"]["instances"][1]["name"] = json!("a");
+        let e = RouteSpec::from_json(&v).unwrap_err().to_string();
+        assert!(e.contains("plugins.ai-proxy-multi.instances[1].name") && e.contains("instances[0] and instances[1]"), "{e}");
+        assert!(base_spec_has_no_multi());
+    }
+
+    fn base_spec_has_no_multi() -> bool {
+        RouteSpec::from_json(&base()).unwrap().multi.is_none()
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use aigw_llm::envelope::{self, Envelope};
 use aigw_llm::protocol::Protocol;
-use aigw_llm::{anthropic, bedrock, vertex};
+use aigw_llm::{anthropic, bedrock, openai_to_anthropic, vertex};
 use serde_json::Value;
 
 use crate::plan::Plan;
@@ -21,6 +21,9 @@ pub struct AnswerError(pub String);
 pub fn convert(plan: &Plan, status: u16, amzn_error_type: Option<&str>, body: &[u8], id: &str) -> Option<Result<Vec<u8>, AnswerError>> {
     if plan.conversion == Conversion::Native {
         return None;
+    }
+    if plan.conversion == Conversion::OpenAiToAnthropic {
+        return Some(from_anthropic(plan, status, body));
     }
     let model = plan.model.as_deref().unwrap_or_default();
     let client = Envelope::for_protocol(plan.client);
@@ -52,6 +55,19 @@ pub fn convert(plan: &Plan, status: u16, amzn_error_type: Option<&str>, body: &[
     })())
 }
 
+/// An Anthropic answer for an OpenAI chat client: a `chat.completion`, or an error in
+/// OpenAI's envelope whose `code` keeps Anthropic's error type (the status is kept).
+fn from_anthropic(plan: &Plan, status: u16, body: &[u8]) -> Result<Vec<u8>, AnswerError> {
+    if !(200..300).contains(&status) {
+        return Ok(openai_to_anthropic::error_to_openai(status, body).to_string().into_bytes());
+    }
+    let v: Value = serde_json::from_slice(body).map_err(|e| AnswerError(format!("the upstream answer is not JSON: {e}")))?;
+    let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let model = plan.model.as_deref().unwrap_or_default();
+    let out = openai_to_anthropic::response_to_openai(&v, &plan.names, created, model).map_err(|e| AnswerError(e.0))?;
+    Ok(serde_json::to_vec(&out).unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,6 +90,7 @@ mod tests {
             model: Some("m".into()),
             names: ToolNames::default(),
             embeddings_base64: false,
+            include_usage: false,
         }
     }
 
@@ -155,5 +172,38 @@ mod tests {
             .unwrap());
         assert_eq!(e["error"]["message"], "bad instance");
         assert!(convert(&p, 200, None, b"{}", "x").unwrap().is_err());
+    }
+
+    #[test]
+    fn anthropic_answers_for_openai_clients() {
+        use Protocol::*;
+        let p = plan(Conversion::OpenAiToAnthropic, OpenAiChat, AnthropicMessages);
+        let msg = json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+            "content": [{"type": "text", "text": "2"}, {"type": "tool_use", "id": "toolu_1", "name": "calc", "input": {"x": 1}}],
+            "stop_reason": "tool_use", "usage": {"input_tokens": 5, "output_tokens": 3, "cache_read_input_tokens": 10, "cache_creation_input_tokens": 2}});
+        let o = v(convert(&p, 200, None, msg.to_string().as_bytes(), "x").unwrap().unwrap());
+        assert_eq!(
+            (o["object"].as_str(), o["model"].as_str(), o["id"].as_str()),
+            (Some("chat.completion"), Some("claude-x"), Some("msg_1"))
+        );
+        assert!(o["created"].as_u64().unwrap() > 1_700_000_000);
+        let c = &o["choices"][0];
+        assert_eq!((c["message"]["content"].as_str(), c["finish_reason"].as_str()), (Some("2"), Some("tool_calls")));
+        assert_eq!(c["message"]["tool_calls"][0]["function"], json!({"name": "calc", "arguments": "{\"x\":1}"}));
+        assert_eq!(o["usage"]["prompt_tokens"], 17);
+        assert_eq!(o["usage"]["prompt_tokens_details"]["cached_tokens"], 10);
+        // The gateway's observer reads the same usage from the converted body.
+        assert_eq!(
+            aigw_llm::usage::observe_json(&serde_json::to_vec(&o).unwrap()).usage,
+            aigw_llm::usage::observe_json(msg.to_string().as_bytes()).usage
+        );
+        // Errors: OpenAI's envelope, Anthropic's type as the code.
+        let e = v(convert(&p, 529, None, br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#, "x")
+            .unwrap()
+            .unwrap());
+        assert_eq!(e, json!({"error": {"message": "Overloaded", "type": "server_error", "param": null, "code": "overloaded_error"}}));
+        let e = v(convert(&p, 429, None, b"slow down", "x").unwrap().unwrap());
+        assert_eq!((e["error"]["type"].as_str(), e["error"]["message"].as_str()), (Some("rate_limit_error"), Some("slow down")));
+        assert!(convert(&p, 200, None, b"<html>", "x").unwrap().unwrap_err().0.contains("not JSON"));
     }
 }

@@ -2,21 +2,23 @@
 //! request out — pure, no I/O, no credentials (those are the authorize stage's).
 //!
 //! 1. Conversion into the protocol the provider speaks (Anthropic → OpenAI chat,
-//!    OpenAI chat → Converse, Anthropic → Converse), before shaping, so `options`,
+//!    OpenAI chat → Converse, Anthropic → Converse, OpenAI chat → Anthropic), before
+//!    shaping, so `options`,
 //!    `llm_options` and `request_body[<target protocol>]` apply to what the upstream gets.
 //! 2. Shaping ([`crate::shaping`], APISIX's order).
 //! 3. Bedrock: the model and the stream flag are gateway-level, not body fields.
 //! 4. The upstream URL: `override.endpoint` as given, or the provider's path.
 //! 5. The header policy: hop-by-hop and gateway-owned headers dropped, client credentials
-//!    dropped when the target has its own, Anthropic headers kept from OpenAI backends,
-//!    `anthropic-version` defaulted; Bedrock gets nothing of the client but the body.
+//!    dropped when the target has its own, Anthropic headers kept from OpenAI backends
+//!    (and OpenAI ones from Anthropic backends), `anthropic-version` defaulted; Bedrock
+//!    gets nothing of the client but the body.
 //!
 //! Each attempt of a request is planned from the client's original request, so a retry on
 //! another target (another provider, another protocol) is shaped for that target.
 
 use aigw_llm::anthropic::{self, ToolNames};
 use aigw_llm::protocol::Protocol;
-use aigw_llm::{bedrock, vertex};
+use aigw_llm::{bedrock, openai_to_anthropic, vertex};
 use aigw_model::Provider;
 use aigw_model::route::RequestBodyOverrides;
 use bytes::Bytes;
@@ -84,7 +86,14 @@ pub struct Plan {
     pub names: ToolNames,
     /// Vertex `:predict` embeddings: the client asked for base64 (`encoding_format`).
     pub embeddings_base64: bool,
+    /// An OpenAI chat client asked for `stream_options.include_usage` and the upstream
+    /// speaks another protocol: the converted stream ends with OpenAI's usage chunk.
+    pub include_usage: bool,
 }
+
+/// `max_tokens` of an OpenAI chat request converted to Anthropic Messages when the client
+/// sets none and `override.llm_options.max_tokens` is unset (CONTRACT §9).
+pub const DEFAULT_ANTHROPIC_MAX_TOKENS: u64 = 4096;
 
 /// Why a request cannot be planned for a target: a 400 for the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -156,7 +165,9 @@ pub fn plan(req: &ClientRequest<'_>, mut body: Value, t: &Target) -> Result<Plan
     let ap = &t.conf;
     let pc = ap.provider_conf.as_ref();
     let proto = req.protocol;
-    let conversion = table::route(ap.provider, proto, pc).ok_or_else(|| PlanError::Unsupported {
+    let ov = ap.override_.as_ref();
+    let endpoint = ov.and_then(|o| o.endpoint.as_deref());
+    let conversion = table::route_to(ap.provider, proto, pc, endpoint).ok_or_else(|| PlanError::Unsupported {
         provider: ap.provider.as_str(),
         protocol: proto.name(),
         supported: table::supported(ap.provider).join(", "),
@@ -166,6 +177,8 @@ pub fn plan(req: &ClientRequest<'_>, mut body: Value, t: &Target) -> Result<Plan
 
     // 1. Into the target protocol.
     let mut names = ToolNames::default();
+    let mut include_usage = false;
+    let llm_max_tokens = ov.and_then(|o| o.llm_options.as_ref()).and_then(|l| l.max_tokens);
     let mut converted_stream = false;
     let mut converted_model = None;
     let mut embeddings_base64 = false;
@@ -196,14 +209,21 @@ pub fn plan(req: &ClientRequest<'_>, mut body: Value, t: &Target) -> Result<Plan
             embeddings_base64 = p.base64;
             p.body
         }
+        Conversion::OpenAiToAnthropic => {
+            let r =
+                openai_to_anthropic::request_to_anthropic(&body, llm_max_tokens.unwrap_or(DEFAULT_ANTHROPIC_MAX_TOKENS)).map_err(bad)?;
+            names = r.names;
+            include_usage = r.include_usage;
+            r.body
+        }
     };
-    // 2. Shaped for the target.
-    let ov = ap.override_.as_ref();
+    // 2. Shaped for the target. A converted OpenAI request already has its `max_tokens`:
+    // the client's, else `llm_options.max_tokens` (CONTRACT §9), so it is not forced again.
     let shaping = Shaping {
         provider: ap.provider,
         target,
         options: ap.options.as_ref(),
-        max_tokens: ov.and_then(|o| o.llm_options.as_ref()).and_then(|l| l.max_tokens),
+        max_tokens: if conversion == Conversion::OpenAiToAnthropic { None } else { llm_max_tokens },
         request_body: ov.and_then(|o| o.request_body.as_ref()).and_then(|rb| request_body_for(rb, target)),
         force_request_body: ov.is_some_and(|o| o.request_body_force_override),
     };
@@ -273,6 +293,7 @@ pub fn plan(req: &ClientRequest<'_>, mut body: Value, t: &Target) -> Result<Plan
     let mut headers = HeaderMap::with_capacity(req.headers.len() + 2);
     if !bedrock {
         let to_openai = conversion == Conversion::AnthropicToOpenAi;
+        let to_anthropic = conversion == Conversion::OpenAiToAnthropic;
         for (name, value) in req.headers {
             let n = name.as_str();
             if DROP_HEADERS.contains(&n) || (t.has_credentials && CREDENTIAL_HEADERS.contains(&n)) {
@@ -282,7 +303,22 @@ pub fn plan(req: &ClientRequest<'_>, mut body: Value, t: &Target) -> Result<Plan
             if to_openai && (n == "x-api-key" || n.starts_with("anthropic-")) {
                 continue;
             }
+            // Nor an Anthropic backend OpenAI's (`openai-organization`, `openai-beta`, …).
+            if to_anthropic && n.starts_with("openai-") {
+                continue;
+            }
             headers.append(name.clone(), value.clone());
+        }
+        if to_anthropic
+            && !t.has_credentials
+            && !headers.contains_key("x-api-key")
+            && let Some(key) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
+            && let Ok(mut v) = HeaderValue::from_str(key.trim())
+        {
+            // Bring-your-own-key: the OpenAI SDK's bearer becomes Anthropic's x-api-key.
+            v.set_sensitive(true);
+            headers.remove(header::AUTHORIZATION);
+            headers.insert(HeaderName::from_static("x-api-key"), v);
         }
         if to_openai
             && !t.has_credentials
@@ -295,7 +331,7 @@ pub fn plan(req: &ClientRequest<'_>, mut body: Value, t: &Target) -> Result<Plan
             headers.insert(header::AUTHORIZATION, v);
         }
         if matches!(target, Protocol::AnthropicMessages | Protocol::AnthropicCountTokens) && !headers.contains_key("anthropic-version") {
-            headers.insert(HeaderName::from_static("anthropic-version"), HeaderValue::from_static("2023-06-01"));
+            headers.insert(HeaderName::from_static("anthropic-version"), HeaderValue::from_static(openai_to_anthropic::ANTHROPIC_VERSION));
         }
     }
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -312,6 +348,7 @@ pub fn plan(req: &ClientRequest<'_>, mut body: Value, t: &Target) -> Result<Plan
         model,
         names,
         embeddings_base64,
+        include_usage,
     })
 }
 
@@ -402,7 +439,7 @@ mod tests {
                     ("https://r.openai.azure.com/openai/deployments/d/chat/completions?api-version=2024-10-21", OpenAiChat)
                 }
                 ("aimlapi", OpenAiChat | AnthropicMessages) => ("https://api.aimlapi.com/v1/chat/completions", OpenAiChat),
-                ("anthropic", OpenAiChat) => ("https://api.anthropic.com/v1/chat/completions", OpenAiChat),
+                ("anthropic", OpenAiChat) => ("https://api.anthropic.com/v1/messages", AnthropicMessages),
                 ("anthropic", AnthropicMessages) => ("https://api.anthropic.com/v1/messages", AnthropicMessages),
                 ("anthropic", AnthropicCountTokens) => ("https://api.anthropic.com/v1/messages/count_tokens", AnthropicCountTokens),
                 ("openrouter", OpenAiChat | AnthropicMessages) => ("https://openrouter.ai/api/v1/chat/completions", OpenAiChat),
@@ -453,6 +490,10 @@ mod tests {
                             BedrockConverse => assert!(v.get("model").is_none() && v.get("stream").is_none(), "{prov} × {p:?}: {v}"),
                             OpenAiChat if p == AnthropicMessages => assert!(v["messages"].is_array(), "{v}"),
                             VertexPredict => assert_eq!(v, json!({"instances": [{"content": "a"}]}), "{prov} × {p:?}"),
+                            AnthropicMessages if p == OpenAiChat => {
+                                assert_eq!((v["max_tokens"].as_u64(), v["tools"][0]["name"].as_str()), (Some(4096), Some("f")), "{v}");
+                                assert_eq!(plan.headers["anthropic-version"], "2023-06-01");
+                            }
                             _ => {}
                         }
                     }
@@ -557,6 +598,85 @@ mod tests {
                 (got, w) => panic!("{path}: want {w:?}, got {got:?}"),
             }
         }
+    }
+
+    /// OpenAI chat clients on `provider: anthropic` (CONTRACT §9): converted to Messages
+    /// unless the endpoint is an OpenAI-compatible `/chat/completions`.
+    #[test]
+    fn openai_clients_on_anthropic() {
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+            }
+            m
+        };
+        let go = |t: &Target, body: Value, headers: &HeaderMap| {
+            let bytes = Bytes::from(body.to_string());
+            let path = "/v1/chat/completions";
+            let req =
+                ClientRequest { method: &Method::POST, path, path_and_query: path, headers, body: &bytes, protocol: Protocol::OpenAiChat };
+            plan(&req, body, t).unwrap()
+        };
+        let ask = json!({"model": "gpt-4o", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]});
+        // (target config, client body, expected max_tokens)
+        let llm = json!({"override": {"llm_options": {"max_tokens": 300}}});
+        let mut capped = ask.clone();
+        capped["max_completion_tokens"] = json!(77);
+        for (extra, body, want) in [(json!({}), ask.clone(), 4096), (llm.clone(), ask.clone(), 300), (llm, capped, 77)] {
+            let p = go(&target("anthropic", extra, true), body, &HeaderMap::new());
+            let v: Value = serde_json::from_slice(&p.body).unwrap();
+            assert_eq!(
+                (p.conversion, p.target, p.url.as_str()),
+                (Conversion::OpenAiToAnthropic, Protocol::AnthropicMessages, "https://api.anthropic.com/v1/messages")
+            );
+            assert_eq!(
+                (v["max_tokens"].as_u64(), v["system"].as_str(), v["model"].as_str()),
+                (Some(want), Some("be brief"), Some("gpt-4o"))
+            );
+        }
+        // options.model and request_body["anthropic-messages"] shape the converted body.
+        let t = target(
+            "anthropic",
+            json!({"options": {"model": "claude-x"}, "override": {"request_body": {"anthropic-messages": {"top_k": 5}}}}),
+            true,
+        );
+        let mut streamed = ask.clone();
+        streamed["stream"] = json!(true);
+        streamed["stream_options"] = json!({"include_usage": true});
+        let p = go(&t, streamed, &h(&[("authorization", "Bearer placeholder"), ("openai-organization", "org"), ("x-request-id", "r")]));
+        let v: Value = serde_json::from_slice(&p.body).unwrap();
+        assert_eq!((v["model"].as_str(), v["top_k"].as_u64(), v["stream"].as_bool()), (Some("claude-x"), Some(5), Some(true)));
+        assert!(v.get("stream_options").is_none(), "{v}");
+        assert!(p.stream && p.include_usage);
+        assert_eq!((p.request_model.as_deref(), p.model.as_deref()), (Some("gpt-4o"), Some("claude-x")));
+        assert!(p.headers.get("authorization").is_none() && p.headers.get("openai-organization").is_none());
+        assert_eq!(p.headers["x-request-id"], "r");
+        // Bring your own key: the OpenAI SDK's bearer becomes x-api-key.
+        let p = go(&target("anthropic", json!({}), false), ask.clone(), &h(&[("authorization", "Bearer sk-ant-mine")]));
+        assert_eq!((p.headers.get("authorization"), p.headers["x-api-key"].to_str().unwrap()), (None, "sk-ant-mine"));
+        assert!(p.headers["x-api-key"].is_sensitive());
+        // An OpenAI-compatible endpoint is used as given, the body untouched.
+        let t = target("anthropic", json!({"override": {"endpoint": "https://api.anthropic.com/v1/chat/completions"}}), true);
+        let p = go(&t, ask.clone(), &HeaderMap::new());
+        assert_eq!(
+            (p.conversion, p.target, p.url.as_str()),
+            (Conversion::Native, Protocol::OpenAiChat, "https://api.anthropic.com/v1/chat/completions")
+        );
+        assert!(!p.include_usage);
+        // Requests the converter refuses are the client's 400.
+        let t = target("anthropic", json!({}), true);
+        let bytes = Bytes::from_static(b"{}");
+        let bad = json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 2});
+        let req = ClientRequest {
+            method: &Method::POST,
+            path: "/x",
+            path_and_query: "/x",
+            headers: &HeaderMap::new(),
+            body: &bytes,
+            protocol: Protocol::OpenAiChat,
+        };
+        assert!(matches!(plan(&req, bad, &t), Err(PlanError::Invalid(m)) if m.contains("n:")));
     }
 
     #[test]

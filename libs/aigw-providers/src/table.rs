@@ -77,6 +77,9 @@ pub enum Conversion {
     AnthropicToConverse,
     /// OpenAI embeddings client, Vertex AI `:predict` backend.
     EmbeddingsToVertexPredict,
+    /// OpenAI chat client, Anthropic Messages backend (`provider: anthropic` unless
+    /// `override.endpoint` names an OpenAI-compatible `/chat/completions`, CONTRACT §9).
+    OpenAiToAnthropic,
 }
 
 impl Conversion {
@@ -87,11 +90,23 @@ impl Conversion {
             Conversion::AnthropicToOpenAi => Protocol::OpenAiChat,
             Conversion::OpenAiToConverse | Conversion::AnthropicToConverse => Protocol::BedrockConverse,
             Conversion::EmbeddingsToVertexPredict => Protocol::VertexPredict,
+            Conversion::OpenAiToAnthropic => Protocol::AnthropicMessages,
         }
     }
 }
 
-/// How `proto` reaches `provider`, or None when it cannot.
+/// How `proto` reaches `provider`, or None when it cannot. `endpoint` is
+/// `override.endpoint`: an OpenAI chat client on `provider: anthropic` is converted to the
+/// Messages API unless it names an OpenAI-compatible `/chat/completions` path.
+pub fn route_to(provider: Provider, proto: Protocol, pc: Option<&ProviderConf>, endpoint: Option<&str>) -> Option<Conversion> {
+    if provider == Provider::Anthropic && proto == Protocol::OpenAiChat && aigw_llm::openai_to_anthropic::converts_for_endpoint(endpoint) {
+        return Some(Conversion::OpenAiToAnthropic);
+    }
+    route(provider, proto, pc)
+}
+
+/// How `proto` reaches `provider` by the table alone (natively at its path, or through
+/// the Anthropic→OpenAI and Converse converters); see [`route_to`] for the request path.
 pub fn route(provider: Provider, proto: Protocol, pc: Option<&ProviderConf>) -> Option<Conversion> {
     if provider == Provider::Bedrock {
         return match proto {
@@ -161,5 +176,22 @@ mod tests {
         assert_eq!(route(Provider::Openai, Protocol::AnthropicMessages, None), Some(Conversion::AnthropicToOpenAi));
         assert_eq!(route(Provider::Anthropic, Protocol::AnthropicMessages, None), Some(Conversion::Native));
         assert_eq!(route(Provider::Deepseek, Protocol::OpenAiResponses, None), None);
+    }
+
+    #[test]
+    fn openai_clients_on_anthropic() {
+        // (override.endpoint, expected conversion)
+        for (ep, want) in [
+            (None, Conversion::OpenAiToAnthropic),
+            (Some("https://api.anthropic.com"), Conversion::OpenAiToAnthropic),
+            (Some("https://proxy.example/v1/messages"), Conversion::OpenAiToAnthropic),
+            (Some("https://api.anthropic.com/v1/chat/completions"), Conversion::Native),
+            (Some("http://127.0.0.1:1/openai/chat/completions?x=1"), Conversion::Native),
+        ] {
+            assert_eq!(route_to(Provider::Anthropic, Protocol::OpenAiChat, None, ep), Some(want), "{ep:?}");
+        }
+        assert_eq!(Conversion::OpenAiToAnthropic.target(Protocol::OpenAiChat), Protocol::AnthropicMessages);
+        assert_eq!(route_to(Provider::Anthropic, Protocol::AnthropicMessages, None, None), Some(Conversion::Native));
+        assert_eq!(route_to(Provider::Openai, Protocol::OpenAiChat, None, None), Some(Conversion::Native));
     }
 }

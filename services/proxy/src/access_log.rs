@@ -46,6 +46,7 @@ enum Var {
     ToolCount,
     EndUserId,
     ApisixUpstreamResponseTime,
+    LlmInstance,
 }
 
 const VARS: &[(&str, Var)] = &[
@@ -76,6 +77,7 @@ const VARS: &[(&str, Var)] = &[
     ("llm_tool_count", Var::ToolCount),
     ("llm_end_user_id", Var::EndUserId),
     ("apisix_upstream_response_time", Var::ApisixUpstreamResponseTime),
+    ("llm_instance", Var::LlmInstance),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,6 +178,7 @@ impl Format {
                         Var::HasToolCalls => e.has_tool_calls.to_string(),
                         Var::ToolCount => e.tool_count.to_string(),
                         Var::EndUserId => e.end_user_id.clone(),
+                        Var::LlmInstance => dash(&e.instance),
                     };
                     escape_into(&mut out, s.as_bytes());
                 }

@@ -11,6 +11,7 @@ pub mod authorize;
 pub mod compiled;
 pub mod complete;
 pub mod errors;
+pub mod health;
 pub mod metrics;
 pub mod pipeline;
 pub mod read;

@@ -6,7 +6,13 @@
 //! ```
 //!
 //! Each request loads the config snapshot once and holds that `Arc` until its response
-//! body ends, so a snapshot swap never changes a request half-way. The completion record
+//! body ends, so a snapshot swap never changes a request half-way.
+//!
+//! plan → authorize → send is one *attempt* ([`attempt`]). An `ai-proxy` route makes one;
+//! an `ai-proxy-multi` route picks an instance, and when the attempt fails in a way its
+//! `fallback_strategy` covers, picks another and attempts again ([`upstream`]). The loop
+//! runs before `respond` hands a body to the client, so no retry can follow a byte the
+//! client already has. The completion record
 //! is filled in by the stages as they go and handed to the sinks exactly once, when the
 //! response body ends (or the client leaves), whether the answer came from the upstream
 //! or is an error the gateway made.
@@ -14,7 +20,10 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
+use aigw_balance::Outcome as AttemptOutcome;
+use aigw_balance::retry::{self, Attempt, Decision};
 use aigw_llm::envelope::Envelope;
 use aigw_llm::usage::request_facts;
 use aigw_providers::plan::{ClientRequest, Plan, PlanError, plan};
@@ -23,7 +32,7 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
-use crate::compiled::{CompiledRoute, CompiledTarget};
+use crate::compiled::{CompiledRoute, CompiledTarget, MultiRoute};
 use crate::complete::Completion;
 use crate::errors::{GatewayError, error_response};
 use crate::metrics::Metrics;
@@ -31,7 +40,7 @@ use crate::read::read_body;
 use crate::record::Record;
 use crate::respond::{AnswerBody, Payload, respond};
 use crate::routing::{body_limit, find_route};
-use crate::send::{Sent, send};
+use crate::send::{SendError, Sent, send};
 use crate::state::{AppState, ProxyBody, request_id};
 
 /// Entry point for every data-plane request.
@@ -43,7 +52,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, remote: Socket
     let headers = state.keep_headers.then(|| req.headers().clone());
     let mut rec = Record::new(remote.ip(), request_line, rid.clone(), headers);
     let cfg = state.config.load_full();
-    let mut resp = match proxy(&state, &cfg, req, &mut rec).await {
+    let mut resp = match proxy(&state, &cfg, req, remote, &mut rec).await {
         Ok(answer) => {
             rec.status = answer.parts.status.as_u16();
             let completion = Completion::new(rec, state.sinks.clone());
@@ -73,6 +82,7 @@ async fn proxy(
     state: &Arc<AppState>,
     cfg: &crate::runtime::RuntimeConfig,
     req: Request<Incoming>,
+    remote: SocketAddr,
     rec: &mut Record,
 ) -> Result<crate::respond::Answer, GatewayError> {
     let (parts, body) = req.into_parts();
@@ -115,11 +125,158 @@ async fn proxy(
 
     let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or(path);
     let creq = ClientRequest { method: &parts.method, path, path_and_query, headers: &parts.headers, body: &client.bytes, protocol: proto };
-    let target = &route.targets[0];
-    let (plan, sent) = attempt(&route, target, &creq, json, rec).await?;
+    let (plan, sent) = upstream(&route, &creq, &parts, remote, json, rec).await?;
 
     // respond (complete follows when the body ends)
     respond(sent, &plan, &route, rec).await
+}
+
+/// plan → authorize → send until an attempt gives the answer the client gets: the only
+/// one for `ai-proxy`; for `ai-proxy-multi`, attempts on picked instances while the
+/// fallback policy says retry and an instance is left (CONTRACT §9, `docs/multi.md`).
+///
+/// A failed attempt's answer is dropped before the next attempt (unread, which closes its
+/// connection). Every attempt starts from the client's original body: the first takes the
+/// parsed JSON, a retry parses the client's bytes again (no copy unless a retry happens).
+async fn upstream(
+    route: &CompiledRoute,
+    creq: &ClientRequest<'_>,
+    parts: &http::request::Parts,
+    remote: SocketAddr,
+    json: serde_json::Value,
+    rec: &mut Record,
+) -> Result<(Plan, Sent), GatewayError> {
+    let multi = route.multi.as_ref();
+    let key = multi.map(|m| {
+        crate::health::ensure_probers(route.id(), m);
+        m.hash.key(parts, remote)
+    });
+    let key = key.as_deref().unwrap_or_default().as_bytes();
+    let mut i = match multi {
+        None => 0,
+        Some(m) => m.balancer.pick(key, &[]).ok_or_else(no_instance)?,
+    };
+    let mut first_body = Some(json);
+    let mut tried: Vec<usize> = Vec::new();
+    loop {
+        let t = &route.targets[i];
+        let json = match first_body.take() {
+            Some(j) => j,
+            None => serde_json::from_slice(creq.body)
+                .map_err(|e| GatewayError::bad_request(format!("could not parse JSON request body: {e}")))?,
+        };
+        // Only a retry decision needs the attempt's duration.
+        let started = multi.is_some().then(Instant::now);
+        let result = attempt(route, t, creq, json, rec).await;
+        // (GCP credentials: a 401 here re-mints the token and retries this target once.)
+        let Some(m) = multi else { return result.map_err(AttemptError::into_gateway_error) };
+        let outcome = match &result {
+            Ok((_, sent)) => AttemptOutcome::Status(sent.response.status().as_u16()),
+            Err(AttemptError::Send(e)) => attempt_outcome(e),
+            // The request cannot be planned or authorized for this instance: not its failure.
+            Err(AttemptError::Gateway(_)) => return result.map_err(AttemptError::into_gateway_error),
+        };
+        m.balancer.report(i, &outcome);
+        let next = match next_instance(m, &outcome, &result, started, &mut tried, i, key) {
+            Some(j) => j,
+            None => return result.map_err(AttemptError::into_gateway_error),
+        };
+        m.balancer.note_fallback(i);
+        // APISIX's line (without the upstream body, which is never read).
+        let (from, to, status) = (&t.name, &route.targets[next].name, outcome_status(&outcome));
+        let error = result.as_ref().err().map(tracing::field::display);
+        tracing::warn!(route = %rec.route_id, request_id = %rec.request_id, error, "ai instance {from} returned status {status}, falling back to {to}");
+        // The failed answer goes unread: dropping it closes its connection now.
+        drop(result);
+        i = next;
+    }
+}
+
+/// Where a failed attempt on instance `i` goes next, if anywhere: the fallback policy's
+/// decision, then a pick among the instances not tried yet.
+fn next_instance(
+    m: &MultiRoute,
+    outcome: &AttemptOutcome,
+    result: &Result<(Plan, Sent), AttemptError>,
+    started: Option<Instant>,
+    tried: &mut Vec<usize>,
+    i: usize,
+    key: &[u8],
+) -> Option<usize> {
+    // A send failure that produced something unexpected (not a connect/reset/timeout) is
+    // not retried on another instance.
+    if matches!(result, Err(AttemptError::Send(e)) if !e.retryable()) {
+        return None;
+    }
+    let a = Attempt {
+        outcome: *outcome,
+        // Structurally false: this loop runs before `respond` gives the client a body.
+        sent_to_client: false,
+        elapsed_ms: started.map_or(0, |s| s.elapsed().as_millis() as u64),
+        attempts: tried.len() as u32 + 1,
+    };
+    if retry::decide(&m.policy, &a) != Decision::Retry {
+        return None;
+    }
+    tried.push(i);
+    m.balancer.pick(key, tried)
+}
+
+fn no_instance() -> GatewayError {
+    GatewayError::upstream(http::StatusCode::BAD_GATEWAY, "no_instance", false, "no ai instance is available")
+}
+
+/// The status an attempt's outcome shows in logs: the upstream's, or the one the client
+/// would get for a failure without an answer (502, 504 for timeouts).
+fn outcome_status(o: &AttemptOutcome) -> u16 {
+    match o {
+        AttemptOutcome::Status(s) => *s,
+        o => o.gateway_status().unwrap_or(502),
+    }
+}
+
+/// A send failure as the balancer and the retry decision see it.
+pub fn attempt_outcome(e: &SendError) -> AttemptOutcome {
+    match e {
+        SendError::ConnectRefused(_) | SendError::Connect(_) => AttemptOutcome::ConnectRefused,
+        SendError::ConnectTimeout(_) | SendError::PoolTimeout(_) => AttemptOutcome::ConnectTimeout,
+        SendError::Tls(_) => AttemptOutcome::Tls,
+        SendError::Reset(_) | SendError::Other(_) => AttemptOutcome::Reset,
+        SendError::Timeout(_) => AttemptOutcome::TimeoutBeforeFirstByte,
+    }
+}
+
+/// Why one attempt produced no upstream answer.
+#[derive(Debug)]
+enum AttemptError {
+    /// The upstream could not be reached or did not answer (another instance may).
+    Send(SendError),
+    /// The request cannot be planned or authorized for this target.
+    Gateway(GatewayError),
+}
+
+impl std::fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttemptError::Send(e) => write!(f, "{}", e.kind()),
+            AttemptError::Gateway(e) => write!(f, "{}", e.message),
+        }
+    }
+}
+
+impl AttemptError {
+    fn into_gateway_error(self) -> GatewayError {
+        match self {
+            AttemptError::Send(e) => e.into_gateway_error(),
+            AttemptError::Gateway(e) => e,
+        }
+    }
+}
+
+impl From<GatewayError> for AttemptError {
+    fn from(e: GatewayError) -> Self {
+        AttemptError::Gateway(e)
+    }
 }
 
 /// One upstream attempt: plan → authorize → send, for one target of the route. The
@@ -131,7 +288,10 @@ async fn attempt(
     creq: &ClientRequest<'_>,
     json: serde_json::Value,
     rec: &mut Record,
-) -> Result<(Plan, Sent), GatewayError> {
+) -> Result<(Plan, Sent), AttemptError> {
+    // The record names the attempt's instance; the last attempt's facts stay.
+    rec.instance.clone_from(&t.name);
+    rec.provider = Some(t.target.conf.provider);
     // plan
     let mut plan = plan(creq, json, &t.target).map_err(|e| match e {
         PlanError::Unsupported { .. } | PlanError::Invalid(_) => GatewayError::bad_request(e.to_string()),
@@ -140,7 +300,6 @@ async fn attempt(
     rec.stream = plan.stream;
     rec.request_llm_model = plan.request_model.clone().unwrap_or_default();
     rec.llm_model = plan.model.clone().unwrap_or_default();
-    rec.instance.clone_from(&t.name);
 
     // authorize
     let bearer = t.auth.authorize(&mut plan, &t.target.authority).await?;
@@ -156,7 +315,7 @@ async fn attempt(
         .body(Full::new(plan.body.clone()))
         .map_err(|e| GatewayError::internal(format!("building the upstream request for {}: {e}", t.target.origin)))?;
     rec.attempts += 1;
-    let mut sent = send(&t.upstream, route.timeout, upstream_req, &t.target.authority).await.map_err(|e| e.into_gateway_error())?;
+    let mut sent = send(&t.upstream, route.timeout, upstream_req, &t.target.authority).await.map_err(AttemptError::Send)?;
     // A GCP token refused with 401 is dropped everywhere (here and in aigw-token-cache)
     // and the request sent once more with a fresh one; nothing reached the client yet.
     if let Some(headers) = again.as_mut()
@@ -169,7 +328,107 @@ async fn attempt(
         }
         let upstream_req = builder.body(Full::new(plan.body.clone())).map_err(|e| GatewayError::internal(e.to_string()))?;
         rec.attempts += 1;
-        sent = send(&t.upstream, route.timeout, upstream_req, &t.target.authority).await.map_err(|e| e.into_gateway_error())?;
+        sent = send(&t.upstream, route.timeout, upstream_req, &t.target.authority).await.map_err(AttemptError::Send)?;
     }
     Ok((plan, sent))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compiled::{CompileCtx, compile_route};
+    use crate::upstream::Upstreams;
+    use serde_json::json;
+    use std::time::Duration;
+
+    fn multi(extra: serde_json::Value) -> CompiledRoute {
+        let mut plugin = json!({"instances": [
+            {"name": "a", "provider": "openai", "weight": 1, "priority": 2, "auth": {}},
+            {"name": "b", "provider": "openai", "weight": 1, "priority": 1, "auth": {}},
+            {"name": "c", "provider": "openai", "weight": 1, "priority": 0, "auth": {}}]});
+        for (k, v) in extra.as_object().unwrap() {
+            plugin[k] = v.clone();
+        }
+        compile_route(&json!({"id": "m", "uri": "/m", "plugins": {"ai-proxy-multi": plugin}}), &CompileCtx::bare(&Upstreams::default()))
+            .unwrap()
+    }
+
+    fn refused() -> Result<(Plan, Sent), AttemptError> {
+        Err(AttemptError::Send(SendError::ConnectRefused("refused".into())))
+    }
+
+    /// The loop's decisions: the policy, `max_retries`, the instances left, and send
+    /// failures that are not retried.
+    #[test]
+    fn next_instance_decisions() {
+        // (route settings, failures in a row, expected instances tried after the first)
+        for (extra, want) in [
+            (json!({}), vec![]),
+            (json!({"fallback_strategy": "http_429"}), vec![]),
+            (json!({"fallback_strategy": "http_5xx"}), vec![1, 2]),
+            (json!({"fallback_strategy": ["http_5xx"], "max_retries": 1}), vec![1]),
+            (json!({"fallback_strategy": "http_5xx", "max_retries": 0}), vec![]),
+            (json!({"fallback_strategy": "instance_health_and_rate_limiting"}), vec![]),
+        ] {
+            let r = multi(extra.clone());
+            let m = r.multi.as_ref().unwrap();
+            let mut tried = Vec::new();
+            let mut i = m.balancer.pick(b"", &[]).unwrap();
+            assert_eq!(i, 0, "priority 2 first");
+            let mut got = Vec::new();
+            while let Some(j) = next_instance(
+                m,
+                &attempt_outcome(&SendError::ConnectRefused(String::new())),
+                &refused(),
+                Some(Instant::now()),
+                &mut tried,
+                i,
+                b"",
+            ) {
+                got.push(j);
+                i = j;
+            }
+            assert_eq!(got, want, "{extra}");
+        }
+        // A 429 under http_429 goes to the next priority.
+        let r = multi(json!({"fallback_strategy": "http_429"}));
+        let m = r.multi.as_ref().unwrap();
+        assert_eq!(next_instance(m, &AttemptOutcome::Status(429), &refused(), Some(Instant::now()), &mut Vec::new(), 0, b""), Some(1));
+        // fallback_http_statuses adds statuses whatever the strategy.
+        let r = multi(json!({"fallback_http_statuses": [401]}));
+        let m = r.multi.as_ref().unwrap();
+        assert_eq!(next_instance(m, &AttemptOutcome::Status(401), &refused(), Some(Instant::now()), &mut Vec::new(), 0, b""), Some(1));
+        // retry_on_failure_within_ms: a slow failure is not retried.
+        let r = multi(json!({"fallback_strategy": "http_5xx", "retry_on_failure_within_ms": 1}));
+        let m = r.multi.as_ref().unwrap();
+        let long_ago = Instant::now() - Duration::from_millis(50);
+        assert_eq!(next_instance(m, &AttemptOutcome::TimeoutBeforeFirstByte, &refused(), Some(long_ago), &mut Vec::new(), 0, b""), None);
+        assert_eq!(next_instance(m, &AttemptOutcome::Status(502), &refused(), Some(Instant::now()), &mut Vec::new(), 0, b""), Some(1));
+        // A malformed answer (not a connect/reset/timeout) is not retried.
+        let other = Err(AttemptError::Send(SendError::Other("bad".into())));
+        let r = multi(json!({"fallback_strategy": "http_5xx"}));
+        let m = r.multi.as_ref().unwrap();
+        assert_eq!(next_instance(m, &AttemptOutcome::Reset, &other, Some(Instant::now()), &mut Vec::new(), 0, b""), None);
+    }
+
+    #[test]
+    fn send_failures_as_attempt_outcomes() {
+        for (e, want, status) in [
+            (SendError::ConnectRefused(String::new()), AttemptOutcome::ConnectRefused, 502),
+            (SendError::Connect(String::new()), AttemptOutcome::ConnectRefused, 502),
+            (SendError::ConnectTimeout(String::new()), AttemptOutcome::ConnectTimeout, 504),
+            (SendError::PoolTimeout(Duration::ZERO), AttemptOutcome::ConnectTimeout, 504),
+            (SendError::Tls(String::new()), AttemptOutcome::Tls, 502),
+            (SendError::Reset(String::new()), AttemptOutcome::Reset, 502),
+            (SendError::Timeout(Duration::ZERO), AttemptOutcome::TimeoutBeforeFirstByte, 504),
+        ] {
+            let o = attempt_outcome(&e);
+            assert_eq!(o, want, "{e:?}");
+            assert!(o.is_5xx_class(), "{e:?}");
+            assert_eq!(outcome_status(&o), status, "{e:?}");
+            // The client's status for this failure agrees with the log line's.
+            assert_eq!(e.into_gateway_error().status.as_u16(), status);
+        }
+        assert_eq!(outcome_status(&AttemptOutcome::Status(429)), 429);
+    }
 }

@@ -70,7 +70,7 @@ pub async fn respond(sent: Sent, plan: &Plan, route: &CompiledRoute, rec: &mut R
         let streaming = status.is_success();
         let client = if streaming { plan.client } else { plan.target };
         let model = plan.model.as_deref().unwrap_or_default();
-        let pipe = Pipe::new(plan.target, client, plan.names.clone(), model, &rec.request_id, route.max_event);
+        let pipe = Pipe::new(plan.target, client, plan.names.clone(), model, &rec.request_id, route.max_event, plan.include_usage);
         if pipe.converting() {
             parts.headers.remove(header::CONTENT_LENGTH);
             parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

@@ -1,4 +1,5 @@
-//! The status listener: `/healthz`, `/readyz`, `/config_dump` (secrets redacted), `/metrics`.
+//! The status listener: `/healthz`, `/readyz`, `/config_dump` (secrets redacted), `/metrics`,
+//! `/status/instances` (ai-proxy-multi instance health, `health.rs`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Resp
             text(StatusCode::OK, "application/json", serde_json::to_vec_pretty(&dump).unwrap_or_default())
         }
         "/metrics" => text(StatusCode::OK, "text/plain; version=0.0.4", metrics(&state)),
+        "/status/instances" => text(StatusCode::OK, "application/json", crate::health::instances_json(&state.config.load())),
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     })
 }
@@ -72,6 +74,7 @@ fn metrics(state: &AppState) -> String {
         "# HELP aigw_proxy_config_info Applied snapshot version.\n# TYPE aigw_proxy_config_info gauge\naigw_proxy_config_info{{version=\"{}\"}} 1\n",
         cfg.version
     ));
+    out.push_str(&crate::health::instance_metrics(&cfg));
     out
 }
 

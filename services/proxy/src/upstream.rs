@@ -47,6 +47,10 @@ impl std::fmt::Debug for Upstream {
 #[derive(Default)]
 pub struct Upstreams {
     cache: Mutex<HashMap<ClientKey, Weak<Upstream>>>,
+    /// Health and counters of `ai-proxy-multi` instances by (route id, instance name):
+    /// like the clients, they outlive a snapshot, so a config change neither forgives an
+    /// ejected instance nor resets its counters (read when a route is compiled).
+    pub health: aigw_balance::HealthRegistry,
 }
 
 impl Upstreams {
