@@ -742,15 +742,29 @@ mod span_facts {
     fn whole_answers_and_caps() {
         let o = observe_json(br#"{"id":"chatcmpl-9","choices":[{"message":{"content":"x"},"finish_reason":"length"}],"usage":{"prompt_tokens":1,"completion_tokens":1}}"#);
         assert_eq!((o.id.as_deref(), o.finish_reason.as_deref(), o.usage.total), (Some("chatcmpl-9"), Some("length"), 2));
-        let o = observe_json(br#"{"id":"msg_2","type":"message","stop_reason":"tool_use","content":[],"usage":{"input_tokens":1,"output_tokens":1}}"#);
+        let o = observe_json(
+            br#"{"id":"msg_2","type":"message","stop_reason":"tool_use","content":[],"usage":{"input_tokens":1,"output_tokens":1}}"#,
+        );
         assert_eq!((o.id.as_deref(), o.finish_reason.as_deref()), (Some("msg_2"), Some("tool_use")));
-        let o = observe_json(br#"{"output":{"message":{"content":[{"text":"hey"}]}},"stopReason":"end_turn","usage":{"inputTokens":1,"outputTokens":2}}"#);
+        let o = observe_json(
+            br#"{"output":{"message":{"content":[{"text":"hey"}]}},"stopReason":"end_turn","usage":{"inputTokens":1,"outputTokens":2}}"#,
+        );
         assert_eq!((o.finish_reason.as_deref(), o.usage.completion), (Some("end_turn"), 2));
         let o = observe_json(br#"{"id":7,"status":500,"error":{"message":"boom"}}"#);
         assert_eq!((o.id, o.error.as_deref()), (None, Some("boom")), "odd types never break the read");
-        assert_eq!(answer_text("{\"choices\":[{\"message\":{\"content\":\"héllo\"}}]}".as_bytes(), 2).as_deref(), Some("h"), "cut at a char boundary");
-        assert_eq!(answer_text(br#"{"content":[{"type":"text","text":"a"},{"type":"tool_use"},{"type":"text","text":"b"}]}"#, 99).as_deref(), Some("ab"));
-        assert_eq!(answer_text(br#"{"output":[{"type":"message","content":[{"type":"output_text","text":"r"}]}]}"#, 99).as_deref(), Some("r"));
+        assert_eq!(
+            answer_text("{\"choices\":[{\"message\":{\"content\":\"héllo\"}}]}".as_bytes(), 2).as_deref(),
+            Some("h"),
+            "cut at a char boundary"
+        );
+        assert_eq!(
+            answer_text(br#"{"content":[{"type":"text","text":"a"},{"type":"tool_use"},{"type":"text","text":"b"}]}"#, 99).as_deref(),
+            Some("ab")
+        );
+        assert_eq!(
+            answer_text(br#"{"output":[{"type":"message","content":[{"type":"output_text","text":"r"}]}]}"#, 99).as_deref(),
+            Some("r")
+        );
         assert_eq!(answer_text(br#"{"output":{"message":{"content":[{"text":"c"}]}}}"#, 99).as_deref(), Some("c"));
         let mut o = Observation::default();
         o.collect_text(99);

@@ -205,7 +205,10 @@ mod tests {
         assert_eq!(c.protocol, Protocol::Grpc);
         assert_eq!(c.traces_endpoint.as_deref(), Some("http://jaeger:4317"));
         assert_eq!(c.metrics_endpoint.as_deref(), Some("http://jaeger:4317"));
-        assert_eq!((c.service_name.as_str(), c.metric_interval, c.bsp_delay), ("aigw-proxy", Duration::from_secs(60), Duration::from_secs(5)));
+        assert_eq!(
+            (c.service_name.as_str(), c.metric_interval, c.bsp_delay),
+            ("aigw-proxy", Duration::from_secs(60), Duration::from_secs(5))
+        );
         let c = check(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),

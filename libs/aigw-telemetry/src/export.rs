@@ -106,8 +106,10 @@ pub struct Exporter {
     summary: String,
 }
 
-type HttpClient =
-    hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, http_body_util::Full<Bytes>>;
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Full<Bytes>,
+>;
 
 enum Transport {
     Grpc {
@@ -133,7 +135,10 @@ impl Transport {
         match cfg.protocol {
             Protocol::Grpc => {
                 if [&cfg.traces_endpoint, &cfg.metrics_endpoint].iter().any(|e| e.as_deref().is_some_and(|u| u.starts_with("https://"))) {
-                    return Err("OTLP over gRPC with TLS is not supported in this build: use http:// or OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf".into());
+                    return Err(
+                        "OTLP over gRPC with TLS is not supported in this build: use http:// or OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"
+                            .into(),
+                    );
                 }
                 let mut headers = tonic::metadata::MetadataMap::new();
                 for (k, v) in &cfg.headers {
@@ -160,10 +165,13 @@ impl Transport {
                     .enable_http1()
                     .wrap_connector(conn);
                 let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
-                let uri = |u: &Option<String>| u.as_deref().map(|u| u.parse::<http::Uri>().map_err(|e| format!("OTLP endpoint {u:?}: {e}"))).transpose();
+                let uri = |u: &Option<String>| {
+                    u.as_deref().map(|u| u.parse::<http::Uri>().map_err(|e| format!("OTLP endpoint {u:?}: {e}"))).transpose()
+                };
                 let mut headers = Vec::new();
                 for (k, v) in &cfg.headers {
-                    let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("OTEL_EXPORTER_OTLP_HEADERS: bad header name {k:?}"))?;
+                    let name =
+                        HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("OTEL_EXPORTER_OTLP_HEADERS: bad header name {k:?}"))?;
                     let mut val = HeaderValue::from_str(v).map_err(|_| format!("OTEL_EXPORTER_OTLP_HEADERS: bad value for {k:?}"))?;
                     val.set_sensitive(true);
                     headers.push((name, val));
@@ -233,7 +241,13 @@ fn observe_stats(registry: &Registry, stats: Arc<ExportStats>) {
     registry.observe(move |o| {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         o.counter("aigw.telemetry.spans.exported", "{span}", "Spans the collector accepted.", &[], g(&stats.spans_exported));
-        o.counter("aigw.telemetry.spans.dropped", "{span}", "Spans dropped because the export queue was full.", &[], g(&stats.spans_dropped));
+        o.counter(
+            "aigw.telemetry.spans.dropped",
+            "{span}",
+            "Spans dropped because the export queue was full.",
+            &[],
+            g(&stats.spans_dropped),
+        );
         o.counter(
             "aigw.telemetry.spans.failed",
             "{span}",
@@ -242,7 +256,13 @@ fn observe_stats(registry: &Registry, stats: Arc<ExportStats>) {
             g(&stats.spans_failed),
         );
         o.counter("aigw.telemetry.metric.exports", "{export}", "Metric exports the collector accepted.", &[], g(&stats.metric_exports));
-        o.counter("aigw.telemetry.metric.export.failures", "{export}", "Metric exports that failed.", &[], g(&stats.metric_export_failures));
+        o.counter(
+            "aigw.telemetry.metric.export.failures",
+            "{export}",
+            "Metric exports that failed.",
+            &[],
+            g(&stats.metric_export_failures),
+        );
     });
 }
 
@@ -415,7 +435,11 @@ impl Worker {
         let req = ExportMetricsServiceRequest {
             resource_metrics: vec![ResourceMetrics {
                 resource: Some(self.res.clone()),
-                scope_metrics: vec![ScopeMetrics { scope: Some(self.scope.clone()), metrics: self.registry.to_otlp(), ..Default::default() }],
+                scope_metrics: vec![ScopeMetrics {
+                    scope: Some(self.scope.clone()),
+                    metrics: self.registry.to_otlp(),
+                    ..Default::default()
+                }],
                 ..Default::default()
             }],
         };

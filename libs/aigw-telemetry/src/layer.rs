@@ -57,7 +57,8 @@ impl Visit for Fields<'_> {
 impl SpanSource for Data {
     fn spans(self: Box<Self>, out: &mut Vec<Span>) {
         let kind = if self.server { Kind::Server } else { Kind::Internal };
-        let mut b = SpanBuilder::new(self.trace_id, self.span_id, self.parent_id, self.name.to_owned(), kind, self.start, SystemTime::now());
+        let mut b =
+            SpanBuilder::new(self.trace_id, self.span_id, self.parent_id, self.name.to_owned(), kind, self.start, SystemTime::now());
         b.str("code.namespace", self.target);
         for (k, v) in &self.fields {
             b.str(k, v);

@@ -188,7 +188,15 @@ pub struct Observations {
 }
 
 impl Observations {
-    fn push(&mut self, kind: ObservedKind, name: &'static str, unit: &'static str, help: &'static str, labels: &[(&'static str, &str)], v: f64) {
+    fn push(
+        &mut self,
+        kind: ObservedKind,
+        name: &'static str,
+        unit: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+        v: f64,
+    ) {
         let labels = labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
         match self.list.iter_mut().find(|o| o.name == name) {
             Some(o) => o.points.push((labels, v)),

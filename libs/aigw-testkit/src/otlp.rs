@@ -244,7 +244,10 @@ struct Grpc(Arc<Store>);
 
 #[tonic::async_trait]
 impl TraceService for Grpc {
-    async fn export(&self, req: tonic::Request<ExportTraceServiceRequest>) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+    async fn export(
+        &self,
+        req: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         self.0.add_spans(req.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }

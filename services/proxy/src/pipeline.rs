@@ -44,6 +44,13 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, remote: Socket
     let headers = state.keep_headers.then(|| req.headers().clone());
     let mut rec = Record::new(remote.ip(), request_line, rid.clone(), headers);
     let cfg = state.config.load_full();
+    rec.keep_upstream_uri = state.sinks.keep_upstream_uri;
+    if let Some(t) = &state.sinks.tracer {
+        rec.trace = t.start(req.headers().get("traceparent").map(|v| v.as_bytes()));
+        if rec.trace.sampled {
+            rec.config_version.clone_from(&cfg.version);
+        }
+    }
     let mut resp = match proxy(&state, &cfg, req, &mut rec).await {
         Ok(answer) => {
             rec.status = answer.parts.status.as_u16();
@@ -59,6 +66,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, remote: Socket
             tracing::debug!(request_id = %rid, status = e.status.as_u16(), error = %e.message, "gateway error");
             let (parts, bytes) = error_response(env, &e).into_parts();
             rec.status = e.status.as_u16();
+            rec.error_code = e.code;
             rec.error = Some((e.source, e.message));
             let completion = Completion::new(rec, state.sinks.clone());
             Response::from_parts(parts, AnswerBody::whole(bytes, completion, Box::new(())).boxed_unsync())
@@ -85,7 +93,7 @@ async fn proxy(
 
     // route
     let route = find_route(cfg, &parts, rec.remote_addr, &client).ok_or_else(|| GatewayError::no_route(path))?;
-    rec.route_id = route.id().to_owned();
+    rec.set_route(&route, &parts.headers);
     let ap = &route.spec.ai_proxy;
     rec.provider = Some(ap.provider);
     if client.bytes.len() as u64 > ap.max_req_body_size {
@@ -113,6 +121,7 @@ async fn proxy(
     let facts = request_facts(proto, &json);
     rec.tool_count = facts.tool_count;
     rec.end_user_id = facts.end_user;
+    rec.note_request(&client.bytes, proto, &json);
     if ap.provider == Provider::VertexAi {
         return Err(GatewayError::not_implemented("provider vertex-ai is not implemented yet in this build"));
     }
@@ -148,6 +157,9 @@ async fn attempt(
 
     // authorize
     t.auth.apply(&mut plan, &t.target.authority)?;
+    if let Some(tp) = rec.begin_attempt(t, &plan.url) {
+        plan.headers.insert(HeaderName::from_static("traceparent"), tp);
+    }
 
     // send
     let mut builder = Request::builder().method(plan.method.clone()).uri(&plan.url);
@@ -157,7 +169,9 @@ async fn attempt(
     let upstream_req = builder
         .body(Full::new(plan.body.clone()))
         .map_err(|e| GatewayError::internal(format!("building the upstream request for {}: {e}", t.target.origin)))?;
-    rec.attempts += 1;
-    let sent = send(&t.upstream, route.timeout, upstream_req, &t.target.authority).await.map_err(|e| e.into_gateway_error())?;
+    let sent = send(&t.upstream, route.timeout, upstream_req, &t.target.authority).await.map_err(|e| {
+        rec.end_attempt(None, Some(e.kind()));
+        e.into_gateway_error()
+    })?;
     Ok((plan, sent))
 }
