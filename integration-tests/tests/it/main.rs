@@ -6,6 +6,7 @@ mod anthropic;
 mod bedrock;
 mod common;
 mod config_plane;
+mod observability;
 mod pipeline;
 mod standalone;
 mod streams;

@@ -213,10 +213,13 @@ impl SpanSource for Sampled {
         let provider = r.provider.map(provider_name);
         let method = r.request_line.split(' ').next().unwrap_or_default();
         let ai = r.client_protocol.is_some() && provider.is_some();
-        let name = match (ai, r.request_llm_model.is_empty()) {
+        // The SERVER span names the model the client asked for (else the one the gateway
+        // chose); each CLIENT span the model its upstream was asked for.
+        let server_model = if r.request_llm_model.is_empty() { r.llm_model.as_str() } else { r.request_llm_model.as_str() };
+        let name = match (ai, server_model.is_empty()) {
             (false, _) => method.to_owned(),
             (true, true) => op.to_owned(),
-            (true, false) => format!("{op} {}", r.request_llm_model),
+            (true, false) => format!("{op} {server_model}"),
         };
         let end = r.start + r.request_time;
         let version = &r.config_version;
@@ -226,15 +229,11 @@ impl SpanSource for Sampled {
         let server_of = |a: &Attempt| r.target_of(a).map(|t| host_port(&t.target.authority, &t.target.origin));
 
         // Attributes both spans carry (CONTRACT §10).
-        let genai = |b: &mut SpanBuilder, a: Option<&Attempt>, full: bool| {
+        let genai = |b: &mut SpanBuilder, a: Option<&Attempt>, model: &str, full: bool| {
             b.str("gen_ai.operation.name", op);
             if let Some(p) = provider {
                 b.str("gen_ai.provider.name", p);
             }
-            let model = match a {
-                Some(a) if !full => a.model.as_str(),
-                _ => r.request_llm_model.as_str(),
-            };
             b.str_nonempty("gen_ai.request.model", model);
             b.bool("gen_ai.request.stream", r.stream);
             if let Some((h, p)) = a.and_then(server_of) {
@@ -264,7 +263,7 @@ impl SpanSource for Sampled {
         };
 
         let mut server = SpanBuilder::new(r.trace.trace_id, r.trace.span_id, r.trace.parent_id, name.clone(), Kind::Server, r.start, end);
-        genai(&mut server, last, true);
+        genai(&mut server, last, server_model, true);
         server.str("http.request.method", method).int("http.response.status_code", r.status as i64);
         if let Some(path) = r.request_line.split(' ').nth(1) {
             server.str("url.path", path.split('?').next().unwrap_or(path));
@@ -282,7 +281,7 @@ impl SpanSource for Sampled {
 
         for a in &r.earlier {
             let start = r.start + a.offset;
-            let model = if a.model.is_empty() { &r.request_llm_model } else { &a.model };
+            let model = a.model.as_str();
             let cname = if model.is_empty() { op.to_owned() } else { format!("{op} {model}") };
             let mut c = SpanBuilder::new(
                 r.trace.trace_id,
@@ -293,7 +292,7 @@ impl SpanSource for Sampled {
                 start,
                 start + a.duration.unwrap_or_default(),
             );
-            genai(&mut c, Some(a), false);
+            genai(&mut c, Some(a), model, false);
             if let Some(s) = a.status {
                 c.int("http.response.status_code", s as i64);
             }
@@ -305,9 +304,10 @@ impl SpanSource for Sampled {
         let Some(a) = last else { return };
         let start = r.start + a.offset;
         let dur = r.upstream_time.or(a.duration).unwrap_or_else(|| r.request_time.saturating_sub(a.offset));
-        let cname = if r.request_llm_model.is_empty() { op.to_owned() } else { format!("{op} {}", r.request_llm_model) };
+        let model = if r.llm_model.is_empty() { server_model } else { r.llm_model.as_str() };
+        let cname = if model.is_empty() { op.to_owned() } else { format!("{op} {model}") };
         let mut c = SpanBuilder::new(r.trace.trace_id, a.span_id, r.trace.span_id, cname, Kind::Client, start, start + dur);
-        genai(&mut c, Some(a), true);
+        genai(&mut c, Some(a), model, true);
         if let Some(s) = a.status.or(r.upstream_status) {
             c.int("http.response.status_code", s as i64);
         }
