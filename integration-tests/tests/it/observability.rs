@@ -481,3 +481,31 @@ async fn the_spec_access_log_format_works() {
         assert!(line.contains(&part), "{part} in {line}");
     }
 }
+
+/// aigw-config and aigw-token-cache export their own telemetry when configured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_and_token_cache_export_their_own_metrics() {
+    use aigw_testkit::proc::Proc;
+    let col = Collector::start().await;
+    let ep = col.http_endpoint();
+    let dir = TempDir::new("obs-cfg");
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", ep.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+    ];
+    let mut cfg = Proc::spawn(
+        "aigw-config",
+        &["--listen", "127.0.0.1:0", "--data-dir", dir.path().to_str().unwrap(), "--admin-key", ADMIN_KEY],
+        &env,
+    );
+    cfg.listen_addrs(&["admin"]).await;
+    let mut tc = Proc::spawn("aigw-token-cache", &["--listen", "127.0.0.1:0", "--redis", "redis://127.0.0.1:1", "--node-token", "t"], &env);
+    tc.listen_addrs(&["grpc"]).await;
+    for service in ["aigw-config", "aigw-token-cache"] {
+        let m = wait_until(&format!("{service} metrics over OTLP/HTTP"), T, || async { col.metric(service, "process.memory.usage") }).await;
+        assert!(m.number_points()[0].1 > 0.0, "{:#}", m.json());
+        assert_eq!(m.metric.unit, "By");
+    }
+    assert_eq!(col.rejected(), 0);
+}

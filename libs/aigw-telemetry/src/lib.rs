@@ -38,6 +38,34 @@ impl LogArgs {
     }
 }
 
+/// Registers the process's own instruments (`process.cpu.time`, `process.memory.usage`,
+/// read from `/proc/self` at collection time: nothing is recorded between scrapes).
+pub fn observe_process(registry: &metrics::Registry) {
+    registry.observe(|o| {
+        // Linux reports these in clock ticks (USER_HZ, 100 on every mainstream kernel) and pages.
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
+            && let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r)
+        {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let tick = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            // Fields after the command: state(0) … utime(11) stime(12).
+            o.gauge(
+                "process.cpu.time",
+                "s",
+                "CPU time of this process (user and system), seconds.",
+                &[("cpu.mode", "user")],
+                tick(11) as f64 / 100.0,
+            );
+            o.gauge("process.cpu.time", "s", "", &[("cpu.mode", "system")], tick(12) as f64 / 100.0);
+        }
+        if let Ok(statm) = std::fs::read_to_string("/proc/self/statm")
+            && let Some(rss) = statm.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok())
+        {
+            o.gauge("process.memory.usage", "By", "Resident memory of this process.", &[], (rss * 4096) as f64);
+        }
+    });
+}
+
 /// Reads `OTEL_*` and starts the exporter when an endpoint is set (None otherwise: no
 /// thread, no queue, nothing on any request path). `registry` is the process's
 /// instruments, pushed every `OTEL_METRIC_EXPORT_INTERVAL`.

@@ -83,6 +83,7 @@ fn main() {
 fn real_main(args: Args) -> anyhow::Result<()> {
     // OTEL_* first: spans and metrics go to a collector only when an endpoint is set.
     let registry = aigw_telemetry::metrics::Registry::new();
+    aigw_telemetry::observe_process(&registry);
     let otel = aigw_telemetry::start_otel("aigw-proxy", env!("CARGO_PKG_VERSION"), registry.clone())?;
     args.log.init()?;
     if let Some(o) = &otel {
