@@ -4,10 +4,14 @@
 #   direct → nginx,  aigw pass-through (openai-compatible),  aigw Anthropic→OpenAI conversion,
 # plus a 25-event SSE stream direct vs through aigw. Bounded: ROUNDS × a few 10 s runs.
 # Writes bench/results/<date>-<commit>.md. Usage: bench/run.sh [ROUNDS] [SECONDS]
+# BENCH_OTEL=1 adds a second proxy exporting spans and metrics (OTLP/gRPC, every request
+# sampled) to a live in-repo collector (otlp-collector), measured in the same rounds: the
+# PERFORMANCE.md bar is within 10% of the plain proxy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${1:-3}"
 SECS="${2:-10}"
+OTEL="${BENCH_OTEL:-0}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/aigw-target}"
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -18,6 +22,7 @@ command -v nginx >/dev/null 2>&1 || export PATH="$PATH:/usr/sbin"
 
 cargo build --release -q -p aigw-proxy
 PROXY="$CARGO_TARGET_DIR/release/aigw-proxy"
+if [ "$OTEL" = 1 ]; then cargo build --release -q -p aigw-testkit --bin otlp-collector; fi
 work=$(mktemp -d)
 trap 'kill $(cat "$work"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
 
@@ -81,9 +86,22 @@ GW=127.0.0.1:19180
 echo $! > "$work/proxy.pid"
 PID=$(cat "$work/proxy.pid")
 for _ in $(seq 100); do curl -sf http://127.0.0.1:19191/readyz >/dev/null && curl -sf -o /dev/null "http://$UP/v1/chat/completions" -d x && break; sleep 0.1; done
+GW_OTEL=127.0.0.1:19280
+if [ "$OTEL" = 1 ]; then
+  "$CARGO_TARGET_DIR/release/otlp-collector" --grpc-listen 127.0.0.1:19317 --http-listen 127.0.0.1:19318 2>"$work/collector.log" &
+  echo $! > "$work/collector.pid"
+  OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:19317 OTEL_SERVICE_NAME=aigw-bench OTEL_METRIC_EXPORT_INTERVAL=5000 \
+    "$PROXY" --routes "$work/routes.yaml" --listen "$GW_OTEL" --status-listen 127.0.0.1:19292 --access-log off --log-level warn 2>"$work/proxy-otel.log" &
+  echo $! > "$work/proxy-otel.pid"
+  PID_OTEL=$(cat "$work/proxy-otel.pid")
+  for _ in $(seq 100); do curl -sf http://127.0.0.1:19292/readyz >/dev/null && curl -sf http://127.0.0.1:19318/healthz >/dev/null && break; sleep 0.1; done
+fi
 
-rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$PID/status"; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$PID/stat"; }
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/${1:-$PID}/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/${1:-$PID}/stat"; }
+# The proxy process behind a URL (the plain one or the exporting one).
+pid_for() { if [[ "$1" == *"$GW_OTEL"* ]]; then echo "$PID_OTEL"; else echo "$PID"; fi; }
+through_aigw() { [[ "$1" == *"$GW"* || "$1" == *"$GW_OTEL"* ]]; }
 TICK=$(getconf CLK_TCK)
 RSS_IDLE=$(rss_kb)
 
@@ -92,18 +110,19 @@ wrk_run() {
   local name=$1 url=$2 body=$3 conns=$4 threads=1
   if [ "$conns" -gt 1 ]; then threads=2; fi
   BODY_FILE="bench/$body" wrk -t1 -c"$conns" -d2s -s bench/post.lua "$url" >/dev/null 2>&1 || true
-  local before; before=$(cpu_ticks)
+  local pid; pid=$(pid_for "$url")
+  local before; before=$(cpu_ticks "$pid")
   local out; out=$(BODY_FILE="bench/$body" wrk -t"$threads" -c"$conns" -d"${SECS}s" --latency -s bench/post.lua "$url")
-  local after; after=$(cpu_ticks)
+  local after; after=$(cpu_ticks "$pid")
   local rps p50 p99 reqs
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
   local cpu="-"
-  if [[ "$url" == *"$GW"* ]]; then cpu=$(awk -v t="$((after - before))" -v r="$reqs" -v hz="$TICK" 'BEGIN { printf "%.1f", t / hz * 1e6 / r }'); fi
+  if through_aigw "$url"; then cpu=$(awk -v t="$((after - before))" -v r="$reqs" -v hz="$TICK" 'BEGIN { printf "%.1f", t / hz * 1e6 / r }'); fi
   echo "$name $conns $rps $p50 $p99 $reqs $cpu" >> "$work/results"
-  if [[ "$url" == *"$GW"* ]]; then rss_kb >> "$work/rss"; fi
+  if [[ "$url" == *"$GW_OTEL"* ]]; then rss_kb "$PID_OTEL" >> "$work/rss-otel"; elif through_aigw "$url"; then rss_kb >> "$work/rss"; fi
 }
 to_ms() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v=v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v=v*1000 } print v }'; }
 
@@ -112,10 +131,12 @@ for r in $(seq "$ROUNDS"); do
   for c in 1 32; do
     wrk_run direct "http://$UP/v1/chat/completions" chat_request.json "$c"
     wrk_run aigw "http://$GW/v1/chat/completions" chat_request.json "$c"
+    if [ "$OTEL" = 1 ]; then wrk_run aigw-otel "http://$GW_OTEL/v1/chat/completions" chat_request.json "$c"; fi
     wrk_run aigw-anthropic "http://$GW/v1/messages" anthropic_request.json "$c"
   done
   wrk_run stream-direct "http://$UP/stream/v1/chat/completions" stream_request.json 1
   wrk_run stream-aigw "http://$GW/stream/v1/chat/completions" stream_request.json 1
+  if [ "$OTEL" = 1 ]; then wrk_run stream-aigw-otel "http://$GW_OTEL/stream/v1/chat/completions" stream_request.json 1; fi
 done
 
 # Summaries: medians across rounds.
@@ -136,10 +157,12 @@ out="bench/results/$(date -u +%Y-%m-%d)-$commit.md"
   echo
   echo "| target | conns | req/s | p50 | p99 | CPU µs/req |"
   echo "|---|---|---|---|---|---|"
+  names="direct aigw aigw-anthropic"; snames="stream-direct stream-aigw"
+  if [ "$OTEL" = 1 ]; then names="direct aigw aigw-otel aigw-anthropic"; snames="stream-direct stream-aigw stream-aigw-otel"; fi
   for c in 1 32; do
-    for n in direct aigw aigw-anthropic; do read -r rps p50 p99 cpu <<<"$(row $n $c)"; echo "| $n | $c | $rps | $p50 | $p99 | $cpu |"; done
+    for n in $names; do read -r rps p50 p99 cpu <<<"$(row $n $c)"; echo "| $n | $c | $rps | $p50 | $p99 | $cpu |"; done
   done
-  for n in stream-direct stream-aigw; do read -r rps p50 p99 cpu <<<"$(row $n 1)"; echo "| $n (whole stream) | 1 | $rps | $p50 | $p99 | $cpu |"; done
+  for n in $snames; do read -r rps p50 p99 cpu <<<"$(row $n 1)"; echo "| $n (whole stream) | 1 | $rps | $p50 | $p99 | $cpu |"; done
   echo
   d1=$(col direct 1 4 | to_ms | median); a1=$(col aigw 1 4 | to_ms | median); an1=$(col aigw-anthropic 1 4 | to_ms | median)
   d32=$(col direct 32 3 | median); a32=$(col aigw 32 3 | median)
@@ -148,5 +171,14 @@ out="bench/results/$(date -u +%Y-%m-%d)-$commit.md"
   echo "- throughput at c32: $(awk -v a="$a32" -v d="$d32" 'BEGIN{printf "%.2f", a/d}') × direct"
   echo "- whole 26-event stream at c1: added $(awk -v a="$sa" -v d="$sd" 'BEGIN{printf "%.3f", a-d}') ms (p50)"
   echo "- RSS: idle $((RSS_IDLE / 1024)) MB, under load max $(( $(sort -n "$work/rss" | tail -1) / 1024 )) MB"
+  if [ "$OTEL" = 1 ]; then
+    o1=$(col aigw-otel 1 4 | to_ms | median); o32=$(col aigw-otel 32 3 | median)
+    oc=$(col aigw-otel 32 7 | median); ac=$(col aigw 32 7 | median)
+    spans=$(curl -sf http://127.0.0.1:19318/spans | grep -o '"total":[0-9]*' | cut -d: -f2 || echo "?")
+    dropped=$(curl -sf http://127.0.0.1:19292/metrics | awk '/^aigw_telemetry_spans_(dropped|failed)_total/ {s += $2} END {print s + 0}')
+    echo "- OTLP exporter on (every request sampled, live collector): added p50 at c1 $(awk -v a="$o1" -v d="$d1" 'BEGIN{printf "%.3f", a-d}') ms (plain $(awk -v a="$a1" -v d="$d1" 'BEGIN{printf "%.3f", a-d}') ms);" \
+      "throughput at c32 $(awk -v o="$o32" -v a="$a32" 'BEGIN{printf "%.3f", o/a}') × the plain proxy (bar ≥ 0.9); CPU/request at c32 ${oc} µs vs ${ac} µs;" \
+      "spans received ${spans}, dropped or failed ${dropped}; RSS under load max $(( $(sort -n "$work/rss-otel" | tail -1) / 1024 )) MB"
+  fi
 } > "$out"
 cat "$out"

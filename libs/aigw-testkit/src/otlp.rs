@@ -203,8 +203,10 @@ impl GotMetric {
     }
 }
 
-#[derive(Default)]
 struct Store {
+    /// Spans kept (the oldest half is dropped when full); `total` counts every one.
+    max_spans: usize,
+    total_spans: AtomicUsize,
     spans: Mutex<Vec<Got>>,
     /// Latest export of each (service, metric name).
     metrics: Mutex<Vec<GotMetric>>,
@@ -220,8 +222,13 @@ impl Store {
         for rs in req.resource_spans {
             let service = service_of(rs.resource.as_ref());
             for ss in rs.scope_spans {
+                self.total_spans.fetch_add(ss.spans.len(), Ordering::Relaxed);
                 all.extend(ss.spans.into_iter().map(|span| Got { service: service.clone(), span }));
             }
+        }
+        if all.len() > self.max_spans {
+            let excess = all.len() - self.max_spans / 2;
+            all.drain(..excess);
         }
     }
 
@@ -318,7 +325,8 @@ async fn http_handler(store: Arc<Store>, req: Request<Incoming>) -> Result<Respo
         }
         ("GET", "/spans") => {
             let spans: Vec<Value> = store.spans.lock().unwrap().iter().map(Got::json).collect();
-            reply(StatusCode::OK, "application/json", serde_json::to_vec(&json!({"spans": spans})).unwrap_or_default())
+            let total = store.total_spans.load(Ordering::Relaxed);
+            reply(StatusCode::OK, "application/json", serde_json::to_vec(&json!({"total": total, "spans": spans})).unwrap_or_default())
         }
         ("GET", "/metrics") => {
             let metrics: Vec<Value> = store.metrics.lock().unwrap().iter().map(GotMetric::json).collect();
@@ -338,7 +346,20 @@ impl Collector {
     }
 
     pub fn serve(grpc: tokio::net::TcpListener, http: tokio::net::TcpListener) -> Collector {
-        let store = Arc::new(Store::default());
+        Collector::serve_keeping(grpc, http, 1_000_000)
+    }
+
+    /// Keeps at most `max_spans` spans (the oldest go first; the total is still counted).
+    pub fn serve_keeping(grpc: tokio::net::TcpListener, http: tokio::net::TcpListener, max_spans: usize) -> Collector {
+        let store = Arc::new(Store {
+            max_spans: max_spans.max(2),
+            total_spans: AtomicUsize::new(0),
+            spans: Mutex::default(),
+            metrics: Mutex::default(),
+            trace_exports: AtomicUsize::new(0),
+            metric_exports: AtomicUsize::new(0),
+            rejected: AtomicUsize::new(0),
+        });
         let (ga, ha) = (grpc.local_addr().expect("addr"), http.local_addr().expect("addr"));
         let s = store.clone();
         let grpc_task = tokio::spawn(async move {
@@ -387,6 +408,11 @@ impl Collector {
 
     pub fn exports(&self) -> (usize, usize) {
         (self.store.trace_exports.load(Ordering::Relaxed), self.store.metric_exports.load(Ordering::Relaxed))
+    }
+
+    /// Every span received, also those no longer kept.
+    pub fn total_spans(&self) -> usize {
+        self.store.total_spans.load(Ordering::Relaxed)
     }
 
     pub fn rejected(&self) -> usize {

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `--grpc-listen` (default `127.0.0.1:4317`) | `opentelemetry.proto.collector.{trace,metrics}.v1` | OTLP/gRPC |
 //! | `--http-listen` (default `127.0.0.1:4318`) | `POST /v1/traces`, `POST /v1/metrics` | OTLP/HTTP protobuf |
-//! | | `GET /spans`, `GET /metrics` | what was received, as JSON |
+//! | | `GET /spans`, `GET /metrics` | what was received, as JSON (`/spans`: `total` and the last `--max-spans`) |
 //! | | `GET /healthz` | `ok` |
 //!
 //! Each listener prints `listening kind=grpc|http addr=…` once bound (port 0 picks one).
@@ -14,7 +14,7 @@
 use std::net::SocketAddr;
 
 fn usage() -> ! {
-    eprintln!("usage: otlp-collector [--grpc-listen ADDR] [--http-listen ADDR]   (env OTLP_GRPC_LISTEN, OTLP_HTTP_LISTEN)");
+    eprintln!("usage: otlp-collector [--grpc-listen ADDR] [--http-listen ADDR] [--max-spans N]   (env OTLP_GRPC_LISTEN, OTLP_HTTP_LISTEN)");
     std::process::exit(2);
 }
 
@@ -28,11 +28,13 @@ fn parse(flag: &str, v: &str) -> SocketAddr {
 fn main() {
     let mut grpc = std::env::var("OTLP_GRPC_LISTEN").unwrap_or_else(|_| "127.0.0.1:4317".into());
     let mut http = std::env::var("OTLP_HTTP_LISTEN").unwrap_or_else(|_| "127.0.0.1:4318".into());
+    let mut max_spans = 100_000usize;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--grpc-listen" => grpc = args.next().unwrap_or_else(|| usage()),
             "--http-listen" => http = args.next().unwrap_or_else(|| usage()),
+            "--max-spans" => max_spans = args.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| usage()),
             "-h" | "--help" => usage(),
             other => {
                 eprintln!("otlp-collector: unknown argument {other:?}");
@@ -50,7 +52,7 @@ fn main() {
             })
         };
         let (g, h) = (bind(grpc).await, bind(http).await);
-        let c = aigw_testkit::otlp::Collector::serve(g, h);
+        let c = aigw_testkit::otlp::Collector::serve_keeping(g, h, max_spans);
         eprintln!("listening kind=grpc addr={}", c.grpc);
         eprintln!("listening kind=http addr={}", c.http);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
