@@ -159,6 +159,7 @@ async fn spans_and_metrics_for_whole_and_streamed_chat_with_a_continued_trace() 
     assert!(client.str("aigw.config_version").is_some_and(|v| !v.is_empty()));
     assert!(client.attr("error.type").is_none() && server.attr("error.type").is_none());
     assert!(client.attr("gen_ai.response.time_to_first_chunk").is_none(), "not a stream");
+    assert!(client.span.events.is_empty() && server.span.events.is_empty(), "no payload events without logging.payloads");
     assert_eq!(server.str("aigw.request_id"), r.headers.get("x-aigw-request-id").and_then(|v| v.to_str().ok()));
     assert!(server.span.start_time_unix_nano <= client.span.start_time_unix_nano);
     assert!(client.span.end_time_unix_nano <= server.span.end_time_unix_nano);
@@ -352,7 +353,9 @@ async fn http_logger_sends_llm_summaries_and_payloads_without_credentials() {
             "logging": {"summaries": true, "payloads": true}},
         "http-logger": {"uri": format!("{}/logs?token=q", sink.url()), "batch_max_size": 1, "auth_header": "Bearer log-secret-123",
             "include_req_body": true}}});
-    let (p, _d) = proxy_with(vec![route.clone()], &[], &[]).await;
+    let col = Collector::start().await;
+    let env = otel_env(&col);
+    let (p, _d) = proxy_with(vec![route.clone()], &env_refs(&env), &[]).await;
 
     let r = http::post_json(
         &format!("{}/anything?key=client-query-secret&x=1", p.data),
@@ -392,6 +395,15 @@ async fn http_logger_sends_llm_summaries_and_payloads_without_credentials() {
     assert_eq!(e["llm_request"]["stream"], false);
     assert_eq!(e["llm_response_text"]["content"], "1+1 equals 2.");
     assert_eq!(serde_json::from_str::<Value>(e["request"]["body"].as_str().unwrap()).unwrap(), chat(None, false));
+
+    // logging.payloads: the messages and the answer as a span event, and no credential.
+    let rid = r.headers.get("x-aigw-request-id").and_then(|v| v.to_str().ok()).unwrap().to_owned();
+    let (_, clients) = trace_of(&col, &rid).await;
+    let ev = clients[0].span.events.iter().find(|e| e.name == "gen_ai.client.inference.operation.details").expect("payload event");
+    let ev = serde_json::to_string(&ev.attributes.iter().map(|a| (a.key.clone(), format!("{:?}", a.value))).collect::<Vec<_>>()).unwrap();
+    assert!(ev.contains("gen_ai.input.messages") && ev.contains("What is 1+1?"), "{ev}");
+    assert!(ev.contains("gen_ai.output.messages") && ev.contains("1+1 equals 2."), "{ev}");
+    assert!(!ev.contains("client-secret-xyz") && !ev.contains("sk-route-secret"));
 
     // A stream's text is accumulated.
     let mut st = http::post_stream(&format!("{}/anything", p.data), &[], &chat(None, true)).await.unwrap();
