@@ -8,11 +8,15 @@
 # plus a 25-event SSE stream direct vs through aigw, and the callgrind instructions per
 # request (bench/callgrind.sh) of each binary and of the nginx hop.
 # Writes bench/results/<date>-<commit>.md. Bounded: ROUNDS × a few 10 s runs.
-# Usage: [BASELINE_REV=<rev>] [CALLGRIND=0] bench/run.sh [ROUNDS] [SECONDS]
+# BENCH_OTEL=1 adds a proxy exporting spans and metrics (OTLP/gRPC, every request sampled)
+# to a live in-repo collector (otlp-collector), in the same rounds: the PERFORMANCE.md bar is
+# within 10% of the plain proxy.
+# Usage: [BASELINE_REV=<rev>] [BENCH_OTEL=1] [CALLGRIND=0] bench/run.sh [ROUNDS] [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${1:-3}"
 SECS="${2:-10}"
+OTEL="${BENCH_OTEL:-0}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/aigw-target}"
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -23,6 +27,7 @@ command -v nginx >/dev/null 2>&1 || export PATH="$PATH:/usr/sbin"
 
 cargo build --release -q -p aigw-proxy
 PROXY="$CARGO_TARGET_DIR/release/aigw-proxy"
+if [ "$OTEL" = 1 ]; then cargo build --release -q -p aigw-testkit --bin otlp-collector; fi
 work=$(mktemp -d)
 trap 'for f in "$work"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null; done; [ -d "$work/base-src" ] && git worktree remove --force "$work/base-src" 2>/dev/null; rm -rf "$work"' EXIT
 
@@ -140,6 +145,16 @@ PID=$(cat "$work/proxy.pid")
 BGW=127.0.0.1:19280
 BPID=""
 if [ -n "$BASE_PROXY" ]; then start_proxy base "$BASE_PROXY" 19280 19291; BPID=$(cat "$work/base.pid"); fi
+GW_OTEL=127.0.0.1:19380
+OPID=""
+if [ "$OTEL" = 1 ]; then
+  "$CARGO_TARGET_DIR/release/otlp-collector" --grpc-listen 127.0.0.1:19317 --http-listen 127.0.0.1:19318 2>"$work/collector.log" &
+  echo $! > "$work/collector.pid"
+  for _ in $(seq 100); do curl -sf http://127.0.0.1:19318/healthz >/dev/null && break; sleep 0.1; done
+  OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:19317 OTEL_SERVICE_NAME=aigw-bench OTEL_METRIC_EXPORT_INTERVAL=5000 \
+    start_proxy otel "$PROXY" 19380 19391
+  OPID=$(cat "$work/otel.pid")
+fi
 for _ in $(seq 100); do curl -sf -o /dev/null "http://$UP/v1/chat/completions" -d x && curl -sf -o /dev/null "http://$HOP/v1/chat/completions" -d x && break; sleep 0.1; done
 
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
@@ -164,6 +179,7 @@ wrk_run() {
   if [ -n "$pid" ]; then cpu=$(awk -v t="$((after - before))" -v r="$reqs" -v hz="$TICK" 'BEGIN { printf "%.1f", t / hz * 1e6 / r }'); fi
   echo "$name $conns $rps $p50 $p99 $reqs $cpu" >> "$work/results"
   if [ "$pid" = "$PID" ]; then rss_kb "$PID" >> "$work/rss"; fi
+  if [ -n "$OPID" ] && [ "$pid" = "$OPID" ]; then rss_kb "$OPID" >> "$work/rss-otel"; fi
 }
 to_ms() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v=v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v=v*1000 } print v }'; }
 
@@ -173,6 +189,7 @@ for r in $(seq "$ROUNDS"); do
     wrk_run direct "http://$UP/v1/chat/completions" chat_request.json "$c"
     wrk_run nginx-hop "http://$HOP/v1/chat/completions" chat_request.json "$c"
     wrk_run aigw "http://$GW/v1/chat/completions" chat_request.json "$c" "$PID"
+    if [ -n "$OPID" ]; then wrk_run aigw-otel "http://$GW_OTEL/v1/chat/completions" chat_request.json "$c" "$OPID"; fi
     wrk_run aigw-anthropic "http://$GW/v1/messages" anthropic_request.json "$c" "$PID"
     wrk_run aigw-multi1 "http://$GW/multi1/v1/chat/completions" chat_request.json "$c" "$PID"
     wrk_run aigw-multi4 "http://$GW/multi4/v1/chat/completions" chat_request.json "$c" "$PID"
@@ -184,6 +201,7 @@ for r in $(seq "$ROUNDS"); do
   wrk_run stream-direct "http://$UP/stream/v1/chat/completions" stream_request.json 1
   wrk_run stream-aigw "http://$GW/stream/v1/chat/completions" stream_request.json 1 "$PID"
   if [ -n "$BPID" ]; then wrk_run stream-base "http://$BGW/stream/v1/chat/completions" stream_request.json 1 "$BPID"; fi
+  if [ -n "$OPID" ]; then wrk_run stream-aigw-otel "http://$GW_OTEL/stream/v1/chat/completions" stream_request.json 1 "$OPID"; fi
 done
 
 # Summaries: medians across rounds.
@@ -209,6 +227,7 @@ commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 out="bench/results/$(date -u +%Y-%m-%d)-$commit.md"
 names="direct nginx-hop aigw aigw-anthropic aigw-multi1 aigw-multi4"
 if [ -n "$BPID" ]; then names="$names base base-anthropic"; fi
+if [ -n "$OPID" ]; then names="$names aigw-otel"; fi
 {
   echo "# aigw benchmark $(date -u +%Y-%m-%dT%H:%MZ), commit $commit${BASELINE_REV:+, baseline $BASELINE_REV}"
   echo
@@ -221,7 +240,7 @@ if [ -n "$BPID" ]; then names="$names base base-anthropic"; fi
   for c in 1 32; do
     for n in $names; do read -r rps p50 p99 cpu <<<"$(row "$n" "$c")"; echo "| $n | $c | $rps | $p50 | $p99 | $cpu |"; done
   done
-  for n in stream-direct stream-aigw ${BPID:+stream-base}; do read -r rps p50 p99 cpu <<<"$(row "$n" 1)"; echo "| $n (whole stream) | 1 | $rps | $p50 | $p99 | $cpu |"; done
+  for n in stream-direct stream-aigw ${BPID:+stream-base} ${OPID:+stream-aigw-otel}; do read -r rps p50 p99 cpu <<<"$(row "$n" 1)"; echo "| $n (whole stream) | 1 | $rps | $p50 | $p99 | $cpu |"; done
   echo
   d1=$(col direct 1 4 | to_ms | median); h1=$(col nginx-hop 1 4 | to_ms | median)
   a1=$(col aigw 1 4 | to_ms | median); an1=$(col aigw-anthropic 1 4 | to_ms | median)
@@ -238,6 +257,15 @@ if [ -n "$BPID" ]; then names="$names base base-anthropic"; fi
   fi
   echo "- whole 26-event stream at c1: added $(sub "$sa" "$sd") ms (p50)"
   echo "- RSS: idle $((RSS_IDLE / 1024)) MB, under load max $(( $(sort -n "$work/rss" | tail -1) / 1024 )) MB"
+  if [ -n "$OPID" ]; then
+    o1=$(col aigw-otel 1 4 | to_ms | median); o32=$(col aigw-otel 32 3 | median)
+    oc=$(col aigw-otel 32 7 | median); ac=$(col aigw 32 7 | median)
+    spans=$(curl -sf http://127.0.0.1:19318/spans | grep -o '"total":[0-9]*' | cut -d: -f2 || echo "?")
+    dropped=$(curl -sf http://127.0.0.1:19391/metrics | awk '/^aigw_telemetry_spans_(dropped|failed)_total/ {s += $2} END {print s + 0}')
+    echo "- OTLP exporter on (every request sampled, live collector): added p50 at c1 $(sub "$o1" "$d1") ms (plain $(sub "$a1" "$d1") ms);" \
+      "throughput at c32 $(div "$o32" "$a32") × the plain proxy (bar ≥ 0.9); CPU/request at c32 ${oc} µs vs ${ac} µs;" \
+      "spans received ${spans}, dropped or failed ${dropped}; RSS under load max $(( $(sort -n "$work/rss-otel" | tail -1) / 1024 )) MB"
+  fi
   if [ -n "$CG" ]; then
     echo
     echo "Instructions per request (callgrind, 1,000 sequential keep-alive requests minus an idle run; @warn = --log-level warn):"

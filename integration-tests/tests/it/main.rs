@@ -7,6 +7,7 @@ mod bedrock;
 mod common;
 mod config_plane;
 mod multi;
+mod observability;
 mod pipeline;
 mod standalone;
 mod streams;

@@ -148,6 +148,14 @@ impl Pipe {
         }
     }
 
+    /// To ask for the answer's text (`Observation::collect_text`).
+    pub fn obs_mut(&mut self) -> &mut Observation {
+        match &mut self.upstream {
+            Upstream::Sse(o) => &mut o.obs,
+            Upstream::EventStream(es) => &mut es.obs,
+        }
+    }
+
     pub fn converting(&self) -> bool {
         !matches!(self.out, Out::Raw)
     }
@@ -378,6 +386,7 @@ fn observe_converse(obs: &mut Observation, m: &Message) {
         obs.error = Some(format!("{}: {msg}", m.kind()));
         return;
     }
+    obs.converse_event(m.kind(), &payload);
     match m.kind() {
         "metadata" => {
             if let Some(u) = payload.get("usage") {

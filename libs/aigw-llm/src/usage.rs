@@ -2,8 +2,10 @@
 //! time to first token, and errors inside a 200 stream. Observers run beside the byte
 //! stream and never change it.
 
-use serde::Deserialize;
-use serde::de::IgnoredAny;
+use std::borrow::Cow;
+
+use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
 use crate::protocol::Protocol;
 use crate::sse;
@@ -108,6 +110,95 @@ impl RawUsage {
     }
 }
 
+/// A string where one is expected, nothing (and no error) for any other JSON value: the
+/// fields read for spans must never make a body unreadable for usage.
+#[derive(Debug, Default)]
+struct LooseStr<'a>(Option<Cow<'a, str>>);
+
+struct LooseVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+macro_rules! ignore_stop {
+    ($($f:ident: $t:ty),*) => { $(fn $f<E: serde::de::Error>(self, _: $t) -> Result<Self::Value, E> { Ok(StopDelta(None)) })* };
+}
+
+macro_rules! ignore_scalars {
+    ($($f:ident: $t:ty),*) => { $(fn $f<E: serde::de::Error>(self, _: $t) -> Result<Self::Value, E> { Ok(LooseStr(None)) })* };
+}
+
+impl<'de: 'a, 'a> Visitor<'de> for LooseVisitor<'a> {
+    type Value = LooseStr<'a>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(LooseStr(Some(Cow::Borrowed(v))))
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(LooseStr(Some(Cow::Owned(v.to_owned()))))
+    }
+    ignore_scalars!(visit_bool: bool, visit_i64: i64, visit_u64: u64, visit_f64: f64);
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(LooseStr(None))
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(LooseStr(None))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(LooseStr(None))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(LooseStr(None))
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for LooseStr<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(LooseVisitor(std::marker::PhantomData))
+    }
+}
+
+/// Anthropic `message_delta`'s `delta.stop_reason`; `delta` is a string in Responses
+/// events and an object without it elsewhere: both read as nothing.
+#[derive(Debug, Default)]
+struct StopDelta<'a>(Option<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for StopDelta<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = StopDelta<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut stop = None;
+                while let Some(k) = map.next_key::<LooseStr<'a>>()? {
+                    if k.0.as_deref() == Some("stop_reason") {
+                        stop = map.next_value::<LooseStr<'a>>()?.0;
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(StopDelta(stop))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(StopDelta(None))
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(StopDelta(None))
+            }
+            ignore_stop!(visit_bool: bool, visit_i64: i64, visit_u64: u64, visit_f64: f64);
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(StopDelta(None))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(default)]
 struct Delta {
@@ -116,9 +207,11 @@ struct Delta {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(default)]
-struct Choice {
+struct Choice<'a> {
     delta: Option<Delta>,
     message: Option<Delta>,
+    #[serde(borrow)]
+    finish_reason: LooseStr<'a>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -131,13 +224,30 @@ struct ResponseItem {
 /// The fields of any OpenAI-family JSON body or chunk that matter here.
 #[derive(Debug, Deserialize, Default)]
 #[serde(default)]
-struct Body {
+struct Body<'a> {
     model: Option<String>,
+    /// The response id (`chatcmpl-…`, `msg_…`, `resp_…`).
+    #[serde(borrow)]
+    id: LooseStr<'a>,
     usage: Option<RawUsage>,
-    choices: Option<Vec<Choice>>,
+    #[serde(borrow)]
+    choices: Option<Vec<Choice<'a>>>,
     error: Option<serde_json::Value>,
     /// Responses API: `response.*` events wrap the response object.
-    response: Option<Box<Body>>,
+    #[serde(borrow)]
+    response: Option<Box<Body<'a>>>,
+    /// Anthropic messages.
+    #[serde(borrow)]
+    stop_reason: LooseStr<'a>,
+    /// Bedrock Converse.
+    #[serde(rename = "stopReason", borrow)]
+    converse_stop_reason: LooseStr<'a>,
+    /// Anthropic `message_delta`.
+    #[serde(borrow)]
+    delta: StopDelta<'a>,
+    /// Responses objects: `completed`, `incomplete`, `failed`.
+    #[serde(borrow)]
+    status: LooseStr<'a>,
     /// Responses API: an array of items; Bedrock Converse: `{message: {content: [...]}}`.
     output: Option<serde_json::Value>,
     #[serde(rename = "type")]
@@ -157,6 +267,14 @@ struct Body {
 pub struct Observation {
     pub usage: Usage,
     pub model: Option<String>,
+    /// The response id the provider gave (first seen).
+    pub id: Option<String>,
+    /// Why generation stopped (`stop`, `end_turn`, `tool_calls`, …; the last one seen).
+    pub finish_reason: Option<String>,
+    /// The answer's text, accumulated only after [`collect_text`](Self::collect_text)
+    /// (routes with `logging.payloads`), up to its cap.
+    pub text: Option<String>,
+    text_cap: usize,
     pub has_tool_calls: bool,
     /// An error reported inside the body (e.g. `data: {"error": ...}` in a 200 stream).
     pub error: Option<String>,
@@ -168,11 +286,78 @@ pub struct Observation {
 }
 
 impl Observation {
-    fn absorb(&mut self, b: &Body) {
+    /// Accumulate the answer's text (at most `cap` bytes, cut at a character boundary).
+    pub fn collect_text(&mut self, cap: usize) {
+        self.text = Some(String::new());
+        self.text_cap = cap;
+    }
+
+    fn push_text(&mut self, s: &str) {
+        let Some(t) = &mut self.text else { return };
+        let room = self.text_cap.saturating_sub(t.len());
+        if room >= s.len() {
+            t.push_str(s);
+        } else if room > 0 {
+            let mut end = room;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            t.push_str(&s[..end]);
+        }
+    }
+
+    fn set_finish(&mut self, r: &LooseStr<'_>) {
+        if let Some(r) = &r.0
+            && !r.is_empty()
+            && self.finish_reason.as_deref() != Some(r)
+        {
+            self.finish_reason = Some(r.clone().into_owned());
+        }
+    }
+
+    /// A Bedrock ConverseStream event (`kind` is its `:event-type`): finish reason and text.
+    pub fn converse_event(&mut self, kind: &str, payload: &serde_json::Value) {
+        match kind {
+            "messageStop" => {
+                if let Some(r) = payload.get("stopReason").and_then(|v| v.as_str()) {
+                    self.finish_reason = Some(r.to_owned());
+                }
+            }
+            "contentBlockDelta" if self.text.is_some() => {
+                if let Some(t) = payload.pointer("/delta/text").and_then(|v| v.as_str()) {
+                    self.push_text(t);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn absorb(&mut self, b: &Body<'_>) {
         if let Some(m) = &b.model
             && !m.is_empty()
         {
             self.model = Some(m.clone());
+        }
+        if self.id.is_none()
+            && let Some(id) = &b.id.0
+            && !id.is_empty()
+        {
+            self.id = Some(id.clone().into_owned());
+        }
+        if let Some(choices) = &b.choices {
+            for c in choices {
+                self.set_finish(&c.finish_reason);
+            }
+        }
+        self.set_finish(&b.stop_reason);
+        self.set_finish(&b.converse_stop_reason);
+        if b.delta.0.is_some() {
+            self.set_finish(&LooseStr(b.delta.0.clone()));
+        }
+        if let Some(st) = &b.status.0
+            && matches!(st.as_ref(), "completed" | "incomplete" | "failed" | "cancelled")
+        {
+            self.set_finish(&b.status);
         }
         if let Some(u) = &b.usage {
             self.usage.merge(&u.to_usage());
@@ -196,7 +381,7 @@ impl Observation {
             self.has_tool_calls = true;
         }
         if let Some(m) = b.message.as_ref().filter(|m| m.is_object())
-            && let Ok(inner) = serde_json::from_value::<Body>(m.clone())
+            && let Ok(inner) = Body::deserialize(m)
         {
             self.absorb(&inner);
         }
@@ -235,6 +420,21 @@ pub fn observe_json(bytes: &[u8]) -> Observation {
                 o.model = Some(m);
             }
         }
+        (1, b"id") if o.id.is_none() && bytes.get(at) == Some(&b'"') => {
+            o.id = parse_at::<String>(bytes, at).filter(|m| !m.is_empty());
+        }
+        // Chat `choices[].finish_reason`, Anthropic `stop_reason`, Converse `stopReason`.
+        (3, b"finish_reason") | (1, b"stop_reason" | b"stopReason") => {
+            if let Some(r) = raw_str_at(bytes, at).filter(|r| !r.is_empty()) {
+                o.finish_reason = Some(String::from_utf8_lossy(r).into_owned());
+            }
+        }
+        // Responses objects: the final status.
+        (1, b"status") => {
+            if let Some(r @ (b"completed" | b"incomplete" | b"failed" | b"cancelled")) = raw_str_at(bytes, at) {
+                o.finish_reason = Some(String::from_utf8_lossy(r).into_owned());
+            }
+        }
         (1, b"error") => {
             if let Some(e) = parse_at::<serde_json::Value>(bytes, at).filter(|e| !e.is_null()) {
                 let msg = e.get("message").and_then(|m| m.as_str()).map(str::to_owned).unwrap_or_else(|| e.to_string());
@@ -258,6 +458,47 @@ pub fn observe_json(bytes: &[u8]) -> Observation {
     });
     o.done = complete;
     o
+}
+
+/// The text of a whole answer in any protocol (OpenAI chat `choices[].message.content`,
+/// Anthropic `content[].text`, Responses `output[].content[].text`, Converse
+/// `output.message.content[].text`), at most `cap` bytes.
+pub fn answer_text(bytes: &[u8], cap: usize) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let mut o = Observation::default();
+    o.collect_text(cap);
+    let texts = |blocks: Option<&serde_json::Value>, o: &mut Observation| {
+        for b in blocks.and_then(|b| b.as_array()).into_iter().flatten() {
+            if let Some(t) = b.get("text").and_then(|t| t.as_str()) {
+                o.push_text(t);
+            }
+        }
+    };
+    for c in v.get("choices").and_then(|c| c.as_array()).into_iter().flatten() {
+        match c.pointer("/message/content") {
+            Some(serde_json::Value::String(s)) => o.push_text(s),
+            other => texts(other, &mut o),
+        }
+    }
+    texts(v.get("content"), &mut o);
+    match v.get("output") {
+        Some(serde_json::Value::Array(items)) => items.iter().for_each(|i| texts(i.get("content"), &mut o)),
+        Some(out) => texts(out.pointer("/message/content"), &mut o),
+        None => {}
+    }
+    o.text
+}
+
+/// What `logging.payloads` records of a request (APISIX's `llm_request.messages`): the
+/// `messages` of chat, Anthropic and Converse requests, the `input` of Responses and
+/// embeddings requests; Null for anything else.
+pub fn request_messages(proto: Protocol, body: &serde_json::Value) -> serde_json::Value {
+    let key = match proto {
+        Protocol::OpenAiResponses | Protocol::OpenAiEmbeddings => "input",
+        Protocol::Passthrough => return serde_json::Value::Null,
+        _ => "messages",
+    };
+    body.get(key).cloned().unwrap_or(serde_json::Value::Null)
 }
 
 /// What a client's request says about itself, in its own protocol (before any
@@ -356,6 +597,9 @@ impl StreamObserver {
             let Ok(b) = serde_json::from_str::<Body>(data) else { continue };
             self.obs.absorb(&b);
             let kind = if ev.event.is_empty() { b.kind.as_deref().unwrap_or_default() } else { ev.event.as_str() };
+            if self.obs.text.is_some() {
+                stream_text(&mut self.obs, kind, data);
+            }
             match (self.proto, kind) {
                 (Protocol::OpenAiResponses, "response.completed" | "response.incomplete") => self.obs.done = true,
                 (Protocol::OpenAiResponses, "response.failed") => {
@@ -369,6 +613,30 @@ impl StreamObserver {
                     self.obs.error = Some(msg.or_else(|| self.obs.error.clone()).unwrap_or_else(|| "stream error".into()));
                 }
                 _ => {}
+            }
+        }
+    }
+}
+
+/// The text carried by one streamed event (parsed again only when text is collected).
+fn stream_text(obs: &mut Observation, kind: &str, data: &str) {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else { return };
+    match kind {
+        "response.output_text.delta" => {
+            if let Some(t) = v.get("delta").and_then(|d| d.as_str()) {
+                obs.push_text(t);
+            }
+        }
+        "content_block_delta" => {
+            if let Some(t) = v.pointer("/delta/text").and_then(|d| d.as_str()) {
+                obs.push_text(t);
+            }
+        }
+        _ => {
+            for c in v.get("choices").and_then(|c| c.as_array()).into_iter().flatten() {
+                if let Some(t) = c.pointer("/delta/content").and_then(|d| d.as_str()) {
+                    obs.push_text(t);
+                }
             }
         }
     }
@@ -496,5 +764,81 @@ mod tests {
         let e = observe_json(br#"{"object":"list","data":[],"usage":{"prompt_tokens":2,"total_tokens":2}}"#);
         assert_eq!((e.usage.prompt, e.usage.total), (2, 2));
         assert_eq!(observe_json(b"not json"), Observation::default());
+    }
+}
+
+#[cfg(test)]
+mod span_facts {
+    use super::*;
+
+    fn stream(proto: Protocol, text: &str, collect: bool) -> Observation {
+        let mut s = StreamObserver::new(proto);
+        if collect {
+            s.obs.collect_text(1 << 20);
+        }
+        for c in text.as_bytes().chunks(5) {
+            s.feed(c);
+        }
+        s.finish().clone()
+    }
+
+    #[test]
+    fn ids_finish_reasons_and_text_of_streams() {
+        let chat = "data: {\"id\":\"chatcmpl-1\",\"choices\":[{\"delta\":{\"content\":\"1+1 \"},\"finish_reason\":null}]}\n\n\
+                    data: {\"id\":\"chatcmpl-1\",\"choices\":[{\"delta\":{\"content\":\"= 2 \\u00e9\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+        let o = stream(Protocol::OpenAiChat, chat, true);
+        assert_eq!((o.id.as_deref(), o.finish_reason.as_deref(), o.text.as_deref()), (Some("chatcmpl-1"), Some("stop"), Some("1+1 = 2 é")));
+        assert_eq!(stream(Protocol::OpenAiChat, chat, false).text, None, "no text unless asked");
+        let an = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"model\":\"c\",\"stop_reason\":null}}\n\n\
+                  event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n\
+                  event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":3}}\n\n\
+                  event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+        let o = stream(Protocol::AnthropicMessages, an, true);
+        assert_eq!((o.id.as_deref(), o.finish_reason.as_deref(), o.text.as_deref()), (Some("msg_1"), Some("end_turn"), Some("Hi")));
+        assert_eq!(o.usage.completion, 3);
+        let resp = "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_1\",\"status\":\"in_progress\"}}\n\n\
+                    event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"ok\"}\n\n\
+                    event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_1\",\"status\":\"completed\",\"usage\":{\"input_tokens\":2,\"output_tokens\":1}}}\n\n";
+        let o = stream(Protocol::OpenAiResponses, resp, true);
+        assert_eq!((o.id.as_deref(), o.finish_reason.as_deref(), o.text.as_deref()), (Some("resp_1"), Some("completed"), Some("ok")));
+        assert_eq!(o.usage.prompt, 2, "a string delta does not hide the usage");
+    }
+
+    #[test]
+    fn whole_answers_and_caps() {
+        let o = observe_json(br#"{"id":"chatcmpl-9","choices":[{"message":{"content":"x"},"finish_reason":"length"}],"usage":{"prompt_tokens":1,"completion_tokens":1}}"#);
+        assert_eq!((o.id.as_deref(), o.finish_reason.as_deref(), o.usage.total), (Some("chatcmpl-9"), Some("length"), 2));
+        let o = observe_json(
+            br#"{"id":"msg_2","type":"message","stop_reason":"tool_use","content":[],"usage":{"input_tokens":1,"output_tokens":1}}"#,
+        );
+        assert_eq!((o.id.as_deref(), o.finish_reason.as_deref()), (Some("msg_2"), Some("tool_use")));
+        let o = observe_json(
+            br#"{"output":{"message":{"content":[{"text":"hey"}]}},"stopReason":"end_turn","usage":{"inputTokens":1,"outputTokens":2}}"#,
+        );
+        assert_eq!((o.finish_reason.as_deref(), o.usage.completion), (Some("end_turn"), 2));
+        let o = observe_json(br#"{"id":7,"status":500,"error":{"message":"boom"}}"#);
+        assert_eq!((o.id, o.error.as_deref()), (None, Some("boom")), "odd types never break the read");
+        assert_eq!(
+            answer_text("{\"choices\":[{\"message\":{\"content\":\"héllo\"}}]}".as_bytes(), 2).as_deref(),
+            Some("h"),
+            "cut at a char boundary"
+        );
+        assert_eq!(
+            answer_text(br#"{"content":[{"type":"text","text":"a"},{"type":"tool_use"},{"type":"text","text":"b"}]}"#, 99).as_deref(),
+            Some("ab")
+        );
+        assert_eq!(
+            answer_text(br#"{"output":[{"type":"message","content":[{"type":"output_text","text":"r"}]}]}"#, 99).as_deref(),
+            Some("r")
+        );
+        assert_eq!(answer_text(br#"{"output":{"message":{"content":[{"text":"c"}]}}}"#, 99).as_deref(), Some("c"));
+        let mut o = Observation::default();
+        o.collect_text(99);
+        o.converse_event("contentBlockDelta", &serde_json::json!({"delta": {"text": "t"}}));
+        o.converse_event("messageStop", &serde_json::json!({"stopReason": "max_tokens"}));
+        assert_eq!((o.text.as_deref(), o.finish_reason.as_deref()), (Some("t"), Some("max_tokens")));
+        let req = serde_json::json!({"messages": [{"role": "user", "content": "q"}], "input": "i"});
+        assert_eq!(request_messages(Protocol::OpenAiChat, &req)[0]["content"], "q");
+        assert_eq!(request_messages(Protocol::OpenAiResponses, &req), "i");
     }
 }

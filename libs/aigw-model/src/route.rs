@@ -271,17 +271,22 @@ impl AiProxyConfig {
     }
 }
 
-/// The `http-logger` plugin: validated now, delivered by the observability work.
+/// The `http-logger` plugin (APISIX's schema, the subset an AI gateway needs): batched
+/// JSON POSTs of log entries to `uri` (the proxy's `http_logger` module).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HttpLoggerConfig {
     pub uri: String,
+    /// Entries per POST (default 1000).
     #[serde(default = "d_batch_max_size")]
     pub batch_max_size: u64,
+    /// Seconds to wait for the log server's answer (default 3).
     #[serde(default = "d_logger_timeout")]
     pub timeout: u64,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Sent as the POST's `Authorization` header. A secret field: encrypted at rest,
+    /// redacted in reads.
     #[serde(default)]
     pub auth_header: Option<String>,
     #[serde(default)]
@@ -290,8 +295,15 @@ pub struct HttpLoggerConfig {
     pub include_req_body: bool,
     #[serde(default)]
     pub include_resp_body: bool,
+    /// Seconds after which a batch that is not full is sent anyway (default 5).
     #[serde(default)]
     pub inactive_timeout: Option<u64>,
+    /// Retries of a batch whose POST failed (default 0), then it is dropped (counted).
+    #[serde(default)]
+    pub max_retry_count: u64,
+    /// Seconds before the first retry (default 1), doubling each time.
+    #[serde(default = "d_retry_delay")]
+    pub retry_delay: u64,
 }
 
 fn d_batch_max_size() -> u64 {
@@ -299,6 +311,9 @@ fn d_batch_max_size() -> u64 {
 }
 fn d_logger_timeout() -> u64 {
     3
+}
+fn d_retry_delay() -> u64 {
+    1
 }
 
 /// A validated route: the stored JSON, the typed plugin configs and compiled `vars`.
@@ -584,6 +599,15 @@ fn validate_http_logger(c: &HttpLoggerConfig) -> Result<(), ValidationError> {
     if c.timeout < 1 {
         return Err(ValidationError::new(format!("{p}.timeout"), "0 is less than the minimum 1"));
     }
+    if c.inactive_timeout == Some(0) {
+        return Err(ValidationError::new(format!("{p}.inactive_timeout"), "0 is less than the minimum 1"));
+    }
+    if c.retry_delay < 1 {
+        return Err(ValidationError::new(format!("{p}.retry_delay"), "0 is less than the minimum 1"));
+    }
+    if c.auth_header.as_deref().is_some_and(|a| a.bytes().any(|b| b < 0x20 || b == 0x7f)) {
+        return Err(ValidationError::new(format!("{p}.auth_header"), "must not contain control characters"));
+    }
     Ok(())
 }
 
@@ -802,6 +826,13 @@ mod tests {
         check(&[("/plugins/http-logger", json!({"uri": "http://h/", "batch_max_size": 0}))], Some(&["batch_max_size", "minimum 1"]));
         check(&[("/plugins/http-logger", json!({"uri": "http://h/", "timeout": 0}))], Some(&["http-logger.timeout"]));
         check(&[("/plugins/http-logger", json!({"uri": "http://h/", "brokers": []}))], Some(&["unknown field `brokers`"]));
+        check(
+            &[("/plugins/http-logger", json!({"uri": "http://h/", "max_retry_count": 2, "retry_delay": 1, "inactive_timeout": 1}))],
+            None,
+        );
+        check(&[("/plugins/http-logger", json!({"uri": "http://h/", "retry_delay": 0}))], Some(&["http-logger.retry_delay"]));
+        check(&[("/plugins/http-logger", json!({"uri": "http://h/", "inactive_timeout": 0}))], Some(&["http-logger.inactive_timeout"]));
+        check(&[("/plugins/http-logger", json!({"uri": "http://h/", "auth_header": "a\nb"}))], Some(&["http-logger.auth_header"]));
     }
 
     #[test]

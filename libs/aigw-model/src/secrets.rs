@@ -3,7 +3,7 @@
 //!
 //! Secret fields (inside `plugins.ai-proxy` and each `plugins.ai-proxy-multi.instances[i]`):
 //! `auth.header.*`, `auth.query.*`, `auth.gcp.service_account_json`,
-//! `auth.aws.secret_access_key`, `auth.aws.session_token`.
+//! `auth.aws.secret_access_key`, `auth.aws.session_token`; and `plugins.http-logger.auth_header`.
 //! An encrypted value is `$aigw-enc$v1$` + base64(nonce ‖ ciphertext ‖ tag).
 
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng};
@@ -110,6 +110,9 @@ pub fn for_each_secret(route: &mut Value, mut f: impl FnMut(&str, &mut String)) 
 pub fn for_each_secret_at(route: &mut Value, mut f: impl FnMut(&str, &str, &mut String)) {
     if let Some(auth) = route.pointer_mut("/plugins/ai-proxy/auth").and_then(Value::as_object_mut) {
         visit_auth(auth, "plugins.ai-proxy.auth", "/plugins/ai-proxy/auth", &mut f);
+    }
+    if let Some(Value::String(s)) = route.pointer_mut("/plugins/http-logger/auth_header") {
+        f("plugins.http-logger.auth_header", "/plugins/http-logger/auth_header", s);
     }
     if let Some(instances) = route.pointer_mut("/plugins/ai-proxy-multi/instances").and_then(Value::as_array_mut) {
         for (i, ins) in instances.iter_mut().enumerate() {
@@ -309,6 +312,29 @@ mod tests {
         let mut want = multi_route();
         want["plugins"]["ai-proxy-multi"]["instances"][2]["auth"] = json!({"header": {"x-api-key": "from-env-c"}});
         assert_eq!(enc, want);
+    }
+
+    #[test]
+    fn http_logger_auth_header_is_a_secret() {
+        let key = DataKey::parse(HEX_KEY).unwrap();
+        let logger = json!({"uri": "http://logs/", "auth_header": "Bearer log-secret"});
+        let mut r = json!({"id": "r", "uri": "/x", "plugins": {"ai-proxy": {"auth": {}}, "http-logger": logger}});
+        let mut enc = r.clone();
+        encrypt_route(&mut enc, &key);
+        let text = enc.to_string();
+        assert!(!text.contains("log-secret") && text.contains(ENC_PREFIX), "{text}");
+        let mut red = r.clone();
+        redact_route(&mut red);
+        assert_eq!(red.pointer("/plugins/http-logger/auth_header").unwrap(), REDACTED);
+        assert!(!red.to_string().contains("log-secret"));
+        let mut all = enc.clone();
+        redact_all(&mut all);
+        assert_eq!(all.pointer("/plugins/http-logger/auth_header").unwrap(), REDACTED);
+        reveal_route(&mut enc, Some(&key), &|_| None).unwrap();
+        assert_eq!(enc, r);
+        r["plugins"]["http-logger"]["auth_header"] = json!("$env://LOG_TOKEN");
+        reveal_route(&mut r, None, &|n| (n == "LOG_TOKEN").then(|| "Bearer from-env".into())).unwrap();
+        assert_eq!(r.pointer("/plugins/http-logger/auth_header").unwrap(), "Bearer from-env");
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod bedrock;
 pub mod fake;
 pub mod gcp;
 pub mod http;
+pub mod otlp;
 pub mod proc;
 pub mod redis;
 

@@ -32,7 +32,15 @@ fn main() {
 }
 
 fn real_main(args: Args) -> anyhow::Result<()> {
-    args.log.init()?;
+    // OTEL_*: with an endpoint, this process's spans (its `tracing` spans) and metrics
+    // (process CPU and memory, exporter counters) go to the collector.
+    let registry = aigw_telemetry::metrics::Registry::new();
+    aigw_telemetry::observe_process(&registry);
+    let otel = aigw_telemetry::start_otel("aigw-config", env!("CARGO_PKG_VERSION"), registry)?;
+    args.log.init_with(otel.as_ref().and_then(|o| o.tracer()))?;
+    if let Some(o) = &otel {
+        o.log_start();
+    }
     let data_key = aigw_model::secrets::DataKey::from_flag(args.data_encryption_key.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
     let admin_key = match args.admin_key.filter(|k| !k.is_empty()) {
         Some(k) => k,
@@ -43,10 +51,14 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         }
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         let listener =
             tokio::net::TcpListener::bind(args.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
         let cfg = aigw_config::Config { data_dir: args.data_dir, admin_key, node_token: args.node_token, data_key };
         aigw_config::run(cfg, listener, aigw_telemetry::shutdown_signal()).await
-    })
+    });
+    if let Some(o) = otel {
+        o.shutdown(std::time::Duration::from_secs(5));
+    }
+    result
 }

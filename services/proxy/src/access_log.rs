@@ -18,6 +18,13 @@ pub const DEFAULT_FORMAT: &str = "$remote_addr - - [$time_local] \"$request_line
 $upstream_status $upstream_response_time $request_id $route_id $request_type \"$request_llm_model\" \"$llm_model\" $llm_time_to_first_token \
 $llm_prompt_tokens $llm_completion_tokens $llm_total_tokens $llm_stream";
 
+/// The access-log format of the spec's own example (`ai-proxy.md`, "log LLM request
+/// information in the access log"); the proxy starts with it as given.
+pub const SPEC_EXAMPLE_FORMAT: &str = "$remote_addr - $remote_user [$time_local] $http_host \"$request_line\" $status $body_bytes_sent \
+$request_time \"$http_referer\" \"$http_user_agent\" $upstream_addr $upstream_status $apisix_upstream_response_time \
+\"$upstream_scheme://$upstream_host$upstream_uri\" \"$apisix_request_id\" \"$request_type\" \"$llm_time_to_first_token\" \"$llm_model\" \
+\"$request_llm_model\" \"$llm_prompt_tokens\" \"$llm_completion_tokens\"";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Var {
     RemoteAddr,
@@ -46,7 +53,12 @@ enum Var {
     ToolCount,
     EndUserId,
     ApisixUpstreamResponseTime,
-    LlmInstance,
+    RemoteUser,
+    UpstreamScheme,
+    UpstreamHost,
+    UpstreamUri,
+    Instance,
+    TraceId,
 }
 
 const VARS: &[(&str, Var)] = &[
@@ -77,7 +89,12 @@ const VARS: &[(&str, Var)] = &[
     ("llm_tool_count", Var::ToolCount),
     ("llm_end_user_id", Var::EndUserId),
     ("apisix_upstream_response_time", Var::ApisixUpstreamResponseTime),
-    ("llm_instance", Var::LlmInstance),
+    ("remote_user", Var::RemoteUser),
+    ("upstream_scheme", Var::UpstreamScheme),
+    ("upstream_host", Var::UpstreamHost),
+    ("upstream_uri", Var::UpstreamUri),
+    ("llm_instance", Var::Instance),
+    ("trace_id", Var::TraceId),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +110,8 @@ enum Seg {
 pub struct Format {
     segs: Vec<Seg>,
     pub needs_headers: bool,
+    /// `$upstream_uri` is used: requests keep their upstream path.
+    pub needs_upstream_uri: bool,
 }
 
 impl Format {
@@ -134,8 +153,9 @@ impl Format {
         if !lit.is_empty() {
             segs.push(Seg::Lit(lit));
         }
-        let needs_headers = segs.iter().any(|s| matches!(s, Seg::Header(_)));
-        Ok(Format { segs, needs_headers })
+        let needs_headers = segs.iter().any(|s| matches!(s, Seg::Header(_) | Seg::Var(Var::RemoteUser)));
+        let needs_upstream_uri = segs.contains(&Seg::Var(Var::UpstreamUri));
+        Ok(Format { segs, needs_headers, needs_upstream_uri })
     }
 
     pub fn render(&self, e: &Record) -> String {
@@ -178,13 +198,51 @@ impl Format {
                         Var::HasToolCalls => e.has_tool_calls.to_string(),
                         Var::ToolCount => e.tool_count.to_string(),
                         Var::EndUserId => e.end_user_id.clone(),
-                        Var::LlmInstance => dash(&e.instance),
+                        Var::RemoteUser => dash(&remote_user(e)),
+                        Var::UpstreamScheme => upstream_origin(e).map_or("-", |o| o.split_once("://").map_or("-", |(s, _)| s)).to_owned(),
+                        Var::UpstreamHost => upstream_origin(e).map_or_else(|| "-".to_owned(), upstream_host),
+                        Var::UpstreamUri => dash(&e.upstream_uri),
+                        Var::Instance => dash(&e.instance),
+                        Var::TraceId => {
+                            if e.trace.trace_id == 0 {
+                                "-".to_owned()
+                            } else {
+                                aigw_telemetry::ids::trace_hex(e.trace.trace_id)
+                            }
+                        }
                     };
                     escape_into(&mut out, s.as_bytes());
                 }
             }
         }
         out
+    }
+}
+
+/// nginx's `$remote_user`: the user name of HTTP Basic credentials (never the password).
+fn remote_user(e: &Record) -> String {
+    use base64::Engine as _;
+    let Some(v) = e.headers.as_ref().and_then(|h| h.get(http::header::AUTHORIZATION)).and_then(|v| v.to_str().ok()) else {
+        return String::new();
+    };
+    let Some(b64) = v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")) else { return String::new() };
+    let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else { return String::new() };
+    let text = String::from_utf8_lossy(&raw);
+    text.split_once(':').map(|(u, _)| u.to_owned()).unwrap_or_default()
+}
+
+/// `scheme://authority` of the upstream that answered (the last attempt's target).
+fn upstream_origin(e: &Record) -> Option<&str> {
+    let a = e.attempt.as_ref()?;
+    Some(e.target_of(a)?.target.origin.as_str())
+}
+
+/// nginx's `$upstream_host`: the host without its port.
+fn upstream_host(origin: &str) -> String {
+    let authority = origin.split_once("://").map_or(origin, |(_, a)| a);
+    match authority.rfind(':') {
+        Some(i) if !authority[i..].contains(']') => authority[..i].to_owned(),
+        _ => authority.to_owned(),
     }
 }
 
@@ -228,7 +286,7 @@ pub struct AccessLog {
 impl AccessLog {
     pub fn off() -> AccessLog {
         AccessLog {
-            format: Format::parse("").unwrap_or(Format { segs: Vec::new(), needs_headers: false }),
+            format: Format::parse("").unwrap_or(Format { segs: Vec::new(), needs_headers: false, needs_upstream_uri: false }),
             tx: None,
             dropped: AtomicU64::new(0),
         }
@@ -348,6 +406,37 @@ mod tests {
         let line = f.render(&e);
         assert_eq!(line, "\"gpt\\x22\\x0A127.0.0.1 - - [forged]\" \"ua\\x22\\x80\" a\\x5Cb\\x09c \\xC3\\xA9 POST /x\\x0D HTTP/1.1");
         assert!(!line.contains('\n'));
+    }
+
+    /// The spec's example format: every variable known, upstream parts from the target
+    /// that answered, Basic user only (never the password), values escaped.
+    #[test]
+    fn the_spec_example_format_renders() {
+        use crate::compiled::{CompileCtx, compile_route};
+        let f = Format::parse(SPEC_EXAMPLE_FORMAT).unwrap();
+        assert!(f.needs_headers && f.needs_upstream_uri);
+        let route = serde_json::json!({"id": "r1", "uri": "/anything", "plugins": {"ai-proxy": {"provider": "openai", "auth": {},
+            "override": {"endpoint": "https://api.example.com:8443/v1/chat/completions"}}}});
+        let route = std::sync::Arc::new(compile_route(&route, &CompileCtx::bare(&crate::upstream::Upstreams::default())).unwrap());
+        let mut e = entry();
+        e.headers = Some(HeaderMap::from_iter([
+            (http::header::USER_AGENT, "curl/8.6.0".parse().unwrap()),
+            (http::header::HOST, "gw.example.com".parse().unwrap()),
+            (http::header::AUTHORIZATION, "Basic YWxpY2U6czNjcjN0".parse().unwrap()),
+        ]));
+        e.set_route(&route, &HeaderMap::new());
+        e.keep_upstream_uri = true;
+        let t = &route.targets[0];
+        e.begin_attempt(t, "https://api.example.com:8443/v1/chat/completions?api-version=1");
+        assert_eq!(
+            f.render(&e),
+            "127.0.0.1 - alice [21/Mar/2025:04:28:03 +0000] gw.example.com \"POST /anything HTTP/1.1\" 200 804 2.858 \"-\" \"curl/8.6.0\" \
+             127.0.0.1:8080 200 2850 \"https://api.example.com/v1/chat/completions\" \"abc\" \"ai_chat\" \"2858\" \"gpt-4\" \"gpt-4\" \"23\" \"8\""
+        );
+        let mut no_upstream = entry();
+        no_upstream.headers = None;
+        let line = f.render(&no_upstream);
+        assert!(line.contains(" - - [") && line.contains("\"-://--\""), "{line}");
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! The complete stage: one [`Record`] per request, handed once to every sink when the
 //! response has ended (or the client went away). A sink is small and never blocks the
-//! data path: the access log queues a line, metrics add to atomics; spans and the
-//! http-logger join the list the same way.
+//! data path: the access log queues a line, metrics add to atomics, spans and the
+//! http-logger queue plain data for their background senders.
 
 use std::sync::Arc;
+
+use aigw_telemetry::export::Tracer;
 
 use crate::metrics::Metrics;
 use crate::record::{ErrorSource, Outcome, Record};
@@ -12,15 +14,30 @@ pub trait Sink: Send + Sync {
     fn complete(&self, record: &Record);
 }
 
-/// The sinks of a node, in order.
+/// The sinks of a node, in order, and what they need the request to note as it goes.
 #[derive(Default)]
 pub struct Sinks {
     list: Vec<Arc<dyn Sink>>,
+    /// Set when spans are exported: requests start (or continue) a trace.
+    pub tracer: Option<Arc<Tracer>>,
+    /// A sink renders `$upstream_uri`.
+    pub keep_upstream_uri: bool,
 }
 
 impl Sinks {
     pub fn new(list: Vec<Arc<dyn Sink>>) -> Sinks {
-        Sinks { list }
+        Sinks { list, tracer: None, keep_upstream_uri: false }
+    }
+
+    /// Requests carry trace ids decided at their start, and sampled ones are exported.
+    pub fn with_tracer(mut self, tracer: Option<Arc<Tracer>>) -> Sinks {
+        self.tracer = tracer;
+        self
+    }
+
+    pub fn keeping_upstream_uri(mut self, keep: bool) -> Sinks {
+        self.keep_upstream_uri = keep;
+        self
     }
 
     pub fn complete(&self, record: &Record) {

@@ -8,7 +8,16 @@ use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 
 use aigw_llm::envelope::{self, Envelope};
 
-use crate::record::ErrorSource;
+/// Who a failed request's error came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSource {
+    /// A bad request (400, 404, 413, …).
+    Client,
+    /// The upstream failed or could not be reached.
+    Upstream,
+    /// The gateway itself.
+    Gateway,
+}
 
 #[derive(Debug, Clone)]
 pub struct GatewayError {

@@ -12,6 +12,7 @@ pub mod compiled;
 pub mod complete;
 pub mod errors;
 pub mod health;
+pub mod http_logger;
 pub mod metrics;
 pub mod pipeline;
 pub mod read;
@@ -26,6 +27,7 @@ pub mod serve;
 pub mod sources;
 pub mod state;
 pub mod status;
+pub mod telemetry;
 pub mod upstream;
 
 use std::future::Future;
@@ -52,6 +54,17 @@ pub struct Config {
     /// `--token-cache` (with `--node-token` and `--control-plane-ca`): GCP tokens through
     /// aigw-token-cache; None: minted in-process.
     pub token_cache: Option<aigw_gcp_auth::TokenCacheOptions>,
+    pub telemetry: Telemetry,
+}
+
+/// What `main` set up for OpenTelemetry: the instruments (served on `/metrics`, pushed by
+/// the exporter) and, when spans are exported, the tracer.
+#[derive(Default)]
+pub struct Telemetry {
+    pub registry: Arc<aigw_telemetry::metrics::Registry>,
+    pub tracer: Option<Arc<aigw_telemetry::export::Tracer>>,
+    /// `OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental`.
+    pub genai_latest: bool,
 }
 
 /// Runs the node until `shutdown` resolves, then drains in-flight requests (30 s at most).
@@ -62,14 +75,35 @@ pub async fn run(
     status: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let metrics = Arc::new(metrics::Metrics::default());
-    let keep_headers = cfg.access_log.format.needs_headers;
-    let mut sinks: Vec<Arc<dyn complete::Sink>> = vec![Arc::new(complete::MetricsSink(metrics.clone()))];
-    if cfg.access_log.enabled() {
-        sinks.push(Arc::new(cfg.access_log));
+    let metrics = Arc::new(metrics::Metrics::new(cfg.telemetry.registry.clone(), cfg.telemetry.genai_latest));
+    let access = Arc::new(cfg.access_log);
+    let keep_headers = access.enabled() && access.format.needs_headers;
+    let keep_upstream_uri = access.enabled() && access.format.needs_upstream_uri;
+    let logger = Arc::new(http_logger::HttpLoggerSink::default());
+    let mut sinks: Vec<Arc<dyn complete::Sink>> =
+        vec![Arc::new(complete::MetricsSink(metrics.clone())), Arc::new(telemetry::GenAiSink(metrics.clone())), logger.clone()];
+    if let Some(t) = &cfg.telemetry.tracer {
+        sinks.push(Arc::new(telemetry::SpanSink(t.clone())));
     }
+    if access.enabled() {
+        sinks.push(access.clone());
+    }
+    let sinks = complete::Sinks::new(sinks).with_tracer(cfg.telemetry.tracer.clone()).keeping_upstream_uri(keep_upstream_uri);
     let gcp = aigw_gcp_auth::GcpAuth::new(aigw_gcp_auth::GcpAuthOptions { token_cache: cfg.token_cache, ..Default::default() })?;
-    let state = state::AppState::new(metrics, complete::Sinks::new(sinks), keep_headers, cfg.client_limits, gcp);
+    let state = state::AppState::new(metrics, sinks, keep_headers, cfg.client_limits, gcp);
+    let stats = logger.stats.clone();
+    status::observe_node(
+        &state,
+        vec![
+            ("access_log", Arc::new(move || access.dropped.load(std::sync::atomic::Ordering::Relaxed))),
+            (
+                "http_logger",
+                Arc::new(move || {
+                    stats.dropped.load(std::sync::atomic::Ordering::Relaxed) + stats.failed.load(std::sync::atomic::Ordering::Relaxed)
+                }),
+            ),
+        ],
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut stopped = stop_rx.clone();
     let stop_signal = async move { serve::wait_stop(&mut stopped).await };

@@ -89,7 +89,19 @@ fn main() {
 }
 
 fn real_main(args: Args) -> anyhow::Result<()> {
+    // OTEL_* first: spans and metrics go to a collector only when an endpoint is set.
+    let registry = aigw_telemetry::metrics::Registry::new();
+    aigw_telemetry::observe_process(&registry);
+    let otel = aigw_telemetry::start_otel("aigw-proxy", env!("CARGO_PKG_VERSION"), registry.clone())?;
     args.log.init()?;
+    if let Some(o) = &otel {
+        o.log_start();
+    }
+    let telemetry = aigw_proxy::Telemetry {
+        registry,
+        tracer: otel.as_ref().and_then(|o| o.tracer()),
+        genai_latest: aigw_telemetry::config::genai_latest(&|n| std::env::var(n).ok()),
+    };
     let data_key = aigw_model::secrets::DataKey::from_flag(args.data_encryption_key.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
     let source = match (args.routes, args.config_service) {
         (Some(path), None) => aigw_proxy::Source::File(path),
@@ -128,21 +140,20 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     };
     let access_log = aigw_proxy::access_log::AccessLog::open(&args.access_log, &args.access_log_format).map_err(|e| anyhow::anyhow!(e))?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         let data =
             tokio::net::TcpListener::bind(args.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
         let status = tokio::net::TcpListener::bind(args.status_listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.status_listen))?;
         let client_limits = aigw_proxy::ClientLimits { header_timeout: args.client_header_timeout, body_timeout: args.client_body_timeout };
-        aigw_proxy::run(
-            aigw_proxy::Config { source, data_key, access_log, client_limits, token_cache },
-            data,
-            status,
-            aigw_telemetry::shutdown_signal(),
-        )
-        .await
-    })
+        let cfg = aigw_proxy::Config { source, data_key, access_log, client_limits, token_cache, telemetry };
+        aigw_proxy::run(cfg, data, status, aigw_telemetry::shutdown_signal()).await
+    });
+    if let Some(o) = otel {
+        o.shutdown(Duration::from_secs(5));
+    }
+    result
 }
 
 #[cfg(test)]

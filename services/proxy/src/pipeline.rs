@@ -52,6 +52,13 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, remote: Socket
     let headers = state.keep_headers.then(|| req.headers().clone());
     let mut rec = Record::new(remote.ip(), request_line, rid.clone(), headers);
     let cfg = state.config.load_full();
+    rec.keep_upstream_uri = state.sinks.keep_upstream_uri;
+    if let Some(t) = &state.sinks.tracer {
+        rec.trace = t.start(req.headers().get("traceparent").map(|v| v.as_bytes()));
+        if rec.trace.sampled {
+            rec.config_version.clone_from(&cfg.version);
+        }
+    }
     let mut resp = match proxy(&state, &cfg, req, remote, &mut rec).await {
         Ok(answer) => {
             rec.status = answer.parts.status.as_u16();
@@ -67,6 +74,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, remote: Socket
             tracing::debug!(request_id = %rid, status = e.status.as_u16(), error = %e.message, "gateway error");
             let (parts, bytes) = error_response(env, &e).into_parts();
             rec.status = e.status.as_u16();
+            rec.error_code = e.code;
             rec.error = Some((e.source, e.message));
             let completion = Completion::new(rec, state.sinks.clone());
             Response::from_parts(parts, AnswerBody::whole(bytes, completion, Box::new(())).boxed_unsync())
@@ -94,7 +102,7 @@ async fn proxy(
 
     // route
     let route = find_route(cfg, &parts, rec.remote_addr, &client).ok_or_else(|| GatewayError::no_route(path))?;
-    rec.route_id = route.id().to_owned();
+    rec.set_route(&route, &parts.headers);
     let ap = &route.spec.ai_proxy;
     rec.provider = Some(ap.provider);
     if client.bytes.len() as u64 > ap.max_req_body_size {
@@ -122,6 +130,7 @@ async fn proxy(
     let facts = request_facts(proto, &json);
     rec.tool_count = facts.tool_count;
     rec.end_user_id = facts.end_user;
+    rec.note_request(&client.bytes, proto, &json);
 
     let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or(path);
     let creq = ClientRequest { method: &parts.method, path, path_and_query, headers: &parts.headers, body: &client.bytes, protocol: proto };
@@ -182,6 +191,9 @@ async fn upstream(
             None => return result.map_err(AttemptError::into_gateway_error),
         };
         m.balancer.note_fallback(i);
+        if let Ok((_, sent)) = &result {
+            rec.end_attempt(Some(sent.response.status().as_u16()), None);
+        }
         // APISIX's line (without the upstream body, which is never read).
         let (from, to, status) = (&t.name, &route.targets[next].name, outcome_status(&outcome));
         let error = result.as_ref().err().map(tracing::field::display);
@@ -303,6 +315,9 @@ async fn attempt(
 
     // authorize
     let bearer = t.auth.authorize(&mut plan, &t.target.authority).await?;
+    if let Some(tp) = rec.begin_attempt(t, &plan.url) {
+        plan.headers.insert(HeaderName::from_static("traceparent"), tp);
+    }
 
     // send
     // GCP only: the headers are kept for one more try after a 401 (see below).
@@ -314,8 +329,10 @@ async fn attempt(
     let upstream_req = builder
         .body(Full::new(plan.body.clone()))
         .map_err(|e| GatewayError::internal(format!("building the upstream request for {}: {e}", t.target.origin)))?;
-    rec.attempts += 1;
-    let mut sent = send(&t.upstream, route.timeout, upstream_req, &t.target.authority).await.map_err(AttemptError::Send)?;
+    let mut sent = send(&t.upstream, route.timeout, upstream_req, &t.target.authority).await.map_err(|e| {
+        rec.end_attempt(None, Some(e.kind()));
+        AttemptError::Send(e)
+    })?;
     // A GCP token refused with 401 is dropped everywhere (here and in aigw-token-cache)
     // and the request sent once more with a fresh one; nothing reached the client yet.
     if let Some(headers) = again.as_mut()
@@ -328,7 +345,10 @@ async fn attempt(
         }
         let upstream_req = builder.body(Full::new(plan.body.clone())).map_err(|e| GatewayError::internal(e.to_string()))?;
         rec.attempts += 1;
-        sent = send(&t.upstream, route.timeout, upstream_req, &t.target.authority).await.map_err(AttemptError::Send)?;
+        sent = send(&t.upstream, route.timeout, upstream_req, &t.target.authority).await.map_err(|e| {
+            rec.end_attempt(None, Some(e.kind()));
+            AttemptError::Send(e)
+        })?;
     }
     Ok((plan, sent))
 }

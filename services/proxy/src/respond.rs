@@ -70,7 +70,10 @@ pub async fn respond(sent: Sent, plan: &Plan, route: &CompiledRoute, rec: &mut R
         let streaming = status.is_success();
         let client = if streaming { plan.client } else { plan.target };
         let model = plan.model.as_deref().unwrap_or_default();
-        let pipe = Pipe::new(plan.target, client, plan.names.clone(), model, &rec.request_id, route.max_event, plan.include_usage);
+        let mut pipe = Pipe::new(plan.target, client, plan.names.clone(), model, &rec.request_id, route.max_event, plan.include_usage);
+        if let Some(cap) = rec.text_cap() {
+            pipe.obs_mut().collect_text(cap);
+        }
         if pipe.converting() {
             parts.headers.remove(header::CONTENT_LENGTH);
             parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -117,10 +120,8 @@ pub async fn respond(sent: Sent, plan: &Plan, route: &CompiledRoute, rec: &mut R
     drop(permit);
     rec.ttft = Some(latency);
     rec.upstream_time = Some(sent_at.elapsed());
-    let obs = observe_json(&bytes);
-    rec.usage = obs.usage;
-    rec.has_tool_calls = obs.has_tool_calls;
-    rec.response_model = obs.model;
+    rec.observe(&observe_json(&bytes));
+    rec.observe_body(&bytes);
     let amzn = parts.headers.get("x-amzn-errortype").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let out = match aigw_providers::answer::convert(plan, status.as_u16(), amzn.as_deref(), &bytes, &rec.request_id) {
         None => bytes,
@@ -209,10 +210,7 @@ impl AnswerBody {
         let sent = match &self.inner {
             Inner::Stream(s) => {
                 let r = c.record_mut();
-                let obs = s.pipe.obs();
-                r.usage = obs.usage;
-                r.has_tool_calls = obs.has_tool_calls;
-                r.response_model = obs.model.clone();
+                r.observe(s.pipe.obs());
                 r.ttft = s.ttft;
                 r.upstream_time = Some(s.started.elapsed());
                 s.forwarded + tail

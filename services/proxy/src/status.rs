@@ -41,54 +41,84 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Resp
 }
 
 fn metrics(state: &AppState) -> String {
-    let m = &state.metrics;
-    let g = Metrics::get;
-    let cfg = state.config.load();
-    let mut out = String::new();
-    for (name, help, kind, v) in [
-        ("aigw_proxy_requests_total", "Data-plane requests received.", "counter", g(&m.requests)),
-        ("aigw_proxy_gateway_errors_total", "Requests answered with a gateway-made error.", "counter", g(&m.gateway_errors)),
-        ("aigw_proxy_upstream_errors_total", "Requests that failed reaching the upstream.", "counter", g(&m.upstream_errors)),
-        ("aigw_proxy_prompt_tokens_total", "Prompt tokens reported by upstreams.", "counter", g(&m.prompt_tokens)),
-        ("aigw_proxy_completion_tokens_total", "Completion tokens reported by upstreams.", "counter", g(&m.completion_tokens)),
-        (
-            "aigw_proxy_responses_aborted_total",
-            "Responses cut short (client gone, upstream failure, limit, missing end marker).",
-            "counter",
-            g(&m.responses_aborted),
-        ),
-        ("aigw_proxy_clients_gone_total", "Responses whose client went away before the end.", "counter", g(&m.clients_gone)),
-        ("aigw_proxy_config_applied_total", "Config snapshots applied.", "counter", g(&m.config_applied)),
-        ("aigw_proxy_config_rejected_total", "Config snapshots or files rejected.", "counter", g(&m.config_rejected)),
-        ("aigw_proxy_routes", "Routes in the applied snapshot.", "gauge", cfg.routes.len() as u64),
-        ("aigw_proxy_ready", "1 once a config is applied.", "gauge", state.ready.load(Ordering::Relaxed) as u64),
-    ] {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
-    }
-    // GCP token sources (auth.gcp): cache hits, mints, aigw-token-cache fetches and fallbacks.
-    for (short, v) in state.gcp.stats().snapshot() {
-        let name = format!("aigw_proxy_gcp_token_{short}_total");
-        out.push_str(&format!("# HELP {name} GCP access tokens {}.\n# TYPE {name} counter\n{name} {v}\n", gcp_help(short)));
-    }
-    out.push_str(&format!(
-        "# HELP aigw_proxy_config_info Applied snapshot version.\n# TYPE aigw_proxy_config_info gauge\naigw_proxy_config_info{{version=\"{}\"}} 1\n",
-        cfg.version
-    ));
-    out.push_str(&crate::health::instance_metrics(&cfg));
+    let mut out = state.metrics.registry.render_prometheus();
+    // ai-proxy-multi instances (health, counters): Prometheus only for now.
+    out.push_str(&crate::health::instance_metrics(&state.config.load()));
     out
 }
 
-fn gcp_help(short: &str) -> &'static str {
+/// Reads how many items a sink dropped.
+pub type DropCount = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// Registers the node's own values with the metric registry: the original unlabeled
+/// `aigw_proxy_*` counters (names unchanged), the applied config, and config updates by
+/// result. `dropped` reports lines or entries sinks had to drop, by sink.
+pub fn observe_node(state: &Arc<AppState>, dropped: Vec<(&'static str, DropCount)>) {
+    let weak = Arc::downgrade(state);
+    state.metrics.registry.observe(move |o| {
+        let Some(state) = weak.upgrade() else { return };
+        let m = &state.metrics;
+        let g = Metrics::get;
+        for (name, help, v) in [
+            ("aigw.proxy.requests", "Data-plane requests received.", g(&m.requests)),
+            ("aigw.proxy.gateway_errors", "Requests answered with a gateway-made error.", g(&m.gateway_errors)),
+            ("aigw.proxy.upstream_errors", "Requests that failed reaching the upstream.", g(&m.upstream_errors)),
+            ("aigw.proxy.prompt_tokens", "Prompt tokens reported by upstreams.", g(&m.prompt_tokens)),
+            ("aigw.proxy.completion_tokens", "Completion tokens reported by upstreams.", g(&m.completion_tokens)),
+            (
+                "aigw.proxy.responses_aborted",
+                "Responses cut short (client gone, upstream failure, limit, missing end marker).",
+                g(&m.responses_aborted),
+            ),
+            ("aigw.proxy.clients_gone", "Responses whose client went away before the end.", g(&m.clients_gone)),
+            ("aigw.proxy.config_applied", "Config snapshots applied.", g(&m.config_applied)),
+            ("aigw.proxy.config_rejected", "Config snapshots or files rejected.", g(&m.config_rejected)),
+        ] {
+            o.counter(name, "", help, &[], v);
+        }
+        o.counter(
+            "aigw.gateway.config.updates",
+            "{update}",
+            "Config versions applied, and rejected (NACKed).",
+            &[("result", "applied")],
+            g(&m.config_applied),
+        );
+        o.counter("aigw.gateway.config.updates", "{update}", "", &[("result", "rejected")], g(&m.config_rejected));
+        let cfg = state.config.load();
+        o.gauge("aigw.proxy.routes", "", "Routes in the applied snapshot.", &[], cfg.routes.len() as f64);
+        o.gauge("aigw.proxy.ready", "", "1 once a config is applied.", &[], state.ready.load(Ordering::Relaxed) as u8 as f64);
+        o.gauge("aigw.proxy.config_info", "", "Applied snapshot version.", &[("version", cfg.version.as_str())], 1.0);
+        // GCP token sources (auth.gcp): cache hits, mints, aigw-token-cache fetches and fallbacks.
+        for (short, v) in state.gcp.stats().snapshot() {
+            let (name, help) = gcp_metric(short);
+            o.counter(name, "", help, &[], v);
+        }
+        for (sink, f) in &dropped {
+            o.counter(
+                "aigw.telemetry.dropped",
+                "{item}",
+                "Access-log lines and http-logger entries dropped (queue full or sink down).",
+                &[("sink", sink)],
+                f(),
+            );
+        }
+    });
+}
+
+/// The name (rendered `aigw_proxy_gcp_token_<short>_total`) and help of a GCP token counter.
+fn gcp_metric(short: &str) -> (&'static str, &'static str) {
     match short {
-        "hits" => "answered from the in-process cache",
-        "misses" => "requests that waited for a fetch",
-        "coalesced" => "misses that joined a fetch already under way",
-        "refresh_ahead" => "background refreshes inside the refresh window",
-        "mints" => "minted by this process",
-        "mint_failures" => "failed mints",
-        "remote_fetches" => "fetched from aigw-token-cache",
-        "remote_fallbacks" => "minted locally because aigw-token-cache was unavailable",
-        "invalidations" => "dropped after an upstream 401",
-        _ => "counter",
+        "hits" => ("aigw.proxy.gcp_token_hits", "GCP access tokens answered from the in-process cache."),
+        "misses" => ("aigw.proxy.gcp_token_misses", "GCP access token requests that waited for a fetch."),
+        "coalesced" => ("aigw.proxy.gcp_token_coalesced", "GCP access token misses that joined a fetch already under way."),
+        "refresh_ahead" => ("aigw.proxy.gcp_token_refresh_ahead", "GCP access token refreshes inside the refresh window."),
+        "mints" => ("aigw.proxy.gcp_token_mints", "GCP access tokens minted by this process."),
+        "mint_failures" => ("aigw.proxy.gcp_token_mint_failures", "GCP access token mints that failed."),
+        "remote_fetches" => ("aigw.proxy.gcp_token_remote_fetches", "GCP access tokens fetched from aigw-token-cache."),
+        "remote_fallbacks" => {
+            ("aigw.proxy.gcp_token_remote_fallbacks", "GCP access tokens minted locally because aigw-token-cache was unavailable.")
+        }
+        "invalidations" => ("aigw.proxy.gcp_token_invalidations", "GCP access tokens dropped after an upstream 401."),
+        _ => ("aigw.proxy.gcp_token_other", "Other GCP access token events."),
     }
 }

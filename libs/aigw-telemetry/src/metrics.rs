@@ -1,0 +1,581 @@
+//! One set of instruments, two views: Prometheus text (`/metrics`) and OTLP (pushed by
+//! the exporter). Recording is lock-free on the hot path: a label set is looked up under
+//! a read lock (uncontended: a couple of atomics) and its value updated with relaxed
+//! atomic adds; the write lock is taken only the first time a label set is seen.
+//!
+//! Cardinality is bounded: a family holds at most [`MAX_SERIES`] label sets; later ones
+//! are folded into one series whose every label is [`OVERFLOW`] (as the OTel SDKs do).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::SystemTime;
+
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1 as pm;
+
+/// Label sets per family beyond which new ones are folded into the overflow series.
+pub const MAX_SERIES: usize = 2000;
+/// The value of every label of the overflow series (and of a bounded label whose value
+/// was refused).
+pub const OVERFLOW: &str = "_OTHER";
+
+const CUMULATIVE: i32 = pm::AggregationTemporality::Cumulative as i32;
+
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+pub fn kv(key: &str, v: any_value::Value) -> KeyValue {
+    KeyValue { key: key.to_owned(), value: Some(AnyValue { value: Some(v) }), ..Default::default() }
+}
+
+pub fn kv_str(key: &str, v: &str) -> KeyValue {
+    kv(key, any_value::Value::StringValue(v.to_owned()))
+}
+
+struct Series<V> {
+    labels: Box<[Box<str>]>,
+    value: V,
+}
+
+struct Family<V> {
+    name: &'static str,
+    unit: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+    series: RwLock<HashMap<u64, Vec<Arc<Series<V>>>>>,
+    len: AtomicU64,
+    overflow: OnceLock<Arc<Series<V>>>,
+    make: fn(&Family<V>) -> V,
+    bounds: &'static [f64],
+}
+
+fn hash_labels(values: &[&str]) -> u64 {
+    let mut h = DefaultHasher::new();
+    for v in values {
+        v.hash(&mut h);
+    }
+    h.finish()
+}
+
+impl<V> Family<V> {
+    /// Runs `f` on the value of the series `values` (created on first use).
+    fn with(&self, values: &[&str], f: impl FnOnce(&V)) {
+        debug_assert_eq!(values.len(), self.labels.len(), "{}: label count", self.name);
+        let h = hash_labels(values);
+        let same = |s: &Series<V>| s.labels.len() == values.len() && s.labels.iter().zip(values).all(|(a, b)| &**a == *b);
+        {
+            let map = self.series.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(s) = map.get(&h).and_then(|v| v.iter().find(|s| same(s))) {
+                f(&s.value);
+                return;
+            }
+        }
+        let mut map = self.series.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = map.get(&h).and_then(|v| v.iter().find(|s| same(s))) {
+            f(&s.value);
+            return;
+        }
+        if self.len.load(Ordering::Relaxed) as usize >= MAX_SERIES {
+            drop(map);
+            let o = self.overflow.get_or_init(|| {
+                Arc::new(Series { labels: self.labels.iter().map(|_| Box::from(OVERFLOW)).collect(), value: (self.make)(self) })
+            });
+            f(&o.value);
+            return;
+        }
+        let s = Arc::new(Series { labels: values.iter().map(|v| Box::from(*v)).collect(), value: (self.make)(self) });
+        f(&s.value);
+        map.entry(h).or_default().push(s);
+        self.len.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn all(&self) -> Vec<Arc<Series<V>>> {
+        let map = self.series.read().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = map.values().flatten().cloned().collect();
+        v.sort_by(|a, b| a.labels.cmp(&b.labels));
+        v.extend(self.overflow.get().cloned());
+        v
+    }
+
+    fn attrs(&self, s: &Series<V>) -> Vec<KeyValue> {
+        self.labels.iter().zip(s.labels.iter()).map(|(k, v)| kv_str(k, v)).collect()
+    }
+}
+
+/// Bucket counts (not cumulative) and the sum of one histogram series.
+pub struct HistValue {
+    counts: Box<[AtomicU64]>,
+    sum: AtomicU64,
+}
+
+impl HistValue {
+    fn record(&self, bounds: &[f64], v: f64) {
+        // OTel buckets are upper-inclusive: (b[i-1], b[i]].
+        let i = bounds.partition_point(|b| *b < v);
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        let mut cur = self.sum.load(Ordering::Relaxed);
+        loop {
+            let next = (f64::from_bits(cur) + v).to_bits();
+            match self.sum.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(x) => cur = x,
+            }
+        }
+    }
+
+    fn snapshot(&self) -> (Vec<u64>, f64) {
+        (self.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect(), f64::from_bits(self.sum.load(Ordering::Relaxed)))
+    }
+}
+
+/// A monotonic counter family.
+#[derive(Clone)]
+pub struct Counter(Arc<Family<AtomicU64>>);
+
+impl Counter {
+    /// Adds `n` to the series of `labels` (values in the order the family declared).
+    pub fn add(&self, labels: &[&str], n: u64) {
+        self.0.with(labels, |c| {
+            c.fetch_add(n, Ordering::Relaxed);
+        });
+    }
+
+    /// The current value of one series (tests, status pages).
+    pub fn get(&self, labels: &[&str]) -> u64 {
+        let mut v = 0;
+        self.0.with(labels, |c| v = c.load(Ordering::Relaxed));
+        v
+    }
+}
+
+/// A histogram family with explicit bucket boundaries.
+#[derive(Clone)]
+pub struct Histogram(Arc<Family<HistValue>>);
+
+impl Histogram {
+    pub fn record(&self, labels: &[&str], v: f64) {
+        if !v.is_finite() {
+            return;
+        }
+        let bounds = self.0.bounds;
+        self.0.with(labels, |h| h.record(bounds, v));
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ObservedKind {
+    Counter,
+    Gauge,
+}
+
+struct Observed {
+    name: &'static str,
+    unit: &'static str,
+    help: &'static str,
+    kind: ObservedKind,
+    points: Vec<(Vec<(&'static str, String)>, f64)>,
+}
+
+/// What a callback reports at collection time (values kept elsewhere, e.g. atomics a
+/// library already has).
+#[derive(Default)]
+pub struct Observations {
+    list: Vec<Observed>,
+}
+
+impl Observations {
+    fn push(
+        &mut self,
+        kind: ObservedKind,
+        name: &'static str,
+        unit: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+        v: f64,
+    ) {
+        let labels = labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+        match self.list.iter_mut().find(|o| o.name == name) {
+            Some(o) => o.points.push((labels, v)),
+            None => self.list.push(Observed { name, unit, help, kind, points: vec![(labels, v)] }),
+        }
+    }
+
+    /// A monotonic total.
+    pub fn counter(&mut self, name: &'static str, unit: &'static str, help: &'static str, labels: &[(&'static str, &str)], v: u64) {
+        self.push(ObservedKind::Counter, name, unit, help, labels, v as f64);
+    }
+
+    /// A value that goes up and down.
+    pub fn gauge(&mut self, name: &'static str, unit: &'static str, help: &'static str, labels: &[(&'static str, &str)], v: f64) {
+        self.push(ObservedKind::Gauge, name, unit, help, labels, v);
+    }
+}
+
+type Callback = Box<dyn Fn(&mut Observations) + Send + Sync>;
+
+/// Every instrument of a process.
+pub struct Registry {
+    start: SystemTime,
+    counters: Mutex<Vec<Arc<Family<AtomicU64>>>>,
+    histograms: Mutex<Vec<Arc<Family<HistValue>>>>,
+    callbacks: Mutex<Vec<Callback>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry { start: SystemTime::now(), counters: Mutex::default(), histograms: Mutex::default(), callbacks: Mutex::default() }
+    }
+}
+
+impl Registry {
+    pub fn new() -> Arc<Registry> {
+        Arc::new(Registry::default())
+    }
+
+    /// A counter family named as in OpenTelemetry (`aigw.gateway.requests`); Prometheus
+    /// shows it as `aigw_gateway_requests_total`.
+    pub fn counter(&self, name: &'static str, unit: &'static str, help: &'static str, labels: &'static [&'static str]) -> Counter {
+        let f = Arc::new(Family {
+            name,
+            unit,
+            help,
+            labels,
+            series: RwLock::default(),
+            len: AtomicU64::new(0),
+            overflow: OnceLock::new(),
+            make: |_| AtomicU64::new(0),
+            bounds: &[],
+        });
+        self.counters.lock().unwrap_or_else(|e| e.into_inner()).push(f.clone());
+        Counter(f)
+    }
+
+    pub fn histogram(
+        &self,
+        name: &'static str,
+        unit: &'static str,
+        help: &'static str,
+        labels: &'static [&'static str],
+        bounds: &'static [f64],
+    ) -> Histogram {
+        let f = Arc::new(Family {
+            name,
+            unit,
+            help,
+            labels,
+            series: RwLock::default(),
+            len: AtomicU64::new(0),
+            overflow: OnceLock::new(),
+            make: |f| HistValue { counts: (0..=f.bounds.len()).map(|_| AtomicU64::new(0)).collect(), sum: AtomicU64::new(0) },
+            bounds,
+        });
+        self.histograms.lock().unwrap_or_else(|e| e.into_inner()).push(f.clone());
+        Histogram(f)
+    }
+
+    /// Adds a callback run at every collection (scrape or export).
+    pub fn observe(&self, f: impl Fn(&mut Observations) + Send + Sync + 'static) {
+        self.callbacks.lock().unwrap_or_else(|e| e.into_inner()).push(Box::new(f));
+    }
+
+    fn observed(&self) -> Observations {
+        let mut o = Observations::default();
+        for cb in self.callbacks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            cb(&mut o);
+        }
+        o
+    }
+
+    /// Prometheus text exposition (version 0.0.4).
+    pub fn render_prometheus(&self) -> String {
+        let mut out = String::new();
+        let counters: Vec<_> = self.counters.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for f in counters {
+            let name = prom_name(f.name, f.unit, true);
+            header(&mut out, &name, f.help, "counter");
+            for s in f.all() {
+                let _ = writeln!(out, "{name}{} {}", labels(f.labels, &s.labels, None), s.value.load(Ordering::Relaxed));
+            }
+        }
+        let hists: Vec<_> = self.histograms.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for f in hists {
+            let name = prom_name(f.name, f.unit, false);
+            header(&mut out, &name, f.help, "histogram");
+            for s in f.all() {
+                let (counts, sum) = s.value.snapshot();
+                let mut cum = 0;
+                for (i, c) in counts.iter().enumerate() {
+                    cum += c;
+                    let le = f.bounds.get(i).map(|b| fmt_f64(*b)).unwrap_or_else(|| "+Inf".into());
+                    let _ = writeln!(out, "{name}_bucket{} {cum}", labels(f.labels, &s.labels, Some(&le)));
+                }
+                let l = labels(f.labels, &s.labels, None);
+                let _ = writeln!(out, "{name}_sum{l} {}", fmt_f64(sum));
+                let _ = writeln!(out, "{name}_count{l} {cum}");
+            }
+        }
+        for o in self.observed().list {
+            let counter = o.kind == ObservedKind::Counter;
+            let name = prom_name(o.name, o.unit, counter);
+            header(&mut out, &name, o.help, if counter { "counter" } else { "gauge" });
+            for (ls, v) in &o.points {
+                let keys: Vec<&str> = ls.iter().map(|(k, _)| *k).collect();
+                let vals: Vec<Box<str>> = ls.iter().map(|(_, v)| Box::from(v.as_str())).collect();
+                let _ = writeln!(out, "{name}{} {}", labels(&keys, &vals, None), fmt_f64(*v));
+            }
+        }
+        out
+    }
+
+    /// Every instrument as OTLP metrics (cumulative temporality, start = registry creation).
+    pub fn to_otlp(&self) -> Vec<pm::Metric> {
+        let (start, now) = (nanos(self.start), nanos(SystemTime::now()));
+        let mut out = Vec::new();
+        let counters: Vec<_> = self.counters.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for f in counters {
+            let points = f
+                .all()
+                .iter()
+                .map(|s| pm::NumberDataPoint {
+                    attributes: f.attrs(s),
+                    start_time_unix_nano: start,
+                    time_unix_nano: now,
+                    value: Some(pm::number_data_point::Value::AsInt(s.value.load(Ordering::Relaxed) as i64)),
+                    ..Default::default()
+                })
+                .collect();
+            out.push(metric(f.name, f.unit, f.help, pm::metric::Data::Sum(sum(points))));
+        }
+        let hists: Vec<_> = self.histograms.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for f in hists {
+            let points = f
+                .all()
+                .iter()
+                .map(|s| {
+                    let (counts, total) = s.value.snapshot();
+                    pm::HistogramDataPoint {
+                        attributes: f.attrs(s),
+                        start_time_unix_nano: start,
+                        time_unix_nano: now,
+                        count: counts.iter().sum(),
+                        sum: Some(total),
+                        bucket_counts: counts,
+                        explicit_bounds: f.bounds.to_vec(),
+                        ..Default::default()
+                    }
+                })
+                .collect();
+            let h = pm::Histogram { data_points: points, aggregation_temporality: CUMULATIVE };
+            out.push(metric(f.name, f.unit, f.help, pm::metric::Data::Histogram(h)));
+        }
+        for o in self.observed().list {
+            let points = o
+                .points
+                .iter()
+                .map(|(ls, v)| pm::NumberDataPoint {
+                    attributes: ls.iter().map(|(k, v)| kv_str(k, v)).collect(),
+                    start_time_unix_nano: start,
+                    time_unix_nano: now,
+                    value: Some(if o.kind == ObservedKind::Counter {
+                        pm::number_data_point::Value::AsInt(*v as i64)
+                    } else {
+                        pm::number_data_point::Value::AsDouble(*v)
+                    }),
+                    ..Default::default()
+                })
+                .collect();
+            let data = match o.kind {
+                ObservedKind::Counter => pm::metric::Data::Sum(sum(points)),
+                ObservedKind::Gauge => pm::metric::Data::Gauge(pm::Gauge { data_points: points }),
+            };
+            out.push(metric(o.name, o.unit, o.help, data));
+        }
+        out
+    }
+}
+
+fn sum(points: Vec<pm::NumberDataPoint>) -> pm::Sum {
+    pm::Sum { data_points: points, aggregation_temporality: CUMULATIVE, is_monotonic: true }
+}
+
+fn metric(name: &str, unit: &str, help: &str, data: pm::metric::Data) -> pm::Metric {
+    pm::Metric { name: name.to_owned(), description: help.to_owned(), unit: unit.to_owned(), data: Some(data), ..Default::default() }
+}
+
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {}", help.replace('\\', "\\\\").replace('\n', "\\n"));
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// OTel name → Prometheus name: `.`/`-` → `_`, the unit as a suffix (`s` → `_seconds`,
+/// `By` → `_bytes`; annotations such as `{token}` add none), `_total` on counters.
+pub fn prom_name(name: &str, unit: &str, counter: bool) -> String {
+    let mut n: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == ':' { c } else { '_' }).collect();
+    let suffix = match unit {
+        "s" => "_seconds",
+        "ms" => "_milliseconds",
+        "By" => "_bytes",
+        _ => "",
+    };
+    if !suffix.is_empty() && !n.ends_with(suffix) {
+        n.push_str(suffix);
+    }
+    if counter && !n.ends_with("_total") {
+        n.push_str("_total");
+    }
+    n
+}
+
+/// A label key as Prometheus spells it (`gen_ai.operation.name` → `gen_ai_operation_name`).
+pub fn prom_label(k: &str) -> String {
+    k.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect()
+}
+
+fn labels(keys: &[&str], vals: &[Box<str>], le: Option<&str>) -> String {
+    if keys.is_empty() && le.is_none() {
+        return String::new();
+    }
+    let mut s = String::from("{");
+    let mut first = true;
+    for (k, v) in keys.iter().zip(vals) {
+        if !first {
+            s.push(',');
+        }
+        first = false;
+        let _ = write!(s, "{}=\"{}\"", prom_label(k), v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"));
+    }
+    if let Some(le) = le {
+        if !first {
+            s.push(',');
+        }
+        let _ = write!(s, "le=\"{le}\"");
+    }
+    s.push('}');
+    s
+}
+
+fn fmt_f64(v: f64) -> String {
+    if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Values a label may take when they come from outside (a client-chosen model name):
+/// at most `cap` distinct values, each at most 64 bytes of `[A-Za-z0-9._:/@+-]`; anything
+/// else is [`OVERFLOW`]. A lookup is one hash under a read lock.
+pub struct BoundedValues {
+    cap: usize,
+    seen: RwLock<std::collections::HashSet<Box<str>>>,
+}
+
+impl BoundedValues {
+    pub fn new(cap: usize) -> BoundedValues {
+        BoundedValues { cap, seen: RwLock::default() }
+    }
+
+    /// `v` when it is (or can become) one of the admitted values, else [`OVERFLOW`].
+    pub fn admit<'a>(&self, v: &'a str) -> &'a str {
+        if v.is_empty() {
+            return v;
+        }
+        if v.len() > 64 || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:/@+-".contains(&b)) {
+            return OVERFLOW;
+        }
+        if self.seen.read().unwrap_or_else(|e| e.into_inner()).contains(v) {
+            return v;
+        }
+        let mut w = self.seen.write().unwrap_or_else(|e| e.into_inner());
+        if w.contains(v) {
+            return v;
+        }
+        if w.len() >= self.cap {
+            return OVERFLOW;
+        }
+        w.insert(Box::from(v));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const B: &[f64] = &[0.1, 1.0, 10.0];
+
+    #[test]
+    fn prometheus_text_of_counters_histograms_and_observed_values() {
+        let r = Registry::new();
+        let c = r.counter("aigw.gateway.requests", "{request}", "Requests.", &["aigw.route_id", "http.response.status_code"]);
+        c.add(&["r1", "200"], 2);
+        c.add(&["r1", "200"], 1);
+        c.add(&["r\"2", "500"], 1);
+        let h = r.histogram("gen_ai.client.operation.duration", "s", "Duration.", &["gen_ai.provider.name"], B);
+        for v in [0.05, 0.1, 0.5, 20.0] {
+            h.record(&["openai"], v);
+        }
+        h.record(&["openai"], f64::NAN);
+        r.observe(|o| {
+            o.counter("aigw.config.updates", "{update}", "Updates.", &[("result", "applied")], 3);
+            o.gauge("aigw.routes", "{route}", "Routes.", &[], 2.0);
+        });
+        let t = r.render_prometheus();
+        for want in [
+            "# TYPE aigw_gateway_requests_total counter",
+            "aigw_gateway_requests_total{aigw_route_id=\"r1\",http_response_status_code=\"200\"} 3",
+            "aigw_gateway_requests_total{aigw_route_id=\"r\\\"2\",http_response_status_code=\"500\"} 1",
+            "# TYPE gen_ai_client_operation_duration_seconds histogram",
+            "gen_ai_client_operation_duration_seconds_bucket{gen_ai_provider_name=\"openai\",le=\"0.1\"} 2",
+            "gen_ai_client_operation_duration_seconds_bucket{gen_ai_provider_name=\"openai\",le=\"1\"} 3",
+            "gen_ai_client_operation_duration_seconds_bucket{gen_ai_provider_name=\"openai\",le=\"10\"} 3",
+            "gen_ai_client_operation_duration_seconds_bucket{gen_ai_provider_name=\"openai\",le=\"+Inf\"} 4",
+            "gen_ai_client_operation_duration_seconds_sum{gen_ai_provider_name=\"openai\"} 20.6",
+            "gen_ai_client_operation_duration_seconds_count{gen_ai_provider_name=\"openai\"} 4",
+            "aigw_config_updates_total{result=\"applied\"} 3",
+            "# TYPE aigw_routes gauge",
+            "aigw_routes 2",
+        ] {
+            assert!(t.contains(want), "{want}\n{t}");
+        }
+        let m = r.to_otlp();
+        let names: Vec<&str> = m.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["aigw.gateway.requests", "gen_ai.client.operation.duration", "aigw.config.updates", "aigw.routes"]);
+        let Some(pm::metric::Data::Histogram(hist)) = &m[1].data else { panic!() };
+        let p = &hist.data_points[0];
+        assert_eq!((p.count, p.bucket_counts.clone(), p.explicit_bounds.clone()), (4, vec![2, 1, 0, 1], B.to_vec()));
+        assert_eq!(m[1].unit, "s");
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(prom_name("gen_ai.client.token.usage", "{token}", false), "gen_ai_client_token_usage");
+        assert_eq!(prom_name("gen_ai.server.request.duration", "s", false), "gen_ai_server_request_duration_seconds");
+        assert_eq!(prom_name("aigw.telemetry.spans.dropped", "{span}", true), "aigw_telemetry_spans_dropped_total");
+    }
+
+    #[test]
+    fn cardinality_is_bounded() {
+        let r = Registry::new();
+        let c = r.counter("c", "", "", &["k"]);
+        for i in 0..MAX_SERIES + 10 {
+            c.add(&[&i.to_string()], 1);
+        }
+        assert_eq!(c.get(&[OVERFLOW]), 10);
+        let t = r.render_prometheus();
+        assert_eq!(t.lines().filter(|l| l.starts_with("c_total{")).count(), MAX_SERIES + 1);
+        let b = BoundedValues::new(2);
+        assert_eq!(b.admit("gpt-4o"), "gpt-4o");
+        assert_eq!(b.admit("claude-3.5"), "claude-3.5");
+        assert_eq!(b.admit("third"), OVERFLOW);
+        assert_eq!(b.admit("gpt-4o"), "gpt-4o");
+        assert_eq!(b.admit("a\"b"), OVERFLOW);
+        assert_eq!(b.admit(&"x".repeat(65)), OVERFLOW);
+    }
+}

@@ -1,0 +1,64 @@
+//! otlp-collector: a stand-in for Jaeger / an OpenTelemetry collector, for the fleet's CI
+//! and for `bench/run.sh`'s exporter mode. It accepts OTLP/gRPC (trace and metrics
+//! services) and OTLP/HTTP protobuf, keeps what it received in memory, and shows it:
+//!
+//! | listener | path | |
+//! |---|---|---|
+//! | `--grpc-listen` (default `127.0.0.1:4317`) | `opentelemetry.proto.collector.{trace,metrics}.v1` | OTLP/gRPC |
+//! | `--http-listen` (default `127.0.0.1:4318`) | `POST /v1/traces`, `POST /v1/metrics` | OTLP/HTTP protobuf |
+//! | | `GET /spans`, `GET /metrics` | what was received, as JSON (`/spans`: `total` and the last `--max-spans`) |
+//! | | `GET /healthz` | `ok` |
+//!
+//! Each listener prints `listening kind=grpc|http addr=…` once bound (port 0 picks one).
+
+use std::net::SocketAddr;
+
+fn usage() -> ! {
+    eprintln!("usage: otlp-collector [--grpc-listen ADDR] [--http-listen ADDR] [--max-spans N]   (env OTLP_GRPC_LISTEN, OTLP_HTTP_LISTEN)");
+    std::process::exit(2);
+}
+
+fn parse(flag: &str, v: &str) -> SocketAddr {
+    v.parse().unwrap_or_else(|e| {
+        eprintln!("otlp-collector: {flag} {v:?}: {e}");
+        std::process::exit(2);
+    })
+}
+
+fn main() {
+    let mut grpc = std::env::var("OTLP_GRPC_LISTEN").unwrap_or_else(|_| "127.0.0.1:4317".into());
+    let mut http = std::env::var("OTLP_HTTP_LISTEN").unwrap_or_else(|_| "127.0.0.1:4318".into());
+    let mut max_spans = 100_000usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--grpc-listen" => grpc = args.next().unwrap_or_else(|| usage()),
+            "--http-listen" => http = args.next().unwrap_or_else(|| usage()),
+            "--max-spans" => max_spans = args.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| usage()),
+            "-h" | "--help" => usage(),
+            other => {
+                eprintln!("otlp-collector: unknown argument {other:?}");
+                usage()
+            }
+        }
+    }
+    let (grpc, http) = (parse("--grpc-listen", &grpc), parse("--http-listen", &http));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("tokio runtime");
+    rt.block_on(async move {
+        let bind = |a: SocketAddr| async move {
+            tokio::net::TcpListener::bind(a).await.unwrap_or_else(|e| {
+                eprintln!("otlp-collector: cannot listen on {a}: {e}");
+                std::process::exit(1);
+            })
+        };
+        let (g, h) = (bind(grpc).await, bind(http).await);
+        let c = aigw_testkit::otlp::Collector::serve_keeping(g, h, max_spans);
+        eprintln!("listening kind=grpc addr={}", c.grpc);
+        eprintln!("listening kind=http addr={}", c.http);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    });
+}

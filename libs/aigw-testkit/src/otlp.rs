@@ -1,0 +1,435 @@
+//! A fake OpenTelemetry collector: OTLP/gRPC (trace and metrics services, tonic) on one
+//! port, and on another plain HTTP with OTLP/HTTP protobuf (`POST /v1/traces`,
+//! `/v1/metrics`) plus what it received as JSON (`GET /spans`, `GET /metrics`,
+//! `GET /healthz`). As strict as a real collector about what it parses: a body that is
+//! not a valid export request is refused (gRPC `INVALID_ARGUMENT`, HTTP 400) and counted.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{MetricsService, MetricsServiceServer};
+use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::{Metric, metric};
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+use serde_json::{Value, json};
+
+/// One received span with the `service.name` of its resource.
+#[derive(Debug, Clone)]
+pub struct Got {
+    pub service: String,
+    pub span: Span,
+}
+
+impl Got {
+    pub fn name(&self) -> &str {
+        &self.span.name
+    }
+    pub fn attr(&self, k: &str) -> Option<&any_value::Value> {
+        find(&self.span.attributes, k)
+    }
+    pub fn str(&self, k: &str) -> Option<&str> {
+        match self.attr(k)? {
+            any_value::Value::StringValue(s) => Some(s),
+            _ => None,
+        }
+    }
+    pub fn int(&self, k: &str) -> Option<i64> {
+        match self.attr(k)? {
+            any_value::Value::IntValue(v) => Some(*v),
+            _ => None,
+        }
+    }
+    pub fn double(&self, k: &str) -> Option<f64> {
+        match self.attr(k)? {
+            any_value::Value::DoubleValue(v) => Some(*v),
+            _ => None,
+        }
+    }
+    pub fn bool(&self, k: &str) -> Option<bool> {
+        match self.attr(k)? {
+            any_value::Value::BoolValue(v) => Some(*v),
+            _ => None,
+        }
+    }
+    pub fn strs(&self, k: &str) -> Option<Vec<String>> {
+        match self.attr(k)? {
+            any_value::Value::ArrayValue(a) => Some(
+                a.values
+                    .iter()
+                    .filter_map(|v| match &v.value {
+                        Some(any_value::Value::StringValue(s)) => Some(s.clone()),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            _ => None,
+        }
+    }
+    pub fn trace_id(&self) -> String {
+        hex::encode(&self.span.trace_id)
+    }
+    pub fn span_id(&self) -> String {
+        hex::encode(&self.span.span_id)
+    }
+    pub fn parent_id(&self) -> String {
+        hex::encode(&self.span.parent_span_id)
+    }
+    /// `server`, `client`, `internal`, …
+    pub fn kind(&self) -> &'static str {
+        match self.span.kind {
+            1 => "internal",
+            2 => "server",
+            3 => "client",
+            4 => "producer",
+            5 => "consumer",
+            _ => "unspecified",
+        }
+    }
+    /// Attribute keys, for "has every attribute" checks.
+    pub fn keys(&self) -> Vec<&str> {
+        self.span.attributes.iter().map(|a| a.key.as_str()).collect()
+    }
+    pub fn json(&self) -> Value {
+        span_json(&self.service, &self.span)
+    }
+}
+
+fn find<'a>(attrs: &'a [KeyValue], k: &str) -> Option<&'a any_value::Value> {
+    attrs.iter().find(|a| a.key == k).and_then(|a| a.value.as_ref()).and_then(|v| v.value.as_ref())
+}
+
+fn service_of(resource: Option<&opentelemetry_proto::tonic::resource::v1::Resource>) -> String {
+    resource
+        .and_then(|r| find(&r.attributes, "service.name"))
+        .map(|v| match v {
+            any_value::Value::StringValue(s) => s.clone(),
+            other => format!("{other:?}"),
+        })
+        .unwrap_or_default()
+}
+
+fn value_json(v: Option<&AnyValue>) -> Value {
+    match v.and_then(|v| v.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => json!(s),
+        Some(any_value::Value::BoolValue(b)) => json!(b),
+        Some(any_value::Value::IntValue(i)) => json!(i),
+        Some(any_value::Value::DoubleValue(d)) => json!(d),
+        Some(any_value::Value::ArrayValue(a)) => Value::Array(a.values.iter().map(|v| value_json(Some(v))).collect()),
+        Some(any_value::Value::KvlistValue(l)) => attrs_json(&l.values),
+        Some(any_value::Value::BytesValue(b)) => json!(hex::encode(b)),
+        _ => Value::Null,
+    }
+}
+
+fn attrs_json(attrs: &[KeyValue]) -> Value {
+    Value::Object(attrs.iter().map(|a| (a.key.clone(), value_json(a.value.as_ref()))).collect())
+}
+
+fn span_json(service: &str, s: &Span) -> Value {
+    json!({
+        "service": service, "name": s.name, "kind": s.kind,
+        "trace_id": hex::encode(&s.trace_id), "span_id": hex::encode(&s.span_id), "parent_span_id": hex::encode(&s.parent_span_id),
+        "start_unix_nano": s.start_time_unix_nano, "end_unix_nano": s.end_time_unix_nano,
+        "attributes": attrs_json(&s.attributes),
+        "events": s.events.iter().map(|e| json!({"name": e.name, "time_unix_nano": e.time_unix_nano, "attributes": attrs_json(&e.attributes)})).collect::<Vec<_>>(),
+        "status": s.status.as_ref().map(|st| json!({"code": st.code, "message": st.message})),
+    })
+}
+
+/// The latest data point set of one metric, flattened for assertions.
+#[derive(Debug, Clone)]
+pub struct GotMetric {
+    pub service: String,
+    pub metric: Metric,
+}
+
+impl GotMetric {
+    /// (attributes, count, sum, bucket counts) of a histogram's points.
+    pub fn histogram_points(&self) -> Vec<(Value, u64, f64, Vec<u64>)> {
+        match &self.metric.data {
+            Some(metric::Data::Histogram(h)) => {
+                h.data_points.iter().map(|p| (attrs_json(&p.attributes), p.count, p.sum.unwrap_or(0.0), p.bucket_counts.clone())).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// (attributes, value) of a sum's or gauge's points.
+    pub fn number_points(&self) -> Vec<(Value, f64)> {
+        use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as V;
+        let pts = match &self.metric.data {
+            Some(metric::Data::Sum(s)) => &s.data_points,
+            Some(metric::Data::Gauge(g)) => &g.data_points,
+            _ => return Vec::new(),
+        };
+        pts.iter()
+            .map(|p| {
+                let v = match p.value {
+                    Some(V::AsInt(i)) => i as f64,
+                    Some(V::AsDouble(d)) => d,
+                    None => 0.0,
+                };
+                (attrs_json(&p.attributes), v)
+            })
+            .collect()
+    }
+
+    pub fn json(&self) -> Value {
+        let kind = match &self.metric.data {
+            Some(metric::Data::Histogram(_)) => "histogram",
+            Some(metric::Data::Sum(_)) => "sum",
+            Some(metric::Data::Gauge(_)) => "gauge",
+            _ => "other",
+        };
+        let points: Vec<Value> = if kind == "histogram" {
+            self.histogram_points().into_iter().map(|(a, c, s, b)| json!({"attributes": a, "count": c, "sum": s, "buckets": b})).collect()
+        } else {
+            self.number_points().into_iter().map(|(a, v)| json!({"attributes": a, "value": v})).collect()
+        };
+        json!({"service": self.service, "name": self.metric.name, "unit": self.metric.unit, "kind": kind, "points": points})
+    }
+}
+
+struct Store {
+    /// Spans kept (the oldest half is dropped when full); `total` counts every one.
+    max_spans: usize,
+    total_spans: AtomicUsize,
+    spans: Mutex<Vec<Got>>,
+    /// Latest export of each (service, metric name).
+    metrics: Mutex<Vec<GotMetric>>,
+    trace_exports: AtomicUsize,
+    metric_exports: AtomicUsize,
+    rejected: AtomicUsize,
+}
+
+impl Store {
+    fn add_spans(&self, req: ExportTraceServiceRequest) {
+        self.trace_exports.fetch_add(1, Ordering::Relaxed);
+        let mut all = self.spans.lock().unwrap();
+        for rs in req.resource_spans {
+            let service = service_of(rs.resource.as_ref());
+            for ss in rs.scope_spans {
+                self.total_spans.fetch_add(ss.spans.len(), Ordering::Relaxed);
+                all.extend(ss.spans.into_iter().map(|span| Got { service: service.clone(), span }));
+            }
+        }
+        if all.len() > self.max_spans {
+            let excess = all.len() - self.max_spans / 2;
+            all.drain(..excess);
+        }
+    }
+
+    fn add_metrics(&self, req: ExportMetricsServiceRequest) {
+        self.metric_exports.fetch_add(1, Ordering::Relaxed);
+        let mut all = self.metrics.lock().unwrap();
+        for rm in req.resource_metrics {
+            let service = service_of(rm.resource.as_ref());
+            for sm in rm.scope_metrics {
+                for m in sm.metrics {
+                    all.retain(|g| !(g.service == service && g.metric.name == m.name));
+                    all.push(GotMetric { service: service.clone(), metric: m });
+                }
+            }
+        }
+    }
+}
+
+struct Grpc(Arc<Store>);
+
+#[tonic::async_trait]
+impl TraceService for Grpc {
+    async fn export(
+        &self,
+        req: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0.add_spans(req.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+struct GrpcMetrics(Arc<Store>);
+
+#[tonic::async_trait]
+impl MetricsService for GrpcMetrics {
+    async fn export(
+        &self,
+        req: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.0.add_metrics(req.into_inner());
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+pub struct Collector {
+    /// OTLP/gRPC.
+    pub grpc: SocketAddr,
+    /// OTLP/HTTP and the JSON views.
+    pub http: SocketAddr,
+    store: Arc<Store>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(http::header::CONTENT_TYPE, content_type.parse().unwrap());
+    r
+}
+
+async fn http_handler(store: Arc<Store>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_owned();
+    Ok(match (parts.method.as_str(), path.as_str()) {
+        ("POST", "/v1/traces" | "/v1/metrics") => {
+            let ct = parts.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+            if ct != "application/x-protobuf" {
+                store.rejected.fetch_add(1, Ordering::Relaxed);
+                return Ok(reply(StatusCode::UNSUPPORTED_MEDIA_TYPE, "text/plain", "want application/x-protobuf"));
+            }
+            let bytes = match body.collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return Ok(reply(StatusCode::BAD_REQUEST, "text/plain", "bad body")),
+            };
+            let ok = if path == "/v1/traces" {
+                ExportTraceServiceRequest::decode(bytes).map(|r| store.add_spans(r)).is_ok()
+            } else {
+                ExportMetricsServiceRequest::decode(bytes).map(|r| store.add_metrics(r)).is_ok()
+            };
+            if ok {
+                reply(StatusCode::OK, "application/x-protobuf", Bytes::new())
+            } else {
+                store.rejected.fetch_add(1, Ordering::Relaxed);
+                reply(StatusCode::BAD_REQUEST, "text/plain", "not an OTLP export request")
+            }
+        }
+        ("GET", "/spans") => {
+            let spans: Vec<Value> = store.spans.lock().unwrap().iter().map(Got::json).collect();
+            let total = store.total_spans.load(Ordering::Relaxed);
+            reply(StatusCode::OK, "application/json", serde_json::to_vec(&json!({"total": total, "spans": spans})).unwrap_or_default())
+        }
+        ("GET", "/metrics") => {
+            let metrics: Vec<Value> = store.metrics.lock().unwrap().iter().map(GotMetric::json).collect();
+            reply(StatusCode::OK, "application/json", serde_json::to_vec(&json!({"metrics": metrics})).unwrap_or_default())
+        }
+        ("GET", "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n"),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    })
+}
+
+impl Collector {
+    /// Both listeners on 127.0.0.1:0.
+    pub async fn start() -> Collector {
+        let g = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind collector gRPC");
+        let h = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind collector HTTP");
+        Collector::serve(g, h)
+    }
+
+    pub fn serve(grpc: tokio::net::TcpListener, http: tokio::net::TcpListener) -> Collector {
+        Collector::serve_keeping(grpc, http, 1_000_000)
+    }
+
+    /// Keeps at most `max_spans` spans (the oldest go first; the total is still counted).
+    pub fn serve_keeping(grpc: tokio::net::TcpListener, http: tokio::net::TcpListener, max_spans: usize) -> Collector {
+        let store = Arc::new(Store {
+            max_spans: max_spans.max(2),
+            total_spans: AtomicUsize::new(0),
+            spans: Mutex::default(),
+            metrics: Mutex::default(),
+            trace_exports: AtomicUsize::new(0),
+            metric_exports: AtomicUsize::new(0),
+            rejected: AtomicUsize::new(0),
+        });
+        let (ga, ha) = (grpc.local_addr().expect("addr"), http.local_addr().expect("addr"));
+        let s = store.clone();
+        let grpc_task = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(Grpc(s.clone())))
+                .add_service(MetricsServiceServer::new(GrpcMetrics(s)))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc))
+                .await;
+        });
+        let s = store.clone();
+        let http_task = tokio::spawn(async move {
+            while let Ok((stream, _)) = http.accept().await {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| http_handler(s.clone(), req));
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Collector { grpc: ga, http: ha, store, tasks: vec![grpc_task, http_task] }
+    }
+
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` for OTLP/gRPC.
+    pub fn grpc_endpoint(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` for OTLP/HTTP (`http/protobuf`).
+    pub fn http_endpoint(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    pub fn spans(&self) -> Vec<Got> {
+        self.store.spans.lock().unwrap().clone()
+    }
+
+    pub fn metrics(&self) -> Vec<GotMetric> {
+        self.store.metrics.lock().unwrap().clone()
+    }
+
+    pub fn metric(&self, service: &str, name: &str) -> Option<GotMetric> {
+        self.store.metrics.lock().unwrap().iter().find(|m| m.service == service && m.metric.name == name).cloned()
+    }
+
+    pub fn exports(&self) -> (usize, usize) {
+        (self.store.trace_exports.load(Ordering::Relaxed), self.store.metric_exports.load(Ordering::Relaxed))
+    }
+
+    /// Every span received, also those no longer kept.
+    pub fn total_spans(&self) -> usize {
+        self.store.total_spans.load(Ordering::Relaxed)
+    }
+
+    pub fn rejected(&self) -> usize {
+        self.store.rejected.load(Ordering::Relaxed)
+    }
+
+    pub fn clear(&self) {
+        self.store.spans.lock().unwrap().clear();
+        self.store.metrics.lock().unwrap().clear();
+    }
+
+    /// Waits until the spans received satisfy `f` (which returns what the test needs).
+    pub async fn wait_spans<T>(&self, what: &str, timeout: Duration, f: impl Fn(&[Got]) -> Option<T>) -> T {
+        crate::wait_until(what, timeout, || {
+            let v = f(&self.spans());
+            async move { v }
+        })
+        .await
+    }
+}

@@ -1,0 +1,329 @@
+//! Completion sinks for OpenTelemetry: GenAI and gateway metrics (always on: `/metrics`
+//! shows them) and spans (only with an OTLP exporter; CONTRACT §10).
+//!
+//! Spans are not objects that live through the request: the request carries ids decided
+//! when it started ([`Record::trace`], [`Record::attempt`]), and when it completes a
+//! sampled record is copied and queued; the OTLP exporter thread turns it into one
+//! SERVER span and one CLIENT span per upstream attempt, with explicit timestamps.
+
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
+
+use aigw_llm::protocol::Protocol;
+use aigw_model::Provider;
+use aigw_telemetry::export::{Kind, SpanBuilder, SpanSource, Tracer};
+use aigw_telemetry::metrics::kv_str;
+use opentelemetry_proto::tonic::trace::v1::Span;
+
+use crate::complete::Sink;
+use crate::metrics::Metrics;
+use crate::record::{Attempt, ErrorSource, Outcome, Record};
+
+/// `gen_ai.provider.name` (CONTRACT §10): the well-known value, else aigw's provider name.
+pub fn provider_name(p: Provider) -> &'static str {
+    match p {
+        Provider::Openai => "openai",
+        Provider::Deepseek => "deepseek",
+        Provider::AzureOpenai => "azure.ai.openai",
+        Provider::Aimlapi => "aimlapi",
+        Provider::Anthropic => "anthropic",
+        Provider::Openrouter => "openrouter",
+        Provider::Gemini => "gcp.gemini",
+        Provider::VertexAi => "gcp.vertex_ai",
+        Provider::Bedrock => "aws.bedrock",
+        Provider::OpenaiCompatible => "openai-compatible",
+    }
+}
+
+/// `gen_ai.operation.name` of a client protocol.
+pub fn operation(p: Option<Protocol>) -> &'static str {
+    match p {
+        Some(Protocol::OpenAiEmbeddings) => "embeddings",
+        Some(Protocol::AnthropicCountTokens) => "count_tokens",
+        _ => "chat",
+    }
+}
+
+/// `"100"`…`"599"` without formatting per request.
+pub fn status_str(code: u16) -> &'static str {
+    static TABLE: OnceLock<Box<[Box<str>]>> = OnceLock::new();
+    let t = TABLE.get_or_init(|| (0..600u16).map(|c| c.to_string().into_boxed_str()).collect());
+    t.get(code as usize).map_or("_OTHER", |s| s)
+}
+
+/// How a cut or failed response body is named in `error.type`.
+fn outcome_error(o: &Outcome) -> Option<&'static str> {
+    match o {
+        Outcome::Complete => None,
+        Outcome::ClientGone => Some("client_gone"),
+        Outcome::UpstreamError(_) => Some("upstream_stream_error"),
+        Outcome::ReadTimeout => Some("upstream_timeout"),
+        Outcome::DurationLimit => Some("max_stream_duration_exceeded"),
+        Outcome::BytesLimit => Some("max_response_bytes_exceeded"),
+        Outcome::Truncated => Some("upstream_stream_truncated"),
+        Outcome::Corrupt(_) => Some("upstream_stream_corrupt"),
+    }
+}
+
+/// `error.type` of the last upstream attempt (the answering one): a send failure's kind,
+/// the upstream's error status, or how its body was cut.
+pub fn attempt_error(r: &Record, a: &Attempt) -> Option<&'static str> {
+    if let Some(e) = a.error {
+        return Some(e);
+    }
+    match r.upstream_status {
+        Some(s) if s >= 400 => return Some(status_str(s)),
+        None if r.error.as_ref().is_some_and(|(src, _)| *src == ErrorSource::Upstream) => return Some(r.error_code),
+        _ => {}
+    }
+    if r.error.as_ref().is_some_and(|(src, _)| *src == ErrorSource::Upstream) && !r.error_code.is_empty() {
+        return Some(r.error_code);
+    }
+    outcome_error(&r.outcome)
+}
+
+/// `error.type` of the whole request (the SERVER span, `gen_ai.server.request.duration`).
+pub fn request_error(r: &Record) -> Option<&'static str> {
+    if r.error.is_some() {
+        if let Some(e) = r.attempt.as_ref().and_then(|a| a.error) {
+            return Some(e);
+        }
+        return Some(if r.error_code.is_empty() { status_str(r.status) } else { r.error_code });
+    }
+    if r.status >= 400 {
+        return Some(status_str(r.status));
+    }
+    outcome_error(&r.outcome)
+}
+
+/// The GenAI and gateway metrics of each completed request.
+pub struct GenAiSink(pub Arc<Metrics>);
+
+impl Sink for GenAiSink {
+    fn complete(&self, r: &Record) {
+        let m = &self.0;
+        let provider = r.provider.map(provider_name).unwrap_or_default();
+        m.gateway.requests.add(&[&r.route_id, provider, status_str(r.status)], 1);
+        for a in &r.earlier {
+            if let Some(e) = a.error.or(a.status.map(status_str)) {
+                m.gateway.upstream_errors.add(&[&r.route_id, provider, e], 1);
+            }
+        }
+        let last = r.attempt.as_ref();
+        let last_error = last.and_then(|a| attempt_error(r, a));
+        if let Some(e) = last_error.filter(|e| *e != "client_gone") {
+            m.gateway.upstream_errors.add(&[&r.route_id, provider, e], 1);
+        }
+        let (Some(_), Some(_)) = (r.client_protocol, r.provider) else { return };
+        let op = operation(r.client_protocol);
+        let req_model = m.models.admit(&r.request_llm_model);
+        let resp_model = m.models.admit(r.response_model.as_deref().unwrap_or_default());
+        let g = &m.genai;
+        let req_err = request_error(r).unwrap_or_default();
+        g.server_request_duration.record(&[op, provider, req_model, resp_model, req_err], r.request_time.as_secs_f64());
+        for a in &r.earlier {
+            let err = a.error.or(a.status.map(status_str)).unwrap_or_default();
+            let model = m.models.admit(&a.model);
+            let d = a.duration.unwrap_or_default().as_secs_f64();
+            g.operation_duration.record(&[op, provider, model, "", err], d);
+            if let Some(l) = &g.latest {
+                l.inference_duration.record(&[op, provider, model, "", err], d);
+            }
+        }
+        let Some(a) = last else { return };
+        let d = r.upstream_time.or(a.duration).unwrap_or_else(|| r.request_time.saturating_sub(a.offset)).as_secs_f64();
+        let err = last_error.unwrap_or_default();
+        g.operation_duration.record(&[op, provider, req_model, resp_model, err], d);
+        let u = &r.usage;
+        if u.prompt + u.completion > 0 {
+            g.token_usage.record(&[op, provider, req_model, resp_model, "input"], u.prompt as f64);
+            g.token_usage.record(&[op, provider, req_model, resp_model, "output"], u.completion as f64);
+        }
+        let ok = req_err.is_empty();
+        let first = r.ttft.filter(|_| r.stream).map(|t| a.offset + t);
+        if let (true, Some(first)) = (ok, first) {
+            g.server_ttft.record(&[op, provider, req_model, resp_model], first.as_secs_f64());
+            if u.completion > 1 {
+                let per = r.request_time.saturating_sub(first).as_secs_f64() / (u.completion - 1) as f64;
+                g.server_tpot.record(&[op, provider, req_model, resp_model], per);
+            }
+        }
+        if let Some(l) = &g.latest {
+            l.inference_duration.record(&[op, provider, req_model, resp_model, err], d);
+            if u.prompt + u.completion > 0 {
+                l.input_tokens.record(&[op, provider, req_model, resp_model], u.prompt as f64);
+                l.output_tokens.record(&[op, provider, req_model, resp_model], u.completion as f64);
+            }
+            if let Some(t) = r.ttft.filter(|_| r.stream) {
+                l.time_to_first_chunk.record(&[op, provider, req_model, resp_model, err], t.as_secs_f64());
+            }
+        }
+    }
+}
+
+/// Queues sampled requests for span export.
+pub struct SpanSink(pub Arc<Tracer>);
+
+impl Sink for SpanSink {
+    fn complete(&self, r: &Record) {
+        if r.trace.sampled {
+            self.0.submit(Box::new(Sampled(r.clone())));
+        }
+    }
+}
+
+/// A sampled request's record, turned into spans on the exporter thread.
+struct Sampled(Record);
+
+fn host_port(authority: &str, origin: &str) -> (String, i64) {
+    let default = if origin.starts_with("https://") { 443 } else { 80 };
+    match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => match p.parse() {
+            Ok(p) => (h.trim_start_matches('[').trim_end_matches(']').to_owned(), p),
+            Err(_) => (authority.to_owned(), default),
+        },
+        _ => (authority.to_owned(), default),
+    }
+}
+
+/// GenAI content events (only with `logging.payloads`): the client's messages and the
+/// answer's text as JSON strings.
+fn payload_event(b: &mut SpanBuilder, r: &Record, at: SystemTime) {
+    if !r.logging().1 {
+        return;
+    }
+    let mut attrs = Vec::new();
+    if let Some(req) = &r.llm_request {
+        attrs.push(kv_str("gen_ai.input.messages", &req.to_string()));
+    }
+    if let Some(text) = &r.response_text {
+        let out = serde_json::json!([{"role": "assistant", "parts": [{"type": "text", "content": text}],
+            "finish_reason": r.finish_reason.as_deref().unwrap_or_default()}]);
+        attrs.push(kv_str("gen_ai.output.messages", &out.to_string()));
+    }
+    if !attrs.is_empty() {
+        b.event("gen_ai.client.inference.operation.details", at, attrs);
+    }
+}
+
+impl SpanSource for Sampled {
+    fn spans(self: Box<Self>, out: &mut Vec<Span>) {
+        let r = &self.0;
+        let op = operation(r.client_protocol);
+        let provider = r.provider.map(provider_name);
+        let method = r.request_line.split(' ').next().unwrap_or_default();
+        let ai = r.client_protocol.is_some() && provider.is_some();
+        // The SERVER span names the model the client asked for (else the one the gateway
+        // chose); each CLIENT span the model its upstream was asked for.
+        let server_model = if r.request_llm_model.is_empty() { r.llm_model.as_str() } else { r.request_llm_model.as_str() };
+        let name = match (ai, server_model.is_empty()) {
+            (false, _) => method.to_owned(),
+            (true, true) => op.to_owned(),
+            (true, false) => format!("{op} {server_model}"),
+        };
+        let end = r.start + r.request_time;
+        let version = &r.config_version;
+        let cut = !r.outcome.is_complete() && r.outcome != Outcome::ClientGone;
+        let finish: Vec<&str> = if cut { vec!["error"] } else { r.finish_reason.as_deref().into_iter().collect() };
+        let last = r.attempt.as_ref();
+        let server_of = |a: &Attempt| r.target_of(a).map(|t| host_port(&t.target.authority, &t.target.origin));
+
+        // Attributes both spans carry (CONTRACT §10).
+        let genai = |b: &mut SpanBuilder, a: Option<&Attempt>, model: &str, full: bool| {
+            b.str("gen_ai.operation.name", op);
+            if let Some(p) = provider {
+                b.str("gen_ai.provider.name", p);
+            }
+            b.str_nonempty("gen_ai.request.model", model);
+            b.bool("gen_ai.request.stream", r.stream);
+            if let Some((h, p)) = a.and_then(server_of) {
+                b.str("server.address", &h).int("server.port", p);
+            }
+            b.str_nonempty("aigw.route_id", &r.route_id).str_nonempty("aigw.config_version", version);
+            b.str_nonempty("aigw.instance", &r.instance);
+            if !full {
+                return;
+            }
+            if let Some(m) = r.response_model.as_deref() {
+                b.str("gen_ai.response.model", m);
+            }
+            if let Some(id) = r.response_id.as_deref() {
+                b.str("gen_ai.response.id", id);
+            }
+            if !finish.is_empty() {
+                b.strs("gen_ai.response.finish_reasons", &finish);
+            }
+            let u = &r.usage;
+            if u.prompt + u.completion > 0 {
+                b.int("gen_ai.usage.input_tokens", u.prompt as i64).int("gen_ai.usage.output_tokens", u.completion as i64);
+                b.int("gen_ai.usage.cache_read.input_tokens", u.cache_read as i64);
+                b.int("gen_ai.usage.cache_write.input_tokens", u.cache_creation as i64);
+                b.int("gen_ai.usage.reasoning.output_tokens", u.reasoning as i64);
+            }
+        };
+
+        let mut server = SpanBuilder::new(r.trace.trace_id, r.trace.span_id, r.trace.parent_id, name.clone(), Kind::Server, r.start, end);
+        genai(&mut server, last, server_model, true);
+        server.str("http.request.method", method).int("http.response.status_code", r.status as i64);
+        if let Some(path) = r.request_line.split(' ').nth(1) {
+            server.str("url.path", path.split('?').next().unwrap_or(path));
+        }
+        server.str("client.address", &r.remote_addr.to_string()).str("aigw.request_id", &r.request_id);
+        if let (true, Some(t), Some(a)) = (r.stream, r.ttft, last) {
+            server.double("gen_ai.response.time_to_first_chunk", (a.offset + t).as_secs_f64());
+        }
+        if let Some(e) = request_error(r) {
+            server.str("error.type", e);
+            server.error(r.error.as_ref().map(|(_, m)| m.as_str()).unwrap_or(e));
+        }
+        payload_event(&mut server, r, end);
+        out.push(server.build());
+
+        for a in &r.earlier {
+            let start = r.start + a.offset;
+            let model = a.model.as_str();
+            let cname = if model.is_empty() { op.to_owned() } else { format!("{op} {model}") };
+            let mut c = SpanBuilder::new(
+                r.trace.trace_id,
+                a.span_id,
+                r.trace.span_id,
+                cname,
+                Kind::Client,
+                start,
+                start + a.duration.unwrap_or_default(),
+            );
+            genai(&mut c, Some(a), model, false);
+            if let Some(s) = a.status {
+                c.int("http.response.status_code", s as i64);
+            }
+            if let Some(e) = a.error.or(a.status.map(status_str)) {
+                c.str("error.type", e).error(e);
+            }
+            out.push(c.build());
+        }
+        let Some(a) = last else { return };
+        let start = r.start + a.offset;
+        let dur = r.upstream_time.or(a.duration).unwrap_or_else(|| r.request_time.saturating_sub(a.offset));
+        let model = if r.llm_model.is_empty() { server_model } else { r.llm_model.as_str() };
+        let cname = if model.is_empty() { op.to_owned() } else { format!("{op} {model}") };
+        let mut c = SpanBuilder::new(r.trace.trace_id, a.span_id, r.trace.span_id, cname, Kind::Client, start, start + dur);
+        genai(&mut c, Some(a), model, true);
+        if let Some(s) = a.status.or(r.upstream_status) {
+            c.int("http.response.status_code", s as i64);
+        }
+        if let (true, Some(t)) = (r.stream, r.ttft) {
+            c.double("gen_ai.response.time_to_first_chunk", t.as_secs_f64());
+            c.event("gen_ai.response.first_chunk", start + t, vec![]);
+        }
+        if let Some(e) = attempt_error(r, a) {
+            c.str("error.type", e);
+            let msg = match &r.outcome {
+                Outcome::UpstreamError(m) | Outcome::Corrupt(m) => m.as_str(),
+                _ => r.error.as_ref().map(|(_, m)| m.as_str()).unwrap_or(e),
+            };
+            c.error(msg);
+        }
+        payload_event(&mut c, r, start + dur);
+        out.push(c.build());
+    }
+}
