@@ -402,62 +402,127 @@ pub fn usage_of(v: &serde_json::Value) -> Usage {
     serde_json::from_value::<RawUsage>(v.clone()).map(|r| r.to_usage()).unwrap_or_default()
 }
 
-/// Observes a non-streamed JSON body with one structural scan ([`crate::scan`]): only the
-/// top-level `usage` object and `model` string are parsed; tool calls are recognised by
-/// their keys (`tool_calls` with items, Converse `toolUse`, a `type` of `tool_use` or
-/// `function_call`); a top-level `error` is the upstream's error.
+/// Observes a non-streamed JSON body with one structural scan ([`crate::scan`]): the
+/// top-level `usage` object's numbers are read in place (no deserializer), `model` and `id`
+/// parsed as strings; tool calls are recognised by their keys (`tool_calls` with items,
+/// Converse `toolUse`, a `type` of `tool_use` or `function_call`); finish reasons from
+/// `choices[].finish_reason`, `stop_reason`, `stopReason` or a Responses `status`; a
+/// top-level `error` is the upstream's error.
 pub fn observe_json(bytes: &[u8]) -> Observation {
-    use crate::scan::{parse_at, raw_str_at, scan_keys};
+    use crate::scan::{parse_at, raw_str_at, scan_keys, uint_at};
     let mut o = Observation::default();
-    let complete = scan_keys(bytes, |depth, key, at| match (depth, key) {
-        (1, b"usage") => {
-            if let Some(u) = parse_at::<RawUsage>(bytes, at) {
-                o.usage.merge(&u.to_usage());
+    let mut raw = RawUsage::default();
+    let mut in_usage = false;
+    // Which `*_details` object of the usage the depth-3 keys belong to.
+    let mut details: Option<&'static str> = None;
+    let complete = scan_keys(bytes, |depth, key, at| {
+        if depth == 1 {
+            in_usage = key == b"usage";
+            details = None;
+        }
+        if in_usage && depth >= 2 {
+            usage_key(&mut raw, &mut details, depth, key, uint_at(bytes, at));
+            return;
+        }
+        match (depth, key) {
+            (1, b"model") => {
+                if let Some(m) = parse_at::<String>(bytes, at).filter(|m| !m.is_empty()) {
+                    o.model = Some(m);
+                }
             }
-        }
-        (1, b"model") => {
-            if let Some(m) = parse_at::<String>(bytes, at).filter(|m| !m.is_empty()) {
-                o.model = Some(m);
+            (1, b"id") if o.id.is_none() && bytes.get(at) == Some(&b'"') => {
+                o.id = parse_at::<String>(bytes, at).filter(|m| !m.is_empty());
             }
-        }
-        (1, b"id") if o.id.is_none() && bytes.get(at) == Some(&b'"') => {
-            o.id = parse_at::<String>(bytes, at).filter(|m| !m.is_empty());
-        }
-        // Chat `choices[].finish_reason`, Anthropic `stop_reason`, Converse `stopReason`.
-        (3, b"finish_reason") | (1, b"stop_reason" | b"stopReason") => {
-            if let Some(r) = raw_str_at(bytes, at).filter(|r| !r.is_empty()) {
-                o.finish_reason = Some(String::from_utf8_lossy(r).into_owned());
+            // Chat `choices[].finish_reason`, Anthropic `stop_reason`, Converse `stopReason`.
+            (3, b"finish_reason") | (1, b"stop_reason" | b"stopReason") => {
+                if let Some(r) = raw_str_at(bytes, at).filter(|r| !r.is_empty()) {
+                    o.finish_reason = Some(String::from_utf8_lossy(r).into_owned());
+                }
             }
-        }
-        // Responses objects: the final status.
-        (1, b"status") => {
-            if let Some(r @ (b"completed" | b"incomplete" | b"failed" | b"cancelled")) = raw_str_at(bytes, at) {
-                o.finish_reason = Some(String::from_utf8_lossy(r).into_owned());
+            // Responses objects: the final status.
+            (1, b"status") => {
+                if let Some(r @ (b"completed" | b"incomplete" | b"failed" | b"cancelled")) = raw_str_at(bytes, at) {
+                    o.finish_reason = Some(String::from_utf8_lossy(r).into_owned());
+                }
             }
-        }
-        (1, b"error") => {
-            if let Some(e) = parse_at::<serde_json::Value>(bytes, at).filter(|e| !e.is_null()) {
-                let msg = e.get("message").and_then(|m| m.as_str()).map(str::to_owned).unwrap_or_else(|| e.to_string());
-                o.error = Some(msg);
+            (1, b"error") => {
+                if let Some(e) = parse_at::<serde_json::Value>(bytes, at).filter(|e| !e.is_null()) {
+                    let msg = e.get("message").and_then(|m| m.as_str()).map(str::to_owned).unwrap_or_else(|| e.to_string());
+                    o.error = Some(msg);
+                }
             }
-        }
-        (_, b"tool_calls") => {
-            let rest = bytes.get(at + 1..).unwrap_or_default();
-            let first = rest.iter().find(|b| !b.is_ascii_whitespace());
-            if bytes.get(at) == Some(&b'[') && first.is_some_and(|b| *b != b']') {
-                o.has_tool_calls = true;
+            (_, b"tool_calls") => {
+                let rest = bytes.get(at + 1..).unwrap_or_default();
+                let first = rest.iter().find(|b| !b.is_ascii_whitespace());
+                if bytes.get(at) == Some(&b'[') && first.is_some_and(|b| *b != b']') {
+                    o.has_tool_calls = true;
+                }
             }
-        }
-        (_, b"toolUse") => o.has_tool_calls = true,
-        (_, b"type") => {
-            if matches!(raw_str_at(bytes, at), Some(b"tool_use" | b"function_call")) {
-                o.has_tool_calls = true;
+            (_, b"toolUse") => o.has_tool_calls = true,
+            (_, b"type") => {
+                if matches!(raw_str_at(bytes, at), Some(b"tool_use" | b"function_call")) {
+                    o.has_tool_calls = true;
+                }
             }
+            _ => {}
         }
-        _ => {}
     });
+    o.usage.merge(&raw.to_usage());
     o.done = complete;
     o
+}
+
+/// One key inside a top-level `usage` object (depth 2), or inside one of its
+/// `*_tokens_details` objects (depth 3); `n` is the value when it is an unsigned integer.
+fn usage_key(raw: &mut RawUsage, details: &mut Option<&'static str>, depth: usize, key: &[u8], n: Option<u64>) {
+    if depth == 2 {
+        *details = match key {
+            b"prompt_tokens_details" => Some("prompt"),
+            b"input_tokens_details" => Some("input"),
+            b"completion_tokens_details" => Some("completion"),
+            b"output_tokens_details" => Some("output"),
+            _ => None,
+        };
+        let slot = match key {
+            b"prompt_tokens" => &mut raw.prompt_tokens,
+            b"completion_tokens" => &mut raw.completion_tokens,
+            b"input_tokens" => &mut raw.input_tokens,
+            b"output_tokens" => &mut raw.output_tokens,
+            b"total_tokens" => &mut raw.total_tokens,
+            b"prompt_cache_hit_tokens" => &mut raw.prompt_cache_hit_tokens,
+            b"cache_read_input_tokens" => &mut raw.cache_read_input_tokens,
+            b"cache_creation_input_tokens" => &mut raw.cache_creation_input_tokens,
+            b"inputTokens" => &mut raw.converse_input,
+            b"outputTokens" => &mut raw.converse_output,
+            b"totalTokens" => &mut raw.converse_total,
+            b"cacheReadInputTokens" => &mut raw.converse_cache_read,
+            b"cacheWriteInputTokens" => &mut raw.converse_cache_write,
+            _ => return,
+        };
+        if n.is_some() {
+            *slot = n;
+        }
+        return;
+    }
+    if depth != 3 {
+        return;
+    }
+    let d = match *details {
+        Some("prompt") => raw.prompt_tokens_details.get_or_insert_with(Details::default),
+        Some("input") => raw.input_tokens_details.get_or_insert_with(Details::default),
+        Some("completion") => raw.completion_tokens_details.get_or_insert_with(Details::default),
+        Some("output") => raw.output_tokens_details.get_or_insert_with(Details::default),
+        _ => return,
+    };
+    let slot = match key {
+        b"cached_tokens" => &mut d.cached_tokens,
+        b"cache_creation_input_tokens" => &mut d.cache_creation_input_tokens,
+        b"reasoning_tokens" => &mut d.reasoning_tokens,
+        _ => return,
+    };
+    if n.is_some() {
+        *slot = n;
+    }
 }
 
 /// The text of a whole answer in any protocol (OpenAI chat `choices[].message.content`,

@@ -285,7 +285,9 @@ pub fn plan(req: &ClientRequest<'_>, mut body: Value, t: &Target) -> Result<Plan
         (None, target) => table::native_path(ap.provider, target, pc)
             .ok_or_else(|| PlanError::Invalid("could not resolve upstream path: override.endpoint needs a path".into()))?,
     };
-    let url = format!("{}{path_q}", t.origin);
+    let mut url = String::with_capacity(t.origin.len() + path_q.len() + 32);
+    url.push_str(&t.origin);
+    url.push_str(&path_q);
     let out_body = if changed { Bytes::from(serde_json::to_vec(&body).unwrap_or_default()) } else { req.body.clone() };
 
     // 5. Headers.

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::SystemTime;
@@ -41,24 +41,59 @@ struct Series<V> {
     value: V,
 }
 
+type SeriesMap<V> = HashMap<u64, Vec<Arc<Series<V>>>, BuildHasherDefault<U64Key>>;
+
 struct Family<V> {
     name: &'static str,
     unit: &'static str,
     help: &'static str,
     labels: &'static [&'static str],
-    series: RwLock<HashMap<u64, Vec<Arc<Series<V>>>>>,
+    /// Keyed by [`hash_labels`]: the key already is a hash, so the map does not hash again.
+    series: RwLock<SeriesMap<V>>,
     len: AtomicU64,
     overflow: OnceLock<Arc<Series<V>>>,
     make: fn(&Family<V>) -> V,
     bounds: &'static [f64],
 }
 
+/// A fast label-set hash (FxHash-style multiply-rotate, 8 bytes at a time), recomputed for
+/// every recording: SipHash cost more than the atomic adds it guarded. Label values are
+/// bounded (route ids, provider names, admitted model names, statuses), and a collision
+/// costs one extra comparison, so a keyed hash buys nothing here.
 fn hash_labels(values: &[&str]) -> u64 {
-    let mut h = DefaultHasher::new();
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mut h: u64 = 0;
+    let mut mix = |w: u64| h = (h.rotate_left(5) ^ w).wrapping_mul(K);
     for v in values {
-        v.hash(&mut h);
+        let mut b = v.as_bytes();
+        while b.len() >= 8 {
+            mix(u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]));
+            b = &b[8..];
+        }
+        let mut tail = [0u8; 8];
+        tail[..b.len()].copy_from_slice(b);
+        mix(u64::from_le_bytes(tail));
+        mix(v.len() as u64 | 0xff00_0000_0000_0000);
     }
-    h.finish()
+    h
+}
+
+/// The identity "hash" of a `u64` key that already is one.
+#[derive(Default)]
+struct U64Key(u64);
+
+impl Hasher for U64Key {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ b as u64;
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 impl<V> Family<V> {

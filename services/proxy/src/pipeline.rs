@@ -43,12 +43,32 @@ use crate::routing::{body_limit, find_route};
 use crate::send::{SendError, Sent, send};
 use crate::state::{AppState, ProxyBody, request_id};
 
+/// `METHOD /path?query HTTP/1.1`, built without the formatting machinery.
+fn request_line(req: &Request<Incoming>) -> String {
+    let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let version = match req.version() {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/?",
+    };
+    let mut line = String::with_capacity(req.method().as_str().len() + pq.len() + 10);
+    line.push_str(req.method().as_str());
+    line.push(' ');
+    line.push_str(pq);
+    line.push(' ');
+    line.push_str(version);
+    line
+}
+
 /// Entry point for every data-plane request.
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, remote: SocketAddr) -> Result<Response<ProxyBody>, Infallible> {
     Metrics::add(&state.metrics.requests, 1);
     let env = Envelope::for_path(req.uri().path());
     let rid = request_id();
-    let request_line = format!("{} {} {:?}", req.method(), req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"), req.version());
+    let request_line = request_line(&req);
     let headers = state.keep_headers.then(|| req.headers().clone());
     let mut rec = Record::new(remote.ip(), request_line, rid.clone(), headers);
     let cfg = state.config.load_full();

@@ -35,6 +35,17 @@ use crate::record::{Outcome, Record};
 use crate::send::Sent;
 use crate::state::BoxError;
 
+/// Response headers that belong to one connection, never passed on (built once: removing
+/// by `&str` parses the name every time).
+static HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::TRANSFER_ENCODING,
+    header::TRAILER,
+    header::UPGRADE,
+    HeaderName::from_static("proxy-connection"),
+];
+
 /// An upstream answer ready to go to the client.
 pub struct Answer {
     pub parts: http::response::Parts,
@@ -56,12 +67,10 @@ pub async fn respond(sent: Sent, plan: &Plan, route: &CompiledRoute, rec: &mut R
     rec.upstream_addr = addr;
     rec.upstream_status = Some(status.as_u16());
     tracing::debug!(request_id = %rec.request_id, route = %rec.route_id, status = status.as_u16(), "upstream responded");
-    for h in ["connection", "keep-alive", "transfer-encoding", "trailer", "upgrade", "proxy-connection"] {
+    for h in &HOP_BY_HOP {
         parts.headers.remove(h);
     }
-    if let Ok(v) = HeaderValue::from_str(&latency.as_millis().to_string()) {
-        parts.headers.insert(HeaderName::from_static("x-aigw-upstream-latency-ms"), v);
-    }
+    parts.headers.insert(HeaderName::from_static("x-aigw-upstream-latency-ms"), HeaderValue::from(latency.as_millis() as u64));
     let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let is_stream = content_type.contains("text/event-stream") || content_type.contains("application/vnd.amazon.eventstream");
     let ap = &route.spec.ai_proxy;

@@ -168,6 +168,39 @@ pub fn classify(err: &hyper_util::client::legacy::Error) -> SendError {
     }
 }
 
+/// `ip:port` as text, without the formatting machinery for IPv4 (a measurable share of a
+/// request when done with `to_string`).
+pub fn addr_text(a: std::net::SocketAddr) -> String {
+    fn push_num(out: &mut String, mut n: u32) {
+        let mut buf = [0u8; 10];
+        let mut i = buf.len();
+        loop {
+            i -= 1;
+            buf[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        buf[i..].iter().for_each(|&b| out.push(b as char));
+    }
+    match a {
+        std::net::SocketAddr::V4(v4) => {
+            let mut out = String::with_capacity(21);
+            for (k, o) in v4.ip().octets().iter().enumerate() {
+                if k > 0 {
+                    out.push('.');
+                }
+                push_num(&mut out, *o as u32);
+            }
+            out.push(':');
+            push_num(&mut out, v4.port() as u32);
+            out
+        }
+        v6 => v6.to_string(),
+    }
+}
+
 /// Sends `req` on `up`, waiting at most `timeout` for a permit and again for the head.
 pub async fn send(up: &Upstream, timeout: Duration, req: Request<Full<Bytes>>, authority: &str) -> Result<Sent, SendError> {
     let permit = tokio::time::timeout(timeout, up.permits.clone().acquire_owned())
@@ -184,7 +217,7 @@ pub async fn send(up: &Upstream, timeout: Duration, req: Request<Full<Bytes>>, a
     let addr = response
         .extensions()
         .get::<hyper_util::client::legacy::connect::HttpInfo>()
-        .map(|i| i.remote_addr().to_string())
+        .map(|i| addr_text(i.remote_addr()))
         .unwrap_or_else(|| authority.to_owned());
     Ok(Sent { response, permit, sent_at, latency, addr })
 }
@@ -285,6 +318,13 @@ mod tests {
         assert!(!SendError::Other(String::new()).retryable());
         assert_eq!(SendError::Timeout(Duration::ZERO).into_gateway_error().status, StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(SendError::ConnectRefused(String::new()).into_gateway_error().status, StatusCode::BAD_GATEWAY);
+    }
+
+    #[test]
+    fn addresses_as_text() {
+        for a in ["127.0.0.1:8080", "0.0.0.0:0", "255.255.255.255:65535", "10.2.30.4:443", "[::1]:9000"] {
+            assert_eq!(addr_text(a.parse().unwrap()), a);
+        }
     }
 
     #[test]
