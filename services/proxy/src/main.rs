@@ -32,6 +32,9 @@ struct Args {
     /// Token presented to the config service (metadata x-node-token).
     #[arg(long, env = "AIGW_NODE_TOKEN", hide_env_values = true)]
     node_token: Option<String>,
+    /// PEM bundle that verifies `https://` control-plane URLs (default: the webpki roots).
+    #[arg(long, env = "AIGW_CONTROL_PLANE_CA")]
+    control_plane_ca: Option<PathBuf>,
     /// Persist the last applied snapshot here; used at start while the config service is unreachable.
     #[arg(long, env = "AIGW_SNAPSHOT_CACHE", requires = "config_service")]
     snapshot_cache: Option<PathBuf>,
@@ -83,6 +86,14 @@ fn main() {
 fn real_main(args: Args) -> anyhow::Result<()> {
     args.log.init()?;
     let data_key = aigw_model::secrets::DataKey::from_flag(args.data_encryption_key.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
+    let control_plane_ca = match &args.control_plane_ca {
+        Some(p) => {
+            let pem = std::fs::read(p).map_err(|e| anyhow::anyhow!("--control-plane-ca {}: {e}", p.display()))?;
+            aigw_net::roots_from_pem(&pem).map_err(|e| anyhow::anyhow!("{e} ({})", p.display()))?;
+            Some(pem)
+        }
+        None => None,
+    };
     let source = match (args.routes, args.config_service) {
         (Some(path), None) => aigw_proxy::Source::File(path),
         (None, Some(url)) => {
@@ -101,6 +112,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
                 node_token: args.node_token,
                 cache: args.snapshot_cache.map(|path| aigw_proxy::sources::SnapshotCache { path }),
                 key: data_key.clone(),
+                ca_pem: control_plane_ca.clone(),
             }))
         }
         _ => anyhow::bail!("give exactly one of --routes FILE or --config-service URL"),
@@ -114,7 +126,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.status_listen))?;
         let client_limits = aigw_proxy::ClientLimits { header_timeout: args.client_header_timeout, body_timeout: args.client_body_timeout };
-        aigw_proxy::run(aigw_proxy::Config { source, data_key, access_log, client_limits }, data, status, aigw_telemetry::shutdown_signal())
+        aigw_proxy::run(aigw_proxy::Config { source, data_key, access_log, client_limits, control_plane_ca }, data, status, aigw_telemetry::shutdown_signal())
             .await
     })
 }
