@@ -105,6 +105,25 @@ fn unpublishable(id: &str, v: &Value, key: Option<&DataKey>) -> Option<String> {
     bad
 }
 
+/// A secret sent back as the redaction marker keeps the stored value, at every secret
+/// path (`plugins.ai-proxy.auth.…` and `plugins.ai-proxy-multi.instances[i].auth.…`),
+/// so a GET → edit → PUT round trip never loses or leaks a secret.
+fn restore_secrets(route: &mut Value, existing: Option<&Value>) -> Result<(), ApiError> {
+    let mut missing = None;
+    secrets::for_each_secret_at(route, |path, ptr, s| {
+        if s == REDACTED && missing.is_none() {
+            match existing.and_then(|e| e.pointer(ptr)).and_then(Value::as_str) {
+                Some(old) => *s = old.to_owned(),
+                None => missing = Some(path.to_owned()),
+            }
+        }
+    });
+    match missing {
+        Some(p) => Err(ApiError::invalid(format!("{p}: is the redaction marker {REDACTED:?}; send the secret value"))),
+        None => Ok(()),
+    }
+}
+
 /// A route as a discovery resource: the proto route in an `Any`, versioned by content.
 fn route_resource(id: &str, v: &Value) -> Result<Arc<Resource>, String> {
     let pb = route_to_proto(v).map_err(|e| e.to_string())?;
@@ -263,20 +282,7 @@ impl Committer {
     /// The stored form of a PUT: markers replaced by the stored secrets, validated,
     /// encrypted.
     fn prepare(&self, mut route: Value, existing: Option<&Value>) -> Result<Value, ApiError> {
-        // A secret sent back as the redaction marker keeps the stored value, at any secret
-        // path (ai-proxy and every ai-proxy-multi instance).
-        let mut missing = None;
-        secrets::for_each_secret_at(&mut route, |path, ptr, s| {
-            if s == REDACTED {
-                match existing.and_then(|e| e.pointer(ptr)).and_then(Value::as_str) {
-                    Some(old) => *s = old.to_owned(),
-                    None => missing = Some(path.to_owned()),
-                }
-            }
-        });
-        if let Some(p) = missing {
-            return Err(ApiError::invalid(format!("{p}: is the redaction marker {REDACTED:?}; send the secret value")));
-        }
+        restore_secrets(&mut route, existing)?;
         RouteSpec::from_json(&route).map_err(|e| ApiError::invalid(e.to_string()))?;
         let mut bad = None;
         secrets::for_each_secret(&mut route, |path, s| {
@@ -422,4 +428,69 @@ impl Committer {
 
 fn set_len(s: &Snapshot) -> usize {
     s.types.get(ROUTE_TYPE_URL).map_or(0, |t| t.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn multi(a_key: &str, b_secret: &str) -> Value {
+        json!({"id": "m", "uri": "/m", "plugins": {"ai-proxy-multi": {"instances": [
+            {"name": "a", "provider": "openai", "weight": 1, "auth": {"header": {"Authorization": a_key, "x.team/id": "team-secret"}}},
+            {"name": "b", "provider": "bedrock", "weight": 1, "auth": {"aws": {"access_key_id": "AKID", "secret_access_key": b_secret}}}
+        ]}}})
+    }
+
+    #[test]
+    fn redaction_markers_round_trip_at_every_secret_path() {
+        let stored = multi("Bearer sk-a", "aws-secret-b");
+        // What a read returns: markers, the secrets absent.
+        let read = view(&stored);
+        let text = read.to_string();
+        assert_eq!(text.matches(REDACTED).count(), 3, "{text}");
+        for s in ["sk-a", "team-secret", "aws-secret-b"] {
+            assert!(!text.contains(s), "{s} in {text}");
+        }
+        // Sent back (edited elsewhere): every stored secret is kept.
+        let mut back = read.clone();
+        back["uri"] = json!("/edited");
+        restore_secrets(&mut back, Some(&stored)).unwrap();
+        let mut want = stored.clone();
+        want["uri"] = json!("/edited");
+        assert_eq!(back, want);
+        // A new secret value replaces the stored one; the others are kept.
+        let mut back = read.clone();
+        back["plugins"]["ai-proxy-multi"]["instances"][1]["auth"]["aws"]["secret_access_key"] = json!("rotated");
+        restore_secrets(&mut back, Some(&stored)).unwrap();
+        assert_eq!(back, multi("Bearer sk-a", "rotated"));
+        // ai-proxy routes too, with dotted header names.
+        let ap = json!({"id": "r", "uri": "/r", "plugins": {"ai-proxy": {"provider": "openai", "auth": {"header": {"x.key": "sk-dot"}, "query": {"k": "q-1"}}}}});
+        let mut back = view(&ap);
+        restore_secrets(&mut back, Some(&ap)).unwrap();
+        assert_eq!(back, ap);
+        // A marker where nothing is stored is an error naming the path.
+        let mut fresh = read.clone();
+        let e = restore_secrets(&mut fresh, None).unwrap_err();
+        assert!(e.message.starts_with("plugins.ai-proxy-multi.instances[0].auth.header.Authorization"), "{}", e.message);
+        let mut moved = read;
+        moved["plugins"]["ai-proxy-multi"]["instances"].as_array_mut().unwrap().push(json!({"name": "c", "provider": "openai", "auth": {"query": {"key": REDACTED}}}));
+        let e = restore_secrets(&mut moved, Some(&stored)).unwrap_err();
+        assert!(e.message.contains("instances[2].auth.query.key") && !e.message.contains("sk-a"), "{}", e.message);
+    }
+
+    #[test]
+    fn unpublishable_reasons() {
+        let key = DataKey::parse(&"11".repeat(32)).unwrap();
+        let other = DataKey::parse(&"22".repeat(32)).unwrap();
+        let mut r = json!({"id": "r", "uri": "/r", "plugins": {"ai-proxy": {"provider": "openai", "auth": {"header": {"k": "sk-x"}}}}});
+        assert_eq!(unpublishable("r", &r, None), None);
+        assert!(unpublishable("other", &r, None).unwrap().contains("holds id"));
+        secrets::encrypt_route(&mut r, &other);
+        assert!(unpublishable("r", &r, Some(&key)).unwrap().contains("cannot be decrypted"));
+        assert!(unpublishable("r", &r, None).unwrap().contains("no --data-encryption-key"));
+        assert_eq!(unpublishable("r", &r, Some(&other)), None);
+        r["uri"] = json!("/\u{0}");
+        assert!(unpublishable("r", &r, Some(&other)).unwrap().contains("fails validation: uri"));
+    }
 }
