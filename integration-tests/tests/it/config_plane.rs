@@ -371,7 +371,11 @@ async fn discovery_is_always_authenticated_and_a_generated_token_is_printed_once
 
     // Without --node-token one is generated and printed once; proxies need it.
     let dir2 = TempDir::new("auth-gen");
-    let mut proc = Proc::spawn("aigw-config", &["--listen", "127.0.0.1:0", "--data-dir", dir2.path().to_str().unwrap(), "--admin-key", ADMIN_KEY], &[]);
+    let mut proc = Proc::spawn(
+        "aigw-config",
+        &["--listen", "127.0.0.1:0", "--data-dir", dir2.path().to_str().unwrap(), "--admin-key", ADMIN_KEY],
+        &[],
+    );
     let line = proc.wait_log(&["generated node token"], T).await;
     let token = line.rsplit(' ').next().unwrap().to_owned();
     assert_eq!(token.len(), 32, "{line}");
@@ -396,8 +400,10 @@ fn pki(dir: &std::path::Path, tag: &str) -> Pki {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
     let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap().signed_by(&leaf_key, &ca).unwrap();
-    let p = Pki { ca: dir.join(format!("{tag}-ca.pem")), cert: dir.join(format!("{tag}-cert.pem")), key: dir.join(format!("{tag}-key.pem")) };
+    let leaf =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap().signed_by(&leaf_key, &ca).unwrap();
+    let p =
+        Pki { ca: dir.join(format!("{tag}-ca.pem")), cert: dir.join(format!("{tag}-cert.pem")), key: dir.join(format!("{tag}-key.pem")) };
     std::fs::write(&p.ca, ca.pem()).unwrap();
     std::fs::write(&p.cert, leaf.pem()).unwrap();
     std::fs::write(&p.key, leaf_key.serialize_pem()).unwrap();
@@ -569,7 +575,8 @@ async fn hostile_admin_input_gets_json_errors_naming_the_field_and_the_service_k
     let d = TempDir::new("ctl");
     let file = d.path().join("routes.json");
     std::fs::write(&file, json!({"routes": [chat_route("f", "/a\u{7}", &up.url(), "k")]}).to_string()).unwrap();
-    let mut bad = Proc::spawn("aigw-proxy", &["--routes", file.to_str().unwrap(), "--listen", "127.0.0.1:0", "--status-listen", "127.0.0.1:0"], &[]);
+    let mut bad =
+        Proc::spawn("aigw-proxy", &["--routes", file.to_str().unwrap(), "--listen", "127.0.0.1:0", "--status-listen", "127.0.0.1:0"], &[]);
     let status = bad.wait_exit(T).await;
     assert_eq!(status.code(), Some(1), "{:?}", bad.logs());
     assert!(bad.logs().iter().any(|l| l.contains("control character")), "{:?}", bad.logs());
@@ -750,10 +757,7 @@ async fn a_proxy_restarted_with_its_snapshot_cache_under_load_never_answers_404(
     let status = proc.listen_addrs(&["status"]).await["status"].clone();
     let restarted = Proxy { proc, data: format!("http://{data}"), status: format!("http://{status}") };
     restarted.wait_ready().await;
-    wait_until("clients served", T, || async {
-        (restarted.chat("/w150").await.ok()?.status == 200).then_some(())
-    })
-    .await;
+    wait_until("clients served", T, || async { (restarted.chat("/w150").await.ok()?.status == 200).then_some(()) }).await;
     tokio::time::sleep(Duration::from_millis(200)).await; // a little load after the start
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (mut ok, mut not_found) = (0, 0);
@@ -791,11 +795,13 @@ async fn readme_grpcurl_commands_work_with_the_real_grpcurl() {
     assert!(ok && out.contains("aigw.config.v1.ConfigService") && out.contains("aigw.discovery.v1.DiscoveryService"), "{out}");
     let (ok, out) = run(s(&["-plaintext", "-H", &key_h, "-d", "@", a, "aigw.config.v1.ConfigService/PutRoute"]), Some(route_file.clone()));
     assert!(ok && out.contains("ai-proxy-route") && out.contains("******") && !out.contains("sk-replace-me"), "{out}");
-    let (ok, out) = run(s(&["-plaintext", "-H", &key_h, "-d", r#"{"id": "ai-proxy-route"}"#, a, "aigw.config.v1.ConfigService/GetRoute"]), None);
+    let (ok, out) =
+        run(s(&["-plaintext", "-H", &key_h, "-d", r#"{"id": "ai-proxy-route"}"#, a, "aigw.config.v1.ConfigService/GetRoute"]), None);
     assert!(ok && out.contains("/anything"), "{out}");
     let (ok, out) = run(s(&["-plaintext", "-H", &key_h, "-d", "{}", a, "aigw.config.v1.ConfigService/ListRoutes"]), None);
     assert!(ok && out.contains("ai-proxy-route") && out.contains("\"version\""), "{out}");
-    let (ok, out) = run(s(&["-plaintext", "-H", &key_h, "-d", r#"{"id": "ai-proxy-route"}"#, a, "aigw.config.v1.ConfigService/DeleteRoute"]), None);
+    let (ok, out) =
+        run(s(&["-plaintext", "-H", &key_h, "-d", r#"{"id": "ai-proxy-route"}"#, a, "aigw.config.v1.ConfigService/DeleteRoute"]), None);
     assert!(ok, "{out}");
     let (ok, out) = run(s(&["-plaintext", "-d", "{}", a, "aigw.config.v1.ConfigService/ListRoutes"]), None);
     assert!(!ok && out.contains("Unauthenticated"), "{out}");
@@ -803,8 +809,12 @@ async fn readme_grpcurl_commands_work_with_the_real_grpcurl() {
 
     // Over TLS (-cacert), and discovery with the node token.
     let pki = pki(dir.path(), "grpcurl");
-    let cfg = Config::start(&dir.path().join("tls-data"), "127.0.0.1:0", &["--tls-cert", pki.cert.to_str().unwrap(), "--tls-key", pki.key.to_str().unwrap()])
-        .await;
+    let cfg = Config::start(
+        &dir.path().join("tls-data"),
+        "127.0.0.1:0",
+        &["--tls-cert", pki.cert.to_str().unwrap(), "--tls-key", pki.key.to_str().unwrap()],
+    )
+    .await;
     let a = cfg.addr.as_str();
     let ca = pki.ca.to_str().unwrap();
     let (ok, out) = run(s(&["-cacert", ca, "-H", &key_h, "-d", "@", a, "aigw.config.v1.ConfigService/PutRoute"]), Some(route_file));

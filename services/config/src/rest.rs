@@ -187,7 +187,12 @@ async fn metrics(State(s): State<RestState>) -> Response {
         ("aigw_xds_nacks_total", "Updates rejected by proxies.", "counter", m.nacks.load(Ordering::Relaxed)),
         ("aigw_xds_stale_nonces_total", "Requests ignored for a stale nonce.", "counter", m.stale_nonces.load(Ordering::Relaxed)),
         ("aigw_xds_suppressed_resends_total", "Rejected versions not resent.", "counter", m.suppressed_resends.load(Ordering::Relaxed)),
-        ("aigw_xds_unauthenticated_total", "Discovery streams refused for a missing or wrong node token.", "counter", m.unauthenticated.load(Ordering::Relaxed)),
+        (
+            "aigw_xds_unauthenticated_total",
+            "Discovery streams refused for a missing or wrong node token.",
+            "counter",
+            m.unauthenticated.load(Ordering::Relaxed),
+        ),
     ] {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
     }

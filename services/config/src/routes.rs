@@ -72,9 +72,11 @@ enum Done {
     Deleted,
 }
 
+type Reply = oneshot::Sender<Result<Done, ApiError>>;
+
 struct Job {
     op: Op,
-    reply: oneshot::Sender<Result<Done, ApiError>>,
+    reply: Reply,
 }
 
 /// What reads return: encrypted secrets when a key is set, else redacted.
@@ -306,7 +308,7 @@ impl Committer {
     async fn commit(&mut self, group: Vec<Job>) {
         // 1. Decide every job against the state as the earlier jobs of the group leave it.
         let mut staged: BTreeMap<String, Option<Arc<Value>>> = BTreeMap::new();
-        let mut answers: Vec<(oneshot::Sender<Result<Done, ApiError>>, String, Result<Done, ApiError>)> = Vec::with_capacity(group.len());
+        let mut answers: Vec<(Reply, String, Result<Done, ApiError>)> = Vec::with_capacity(group.len());
         {
             let state = self.state.read().unwrap_or_else(|e| e.into_inner());
             for Job { op, reply } in group {
@@ -474,7 +476,10 @@ mod tests {
         let e = restore_secrets(&mut fresh, None).unwrap_err();
         assert!(e.message.starts_with("plugins.ai-proxy-multi.instances[0].auth.header.Authorization"), "{}", e.message);
         let mut moved = read;
-        moved["plugins"]["ai-proxy-multi"]["instances"].as_array_mut().unwrap().push(json!({"name": "c", "provider": "openai", "auth": {"query": {"key": REDACTED}}}));
+        moved["plugins"]["ai-proxy-multi"]["instances"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "c", "provider": "openai", "auth": {"query": {"key": REDACTED}}}));
         let e = restore_secrets(&mut moved, Some(&stored)).unwrap_err();
         assert!(e.message.contains("instances[2].auth.query.key") && !e.message.contains("sk-a"), "{}", e.message);
     }

@@ -126,8 +126,13 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.status_listen))?;
         let client_limits = aigw_proxy::ClientLimits { header_timeout: args.client_header_timeout, body_timeout: args.client_body_timeout };
-        aigw_proxy::run(aigw_proxy::Config { source, data_key, access_log, client_limits, control_plane_ca }, data, status, aigw_telemetry::shutdown_signal())
-            .await
+        aigw_proxy::run(
+            aigw_proxy::Config { source, data_key, access_log, client_limits, control_plane_ca },
+            data,
+            status,
+            aigw_telemetry::shutdown_signal(),
+        )
+        .await
     })
 }
 

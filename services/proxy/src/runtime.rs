@@ -58,8 +58,14 @@ impl RuntimeConfig {
 /// One route of an update.
 pub enum Change {
     /// Added or changed: the route JSON and its resource version.
-    Upsert { id: String, version: String, route: Value },
-    Remove { id: String },
+    Upsert {
+        id: String,
+        version: String,
+        route: Value,
+    },
+    Remove {
+        id: String,
+    },
 }
 
 /// How much an update compiled.

@@ -176,8 +176,11 @@ pub async fn run_xds(src: XdsSource, state: Arc<AppState>, shutdown: impl std::f
     let (cache_tx, cache_rx) = tokio::sync::watch::channel::<Option<Arc<RuntimeConfig>>>(None);
     if let Some(cache) = src.cache {
         if let Some((version, routes)) = cache.load() {
-            let changes =
-                routes.into_iter().map(|c| Change::Upsert { id: c.route["id"].as_str().unwrap_or_default().to_owned(), version: c.version, route: c.route });
+            let changes = routes.into_iter().map(|c| Change::Upsert {
+                id: c.route["id"].as_str().unwrap_or_default().to_owned(),
+                version: c.version,
+                route: c.route,
+            });
             match runtime::apply(&RuntimeConfig::empty(), &version, true, changes.collect(), &ctx(src.key.as_ref(), &state.upstreams)) {
                 Ok((cfg, _)) => {
                     tracing::info!(version = %version, file = %cache.path.display(), "serving cached snapshot until the config service answers");
@@ -244,7 +247,8 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let path = std::env::temp_dir().join(format!("aigw-cache-test-{}.json", std::process::id()));
         let cache = SnapshotCache { path: path.clone() };
-        let route = json!({"id": "a", "uri": "/é", "plugins": {"ai-proxy": {"provider": "openai", "auth": {"header": {"k": "$aigw-enc$v1$x"}}}}});
+        let route =
+            json!({"id": "a", "uri": "/é", "plugins": {"ai-proxy": {"provider": "openai", "auth": {"header": {"k": "$aigw-enc$v1$x"}}}}});
         let ups = Upstreams::default();
         let mut cfg = runtime::compile("v1", vec![], &CompileCtx::bare(&ups)).unwrap();
         cfg.entries.insert(
