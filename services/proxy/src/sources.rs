@@ -176,12 +176,11 @@ pub async fn run_xds(src: XdsSource, state: Arc<AppState>, shutdown: impl std::f
     let (cache_tx, cache_rx) = tokio::sync::watch::channel::<Option<Arc<RuntimeConfig>>>(None);
     if let Some(cache) = src.cache {
         if let Some((version, routes)) = cache.load() {
-            let changes = routes.into_iter().map(|c| Change::Upsert {
-                id: c.route["id"].as_str().unwrap_or_default().to_owned(),
-                version: c.version,
-                route: c.route,
+            let changes = routes.into_iter().map(|c| {
+                let id = c.route["id"].as_str().unwrap_or_default().to_owned();
+                Ok(Change::Upsert { id, version: c.version, route: c.route })
             });
-            match runtime::apply(&RuntimeConfig::empty(), &version, true, changes.collect(), &ctx(src.key.as_ref(), &state.upstreams)) {
+            match runtime::apply(&RuntimeConfig::empty(), &version, true, changes, &ctx(src.key.as_ref(), &state.upstreams)) {
                 Ok((cfg, _)) => {
                     tracing::info!(version = %version, file = %cache.path.display(), "serving cached snapshot until the config service answers");
                     state.apply(cfg);
@@ -201,16 +200,14 @@ pub async fn run_xds(src: XdsSource, state: Arc<AppState>, shutdown: impl std::f
     let key = src.key.clone();
     let st = state.clone();
     let applier: aigw_xds::Applier = Arc::new(move |update: aigw_xds::Update| {
-        let mut changes = Vec::with_capacity(update.resources.len() + update.removed.len());
-        for r in update.resources {
-            changes.push(route_change(r)?);
-        }
-        for r in update.removed {
+        // Decoded one at a time as the compile consumes them.
+        let removed = update.removed.into_iter().map(|r| {
             if r.type_url != ROUTE_TYPE_URL {
                 return Err(format!("removed resource {:?}: unknown type {:?}", r.name, r.type_url));
             }
-            changes.push(Change::Remove { id: r.name });
-        }
+            Ok(Change::Remove { id: r.name })
+        });
+        let changes = update.resources.into_iter().map(route_change).chain(removed);
         let prev = st.config.load_full();
         match runtime::apply(&prev, &update.version, update.full_state, changes, &ctx(key.as_ref(), &st.upstreams)) {
             Ok((compiled, stats)) => {
