@@ -16,6 +16,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/aigw-target}"
 PY="${AIGW_PYTHON:-python3}"
 
 cargo build --release -q -p aigw-config -p aigw-proxy
+LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
 BIN="$CARGO_TARGET_DIR/release"
 work=$(mktemp -d)
 trap 'kill $(cat "$work"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -141,7 +142,7 @@ out="bench/results/$(date -u +%Y-%m-%d)-config-scale-$commit.md"
   echo "\`bench/config-scale.sh $N $C\`: release builds, aigw-config (with a data encryption key, so every"
   echo "secret is encrypted) and one subscribed aigw-proxy on 127.0.0.1, driven by Python http.client"
   echo "keep-alive clients. Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs);"
-  echo "load average at the start: $(cut -d' ' -f1-3 /proc/loadavg) (shared with other engineers' builds)."
+  echo "load average at the start: $LOAD_AT_START (the machine is shared with other engineers' builds)."
   echo
   cat "$work/out.md"
 } > "$out"
