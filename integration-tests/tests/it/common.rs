@@ -10,6 +10,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub const ADMIN_KEY: &str = "it-admin-key";
+/// Discovery is always authenticated: every test config service and proxy shares this.
+pub const NODE_TOKEN: &str = "it-node-token";
 pub const T: Duration = Duration::from_secs(20);
 
 pub struct Config {
@@ -21,6 +23,9 @@ impl Config {
     pub async fn start(data_dir: &Path, listen: &str, extra: &[&str]) -> Config {
         let dir = data_dir.to_str().unwrap();
         let mut args = vec!["--listen", listen, "--data-dir", dir, "--admin-key", ADMIN_KEY];
+        if !extra.contains(&"--node-token") {
+            args.extend_from_slice(&["--node-token", NODE_TOKEN]);
+        }
         args.extend_from_slice(extra);
         let mut proc = Proc::spawn("aigw-config", &args, &[]);
         let addr = proc.listen_addrs(&["admin"]).await["admin"].clone();
@@ -47,7 +52,7 @@ impl Config {
 
 /// Adds `x-api-key` like `grpcurl -H "x-api-key: ..."`.
 #[derive(Clone)]
-pub struct ApiKey(Option<&'static str>);
+pub struct ApiKey(pub Option<&'static str>);
 
 impl tonic::service::Interceptor for ApiKey {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
@@ -91,6 +96,9 @@ impl Proxy {
 
     pub async fn subscribed(config_url: &str, extra: &[&str]) -> Proxy {
         let mut args = vec!["--config-service", config_url];
+        if !extra.contains(&"--node-token") {
+            args.extend_from_slice(&["--node-token", NODE_TOKEN]);
+        }
         args.extend_from_slice(extra);
         Proxy::start(&args, &[]).await
     }

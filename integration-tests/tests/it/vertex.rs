@@ -552,14 +552,16 @@ async fn a_bad_service_account_json_is_rejected_at_config_time() {
     // `$env://` is resolved on the proxy: a bad value there rejects the snapshot (NACK),
     // named without the key; the last good config keeps serving.
     let bad = g.a.json_with(&url, json!({"client_email": null}));
-    let mut p =
-        Proxy::start(&["--config-service", &cfg.url(), "--node-id", "gcp-nacker", "--log-level", "trace"], &[("AIGW_IT_BAD_SA", &bad)])
-            .await;
+    let mut p = Proxy::start(
+        &["--config-service", &cfg.url(), "--node-token", crate::common::NODE_TOKEN, "--node-id", "gcp-nacker", "--log-level", "trace"],
+        &[("AIGW_IT_BAD_SA", &bad)],
+    )
+    .await;
     p.wait_ready().await;
     let mut env_route = vertex_routes("env", &g.vertex.url(), json!({"service_account_json": "$env://AIGW_IT_BAD_SA"})).remove(0);
     env_route["id"] = json!("env");
     assert_eq!(cfg.put_rest("env", &env_route).await.status, 201);
-    let line = p.proc.wait_log(&["rejected snapshot"], T).await;
+    let line = p.proc.wait_log(&["rejected update"], T).await;
     assert!(line.contains("lacks client_email"), "{line}");
     let nodes = wait_until("nack recorded", T, || async {
         let n = http::get(&format!("http://{}/status/nodes", cfg.addr), &[("x-api-key", ADMIN_KEY)]).await.ok()?.json();

@@ -9,6 +9,7 @@ pub mod proto_json;
 pub mod route;
 pub mod secrets;
 pub mod snapshot;
+pub mod strict;
 pub mod vars;
 
 pub use route::{AiProxyConfig, Provider, Route, RouteSpec, ValidationError};

@@ -29,8 +29,9 @@ impl ValidationError {
 }
 
 /// Deserialize `value` as `T`, reporting errors with `prefix` + the serde path.
+/// Structs deserialize from JSON objects only (see [`crate::strict`]).
 pub fn from_value_at<T: serde::de::DeserializeOwned>(prefix: &str, value: &Value) -> Result<T, ValidationError> {
-    serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
+    serde_path_to_error::deserialize::<_, T>(crate::strict::Strict(value)).map_err(|e| {
         let inner = e.path().to_string();
         let path = match (prefix.is_empty(), inner == ".") {
             (true, true) => "(root)".to_owned(),
@@ -437,11 +438,16 @@ impl RouteSpec {
     }
 }
 
-fn check_uri(path: &str, uri: &str) -> Result<(), ValidationError> {
+/// A route URI is a UTF-8 path (multibyte characters are matched as sent); control
+/// characters (NUL, CR, LF, DEL, …) are rejected. Char-boundary safe on any input.
+pub fn check_uri(path: &str, uri: &str) -> Result<(), ValidationError> {
     if !uri.starts_with('/') {
         return Err(ValidationError::new(path, format!("{uri:?} must start with '/'")));
     }
-    if uri[..uri.len() - 1].contains('*') {
+    if let Some((i, c)) = uri.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(ValidationError::new(path, format!("control character {c:?} at byte {i} is not allowed in a path")));
+    }
+    if uri.strip_suffix('*').unwrap_or(uri).contains('*') {
         return Err(ValidationError::new(path, "'*' is only allowed at the end (prefix match)"));
     }
     Ok(())
@@ -860,6 +866,29 @@ mod tests {
 
     fn base_spec_has_no_multi() -> bool {
         RouteSpec::from_json(&base()).unwrap().multi.is_none()
+    }
+
+    /// Hostile input: multibyte URIs are valid, control characters and wrong JSON types
+    /// at any level are errors naming the field, and nothing panics.
+    #[test]
+    fn hostile_route_input() {
+        check(&[("/uri", json!("/é"))], None);
+        check(&[("/uri", json!("/日本/*"))], None);
+        check(&[("/uri", json!("/é*é"))], Some(&["uri", "'*'"]));
+        check(&[("/uris", json!(["/ok", "/a\u{0}"]))], Some(&["uris[1]", "control character"]));
+        for bad in ["/\u{0}", "/a\r\nb", "/\u{7f}", "/\u{85}"] {
+            let s: String = serde_json::from_str(&format!("\"{bad}\"")).unwrap_or_else(|_| bad.to_owned());
+            check(&[("/uri", json!(s))], Some(&["uri", "control character"]));
+        }
+        check(&[(&ap("auth"), json!([]))], Some(&["plugins.ai-proxy.auth", "expected a JSON object"]));
+        check(&[(&ap("auth/header"), json!([]))], Some(&["plugins.ai-proxy.auth.header", "expected a JSON object"]));
+        check(&[(&ap("override"), json!(["x"]))], Some(&["plugins.ai-proxy.override", "expected a JSON object"]));
+        check(&[("/plugins", json!([]))], Some(&["plugins", "expected a JSON object"]));
+        check(&[("/plugins/ai-proxy", json!([]))], Some(&["plugins.ai-proxy", "expected a JSON object"]));
+        check(&[("/methods", json!("POST"))], Some(&["methods", "expected a JSON array"]));
+        check(&[("/id", json!(5))], Some(&["id", "invalid type"]));
+        check(&[("/labels", json!({"a": 1}))], Some(&["labels.a", "invalid type"]));
+        check(&[("/id", json!("x".repeat(5 << 20)))], Some(&["id:"]));
     }
 
     #[test]

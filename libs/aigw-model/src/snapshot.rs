@@ -18,6 +18,55 @@ pub fn version_of(routes: &[Value]) -> String {
     hex::encode(&h.finalize()[..12])
 }
 
+/// Type URL of route resources on the discovery stream.
+pub const ROUTE_TYPE_URL: &str = "type.googleapis.com/aigw.config.v1.Route";
+
+/// Content hash of one resource (a route as stored): the same object gives the same
+/// version everywhere.
+pub fn resource_version(value: &Value) -> String {
+    hex::encode(&Sha256::digest(serde_json::to_vec(value).unwrap_or_default())[..12])
+}
+
+/// The system version of a resource set, kept up to date in O(1) per change: the XOR of
+/// SHA-256(type, name, version) over every resource (order-independent, and a removal
+/// undoes its addition), hashed with the count. Equal sets give equal versions on every
+/// replica and after every restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetHash {
+    acc: [u8; 32],
+    count: u64,
+}
+
+impl SetHash {
+    fn mix(&mut self, type_url: &str, name: &str, version: &str) {
+        let mut h = Sha256::new();
+        for part in [type_url, name, version] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        for (a, b) in self.acc.iter_mut().zip(h.finalize()) {
+            *a ^= b;
+        }
+    }
+
+    pub fn add(&mut self, type_url: &str, name: &str, version: &str) {
+        self.mix(type_url, name, version);
+        self.count += 1;
+    }
+
+    pub fn remove(&mut self, type_url: &str, name: &str, version: &str) {
+        self.mix(type_url, name, version);
+        self.count = self.count.saturating_sub(1);
+    }
+
+    pub fn version(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(self.acc);
+        h.update(self.count.to_le_bytes());
+        hex::encode(&h.finalize()[..12])
+    }
+}
+
 /// Errors of a routes file.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
@@ -153,6 +202,30 @@ routes:
         assert!(e.contains("routes[0]") && e.contains("plugins.ai-proxy.provider"), "{e}");
         let missing = YAML.replace("${KEY}", "${UNSET_VAR}");
         assert!(parse_routes_file(&missing, &env).unwrap_err().to_string().contains("UNSET_VAR"));
+    }
+
+    #[test]
+    fn set_hashes_are_order_independent_and_undo_removals() {
+        let mut a = SetHash::default();
+        let empty = a.version();
+        a.add("t", "r1", "v1");
+        a.add("t", "r2", "v1");
+        let mut b = SetHash::default();
+        b.add("t", "r2", "v1");
+        b.add("t", "r1", "v1");
+        assert_eq!(a.version(), b.version());
+        b.remove("t", "r2", "v1");
+        b.add("t", "r2", "v2");
+        assert_ne!(a.version(), b.version());
+        b.remove("t", "r2", "v2");
+        b.remove("t", "r1", "v1");
+        assert_eq!(b.version(), empty);
+        // Field boundaries count: ("ab", "c") is not ("a", "bc").
+        let (mut x, mut y) = (SetHash::default(), SetHash::default());
+        x.add("t", "ab", "c");
+        y.add("t", "a", "bc");
+        assert_ne!(x.version(), y.version());
+        assert_eq!(resource_version(&json!({"a": 1, "b": 2})), resource_version(&json!({"b": 2, "a": 1})));
     }
 
     #[test]

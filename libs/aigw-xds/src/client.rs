@@ -1,40 +1,87 @@
-//! Snapshot subscriber for proxies.
+//! The discovery client for proxies.
 //!
-//! - The first request of every stream carries the node and the last *applied* version
-//!   (so a reconnect at the current version triggers no resend) and an empty nonce.
-//! - Each response is handed to the applier; an ACK is sent only after it returns Ok
-//!   (ACK = applied). On Err the version stays at the last good one and a NACK with the
-//!   reason is sent; the proxy keeps serving what it had.
+//! - The first request of every stream carries the node, the types the proxy applies and
+//!   the system version it last *applied* (so a reconnect at the current version gets
+//!   nothing) and an empty nonce. Nonces belong to a stream; the version survives.
+//! - Each response (a full set or a delta) is handed to the applier whole; an ACK is sent
+//!   only after it returns Ok (ACK = applied). On Err the version stays at the last good
+//!   one and a NACK with the reason is sent; the proxy keeps serving what it had.
+//! - `https://` endpoints are verified against `--control-plane-ca` (else the webpki
+//!   roots). Connection, TLS and authentication failures are logged with their cause and
+//!   retried; the proxy keeps its last good config meanwhile.
 //! - Disconnects: jittered exponential backoff from 0.5 s to 30 s, reset when a
 //!   response arrives (not on connect: a server that accepts and closes at once must
 //!   not cause a hot loop).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use aigw_proto::config::v1::Route;
 use aigw_proto::discovery::v1::discovery_service_client::DiscoveryServiceClient;
-use aigw_proto::discovery::v1::{ErrorDetail, Node, StreamSnapshotsRequest};
+use aigw_proto::discovery::v1::{ErrorDetail, Node, Resource, ResourceName, StreamSnapshotsRequest};
+use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
 use crate::server::NODE_TOKEN_HEADER;
 
-/// Applies a snapshot: Ok = now serving it; Err = rejected, with the reason.
-pub type Applier = Arc<dyn Fn(&str, Vec<Route>) -> Result<(), String> + Send + Sync>;
+/// One response, as the applier sees it.
+#[derive(Debug, Clone, Default)]
+pub struct Update {
+    /// The system version after this update.
+    pub version: String,
+    /// True: `resources` is the complete set (replace everything); false: a delta.
+    pub full_state: bool,
+    pub resources: Vec<Resource>,
+    pub removed: Vec<ResourceName>,
+    /// Bytes of the gRPC message (protobuf + 5-byte frame header).
+    pub bytes: u64,
+}
 
-#[derive(Clone, Debug)]
+/// Applies an update: Ok = now serving it; Err = rejected (nothing of it applied), with
+/// the reason.
+pub type Applier = Arc<dyn Fn(Update) -> Result<(), String> + Send + Sync>;
+
+/// What the client has received, for metrics and benchmarks.
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    pub responses: AtomicU64,
+    pub bytes: AtomicU64,
+    pub acks: AtomicU64,
+    pub nacks: AtomicU64,
+}
+
+#[derive(Clone)]
 pub struct ClientConfig {
-    /// `http://host:port` of aigw-config.
+    /// `http://host:port` or `https://host:port` of aigw-config.
     pub endpoint: String,
     pub node_id: String,
     pub build_version: String,
     pub node_token: Option<String>,
+    /// PEM bundle verifying an `https://` endpoint; None: the webpki roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Resource types this client applies (empty: every type).
+    pub type_urls: Vec<String>,
     /// Version already applied before the first connect (from a snapshot cache).
     pub initial_version: String,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// Largest response accepted (a full set of 10,000 routes is several MB).
+    pub max_message_bytes: usize,
+    pub stats: Arc<ClientStats>,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("endpoint", &self.endpoint)
+            .field("node_id", &self.node_id)
+            .field("node_token", &self.node_token.as_ref().map(|_| "<redacted>"))
+            .field("ca_pem", &self.ca_pem.as_ref().map(Vec::len))
+            .field("type_urls", &self.type_urls)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClientConfig {
@@ -44,9 +91,13 @@ impl ClientConfig {
             node_id: node_id.into(),
             build_version: String::new(),
             node_token: None,
+            ca_pem: None,
+            type_urls: Vec::new(),
             initial_version: String::new(),
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
+            max_message_bytes: 512 << 20,
+            stats: Arc::default(),
         }
     }
 }
@@ -82,6 +133,31 @@ fn unit_random() -> f64 {
     (h % 10_000) as f64 / 10_000.0
 }
 
+/// An error with its causes (`transport error: ...: invalid peer certificate: ...`):
+/// tonic's own message is only the outermost layer.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let msg = s.to_string();
+        if !out.contains(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        src = s.source();
+    }
+    out
+}
+
+fn status_reason(s: &tonic::Status) -> String {
+    let mut out = format!("{:?}: {}", s.code(), s.message());
+    if let Some(src) = std::error::Error::source(s) {
+        out.push_str(": ");
+        out.push_str(&error_chain(src));
+    }
+    out
+}
+
 /// Why one stream ended.
 enum StreamEnd {
     /// At least one response was received on it.
@@ -89,7 +165,7 @@ enum StreamEnd {
     BeforeResponse(String),
 }
 
-/// Runs until `shutdown` resolves: connects, applies snapshots, reconnects.
+/// Runs until `shutdown` resolves: connects, applies updates, reconnects.
 pub async fn run(cfg: ClientConfig, applier: Applier, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
     let mut version = cfg.initial_version.clone();
@@ -107,7 +183,9 @@ pub async fn run(cfg: ClientConfig, applier: Applier, shutdown: impl std::future
             StreamEnd::BeforeResponse(r) => r,
         };
         let delay = backoff.next_delay();
-        tracing::warn!(endpoint = %cfg.endpoint, reason = %reason, retry_in_ms = delay.as_millis() as u64, "config service stream ended; serving last good snapshot");
+        let keeping = if version.is_empty() { "no config applied yet" } else { "keeping the last good config" };
+        tracing::warn!(endpoint = %cfg.endpoint, reason = %reason, applied_version = %version, retry_in_ms = delay.as_millis() as u64,
+            "config service stream ended or refused; {keeping}");
         tokio::select! {
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(delay) => {}
@@ -121,21 +199,25 @@ async fn one_stream(cfg: &ClientConfig, applier: &Applier, version: &mut String)
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true)
-            .tcp_nodelay(true),
+            .keep_alive_while_idle(true),
         Err(e) => return StreamEnd::BeforeResponse(format!("invalid endpoint: {e}")),
     };
-    let channel = match endpoint.connect().await {
+    let connector = match aigw_net::grpc_connector(cfg.ca_pem.as_deref()) {
         Ok(c) => c,
-        Err(e) => return StreamEnd::BeforeResponse(format!("connect: {e}")),
+        Err(e) => return StreamEnd::BeforeResponse(e.to_string()),
     };
-    let mut client = DiscoveryServiceClient::new(channel);
+    let channel = match endpoint.connect_with_connector(connector).await {
+        Ok(c) => c,
+        Err(e) => return StreamEnd::BeforeResponse(format!("connect: {}", error_chain(&e))),
+    };
+    let mut client = DiscoveryServiceClient::new(channel).max_decoding_message_size(cfg.max_message_bytes);
     let (tx, rx) = mpsc::channel::<StreamSnapshotsRequest>(4);
     let first = StreamSnapshotsRequest {
         node: Some(Node { id: cfg.node_id.clone(), build_version: cfg.build_version.clone() }),
-        version_info: version.clone(),
+        system_version_info: version.clone(),
         response_nonce: String::new(),
         error_detail: None,
+        type_urls: cfg.type_urls.clone(),
     };
     if tx.send(first).await.is_err() {
         return StreamEnd::BeforeResponse("request channel closed".into());
@@ -151,35 +233,46 @@ async fn one_stream(cfg: &ClientConfig, applier: &Applier, version: &mut String)
     }
     let mut inbound = match client.stream_snapshots(request).await {
         Ok(r) => r.into_inner(),
-        Err(s) => return StreamEnd::BeforeResponse(format!("{}: {}", s.code(), s.message())),
+        Err(s) => return StreamEnd::BeforeResponse(status_reason(&s)),
     };
     let mut got_response = false;
     let end_reason = loop {
         let resp = match inbound.message().await {
             Ok(Some(r)) => r,
             Ok(None) => break "closed by server".to_owned(),
-            Err(s) => break format!("{}: {}", s.code(), s.message()),
+            Err(s) => break status_reason(&s),
         };
         got_response = true;
+        let bytes = resp.encoded_len() as u64 + 5;
+        cfg.stats.responses.fetch_add(1, Ordering::Relaxed);
+        cfg.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+        let (new_version, nonce) = (resp.system_version_info.clone(), resp.nonce.clone());
+        let (full_state, changed, removed) = (resp.full_state, resp.resources.len(), resp.removed_resources.len());
+        let update = Update {
+            version: resp.system_version_info,
+            full_state: resp.full_state,
+            resources: resp.resources,
+            removed: resp.removed_resources,
+            bytes,
+        };
         let applier = applier.clone();
-        let v = resp.version_info.clone();
-        let routes = resp.routes;
-        // Compiling a large snapshot is CPU work: keep it off the async workers.
-        let result =
-            tokio::task::spawn_blocking(move || applier(&v, routes)).await.unwrap_or_else(|e| Err(format!("applier panicked: {e}")));
+        // Compiling a large update is CPU work: keep it off the async workers.
+        let result = tokio::task::spawn_blocking(move || applier(update)).await.unwrap_or_else(|e| Err(format!("applier panicked: {e}")));
         let ack = match result {
             Ok(()) => {
-                tracing::info!(version = %resp.version_info, "applied snapshot from config service");
-                *version = resp.version_info.clone();
-                StreamSnapshotsRequest { node: None, version_info: version.clone(), response_nonce: resp.nonce, error_detail: None }
+                cfg.stats.acks.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(version = %new_version, full_state, changed, removed, bytes, "applied update from config service");
+                *version = new_version;
+                StreamSnapshotsRequest { system_version_info: version.clone(), response_nonce: nonce, ..Default::default() }
             }
             Err(reason) => {
-                tracing::warn!(version = %resp.version_info, error = %reason, "rejected snapshot (nack); keeping the last good one");
+                cfg.stats.nacks.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(version = %new_version, error = %reason, "rejected update (nack); keeping the last good config");
                 StreamSnapshotsRequest {
-                    node: None,
-                    version_info: version.clone(),
-                    response_nonce: resp.nonce,
+                    system_version_info: version.clone(),
+                    response_nonce: nonce,
                     error_detail: Some(ErrorDetail { code: tonic::Code::InvalidArgument as i32, message: reason }),
+                    ..Default::default()
                 }
             }
         };

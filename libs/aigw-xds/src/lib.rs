@@ -1,9 +1,10 @@
-//! xDS state-of-the-world transport for aigw snapshots: a server that publishes
-//! versioned route sets and a client that applies them. It moves proto routes and
-//! knows nothing of what a route means; validation is the applier's job.
+//! The xDS transport for aigw config: a server that publishes typed resources (Envoy's
+//! `Resource` shape: type URL, name, version, payload) with delta semantics after a
+//! full first set, and a client that applies each update whole and ACKs it. It moves
+//! resources and knows nothing of what they mean; validation is the applier's job.
 
 pub mod client;
 pub mod server;
 
-pub use client::{Applier, ClientConfig};
-pub use server::{Metrics, NodeStatus, Snapshot, XdsServer};
+pub use client::{Applier, ClientConfig, ClientStats, Update};
+pub use server::{Metrics, NodeStatus, Snapshot, TypeSet, XdsServer, secret_eq};

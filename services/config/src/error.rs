@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
     InvalidArgument,
+    PayloadTooLarge,
     NotFound,
     Unauthenticated,
     Internal,
@@ -22,8 +23,12 @@ impl ApiError {
     pub fn invalid(m: impl Into<String>) -> Self {
         Self { code: ErrorCode::InvalidArgument, message: m.into() }
     }
+    pub fn too_large(m: impl Into<String>) -> Self {
+        Self { code: ErrorCode::PayloadTooLarge, message: m.into() }
+    }
     pub fn not_found(id: &str) -> Self {
-        Self { code: ErrorCode::NotFound, message: format!("route {id:?} not found") }
+        let shown: String = id.chars().take(80).collect();
+        Self { code: ErrorCode::NotFound, message: format!("route {shown:?} not found") }
     }
     pub fn unauthenticated() -> Self {
         Self { code: ErrorCode::Unauthenticated, message: "missing or wrong admin key (x-api-key)".into() }
@@ -38,6 +43,7 @@ impl From<ApiError> for tonic::Status {
     fn from(e: ApiError) -> Self {
         match e.code {
             ErrorCode::InvalidArgument => tonic::Status::invalid_argument(e.message),
+            ErrorCode::PayloadTooLarge => tonic::Status::resource_exhausted(e.message),
             ErrorCode::NotFound => tonic::Status::not_found(e.message),
             ErrorCode::Unauthenticated => tonic::Status::unauthenticated(e.message),
             ErrorCode::Internal => tonic::Status::internal(e.message),
@@ -49,6 +55,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match self.code {
             ErrorCode::InvalidArgument => StatusCode::BAD_REQUEST,
+            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,

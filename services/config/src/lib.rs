@@ -21,8 +21,11 @@ use tokio::net::TcpListener;
 pub struct Config {
     pub data_dir: PathBuf,
     pub admin_key: String,
-    pub node_token: Option<String>,
+    /// Proxies must present it (metadata `x-node-token`): discovery is always authenticated.
+    pub node_token: String,
     pub data_key: Option<DataKey>,
+    /// `--tls-cert/--tls-key`: gRPC and REST over TLS on the one port.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Serves until `shutdown` resolves, then drains for at most 5 s (discovery streams
@@ -49,8 +52,8 @@ pub async fn run(
         .build_v1alpha()?;
     let key = admin_key.clone();
     let config_svc = ConfigServiceServer::with_interceptor(grpc::ConfigGrpc { routes: routes.clone() }, move |req: tonic::Request<()>| {
-        let got = req.metadata().get("x-api-key").and_then(|v| v.to_str().ok()).unwrap_or_default();
-        if aigw_xds::server::constant_time_eq(got.as_bytes(), key.as_bytes()) {
+        let got = req.metadata().get("x-api-key").map(|v| v.as_bytes()).unwrap_or_default();
+        if aigw_xds::secret_eq(got, key.as_bytes()) {
             Ok(req)
         } else {
             Err(tonic::Status::unauthenticated("missing or wrong admin key (x-api-key)"))
@@ -66,19 +69,8 @@ pub async fn run(
     let app = grpc.merge(rest).fallback(not_found);
 
     let addr = listener.local_addr()?;
-    tracing::info!(kind = "admin", addr = %addr, "listening");
-    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = drain_tx.send(());
-    });
-    tokio::select! {
-        r = server => r?,
-        _ = async {
-            let _ = drain_rx.await;
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        } => tracing::info!("drain timeout reached"),
-    }
+    tracing::info!(kind = "admin", addr = %addr, tls = cfg.tls.is_some(), "listening");
+    aigw_net::serve(listener, app, cfg.tls, shutdown, Duration::from_secs(5)).await;
     tracing::info!("stopped");
     Ok(())
 }

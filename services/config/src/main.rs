@@ -18,8 +18,15 @@ struct Args {
     #[arg(long, env = "AIGW_ADMIN_KEY", hide_env_values = true)]
     admin_key: Option<String>,
     /// Token proxies must present (metadata `x-node-token`) on discovery streams.
+    /// Discovery is always authenticated: generated and printed once when unset.
     #[arg(long, env = "AIGW_NODE_TOKEN", hide_env_values = true)]
     node_token: Option<String>,
+    /// PEM certificate chain: serve gRPC and REST over TLS on --listen (needs --tls-key).
+    #[arg(long, env = "AIGW_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "AIGW_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// 32-byte key (64 hex chars or base64) to encrypt secret fields with AES-256-GCM.
     #[arg(long, env = "AIGW_DATA_ENCRYPTION_KEY", hide_env_values = true)]
     data_encryption_key: Option<String>,
@@ -50,11 +57,26 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             k
         }
     };
+    let node_token = match args.node_token.filter(|k| !k.is_empty()) {
+        Some(k) => k,
+        None => {
+            let k = aigw_model::secrets::random_token();
+            eprintln!("aigw-config: generated node token for proxies (pass --node-token to choose one): {k}");
+            k
+        }
+    };
+    if node_token.parse::<http::HeaderValue>().is_err() {
+        anyhow::bail!("--node-token must be printable ASCII (it travels as gRPC metadata)");
+    }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => Some(aigw_net::server_tls(c, k)?),
+        _ => None,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = rt.block_on(async move {
         let listener =
             tokio::net::TcpListener::bind(args.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
-        let cfg = aigw_config::Config { data_dir: args.data_dir, admin_key, node_token: args.node_token, data_key };
+        let cfg = aigw_config::Config { data_dir: args.data_dir, admin_key, node_token, data_key, tls };
         aigw_config::run(cfg, listener, aigw_telemetry::shutdown_signal()).await
     });
     if let Some(o) = otel {

@@ -1,12 +1,14 @@
-//! The APISIX-compatible admin REST API (CONTRACT §4), plus `/healthz`, `/metrics`
-//! and `/status/nodes`.
+//! The APISIX-compatible admin REST API (CONTRACT §4), plus `/healthz`, `/metrics`,
+//! `/status/nodes` and `/status/quarantine`. Every error, whatever its cause (bad JSON,
+//! a body over the limit, a path segment that is not UTF-8), is `{"error_msg": ...}`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -14,6 +16,10 @@ use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::routes::RouteService;
+
+/// Largest admin request body. A route is a few KB; the margin lets oversized fields (a
+/// 5 MB id) be read and rejected by name with a 400 rather than cut off with a 413.
+pub const MAX_BODY: usize = 8 << 20;
 
 #[derive(Clone)]
 pub struct RestState {
@@ -27,47 +33,84 @@ pub fn router(state: RestState) -> Router {
         .route("/apisix/admin/routes", get(list).put(put_body).post(post))
         .route("/apisix/admin/routes/{id}", get(get_one).put(put_path).delete(delete))
         .route("/status/nodes", get(nodes))
+        .route("/status/quarantine", get(quarantine))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(reject_oversized))
         .with_state(state)
 }
 
+/// A declared `Content-Length` over the limit gets its 413 before the body is touched,
+/// so a client waiting on `Expect: 100-continue` is never told to send it.
+async fn reject_oversized(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let declared = req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return ApiError::too_large(format!("request body is larger than {MAX_BODY} bytes")).into_response();
+    }
+    next.run(req).await
+}
+
 fn check_key(state: &RestState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let got = headers.get("x-api-key").and_then(|v| v.to_str().ok()).unwrap_or_default();
-    if aigw_xds::server::constant_time_eq(got.as_bytes(), state.admin_key.as_bytes()) { Ok(()) } else { Err(ApiError::unauthenticated()) }
+    let got = headers.get("x-api-key").map(|v| v.as_bytes()).unwrap_or_default();
+    if aigw_xds::secret_eq(got, state.admin_key.as_bytes()) { Ok(()) } else { Err(ApiError::unauthenticated()) }
+}
+
+/// The body, or the JSON error for a body that could not be read (413 over the limit).
+fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    b.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(format!("request body is larger than {MAX_BODY} bytes"))
+        } else {
+            ApiError::invalid(format!("cannot read the request body: {}", r.body_text()))
+        }
+    })
+}
+
+/// The `{id}` path segment; percent-decoded, it must be UTF-8.
+fn path_id(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    p.map(|Path(id)| id).map_err(|_| ApiError::invalid("id: the path segment is not valid UTF-8 once percent-decoded"))
 }
 
 fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
     if body.is_empty() {
-        return Err(ApiError::invalid("request body is empty; send the route JSON"));
+        return Err(ApiError::invalid("(root): request body is empty; send the route JSON"));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("invalid JSON: {e}")))
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("(root): invalid JSON: {e}")))
 }
 
 fn envelope(id: &str, route: Value) -> Value {
     json!({ "key": format!("/apisix/routes/{id}"), "value": route })
 }
 
-async fn do_put(state: &RestState, headers: &HeaderMap, body: &Bytes, id: Option<&str>) -> Result<Response, ApiError> {
-    check_key(state, headers)?;
+/// After the admin key was checked.
+async fn do_put(state: &RestState, body: &Bytes, id: Option<&str>) -> Result<Response, ApiError> {
     let out = state.routes.put(parse_body(body)?, id).await?;
     let id = out.route.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
     let status = if out.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, axum::Json(envelope(&id, out.route))).into_response())
 }
 
-async fn put_path(State(s): State<RestState>, Path(id): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    do_put(&s, &headers, &body, Some(&id)).await
+async fn put_path(
+    State(s): State<RestState>,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    check_key(&s, &headers)?;
+    let id = path_id(id)?;
+    do_put(&s, &body(b)?, Some(&id)).await
 }
 
-async fn put_body(State(s): State<RestState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    do_put(&s, &headers, &body, None).await
+async fn put_body(State(s): State<RestState>, headers: HeaderMap, b: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    check_key(&s, &headers)?;
+    do_put(&s, &body(b)?, None).await
 }
 
 /// APISIX's POST creates a route with a generated id.
-async fn post(State(s): State<RestState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn post(State(s): State<RestState>, headers: HeaderMap, b: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     check_key(&s, &headers)?;
-    let mut v = parse_body(&body)?;
+    let mut v = parse_body(&body(b)?)?;
     if let Some(o) = v.as_object_mut()
         && !o.contains_key("id")
     {
@@ -79,8 +122,9 @@ async fn post(State(s): State<RestState>, headers: HeaderMap, body: Bytes) -> Re
     Ok((StatusCode::CREATED, axum::Json(envelope(&id, out.route))).into_response())
 }
 
-async fn get_one(State(s): State<RestState>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn get_one(State(s): State<RestState>, id: Result<Path<String>, PathRejection>, headers: HeaderMap) -> Result<Response, ApiError> {
     check_key(&s, &headers)?;
+    let id = path_id(id)?;
     let r = s.routes.get(&id).await?;
     Ok(axum::Json(envelope(&id, r)).into_response())
 }
@@ -98,8 +142,9 @@ async fn list(State(s): State<RestState>, headers: HeaderMap) -> Result<Response
     Ok(axum::Json(json!({ "total": list.len(), "list": list, "version": version })).into_response())
 }
 
-async fn delete(State(s): State<RestState>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn delete(State(s): State<RestState>, id: Result<Path<String>, PathRejection>, headers: HeaderMap) -> Result<Response, ApiError> {
     check_key(&s, &headers)?;
+    let id = path_id(id)?;
     s.routes.delete(&id).await?;
     Ok(axum::Json(json!({ "deleted": "1", "key": format!("/apisix/routes/{id}") })).into_response())
 }
@@ -118,18 +163,36 @@ async fn nodes(State(s): State<RestState>, headers: HeaderMap) -> Result<Respons
     Ok(axum::Json(json!({ "nodes": nodes })).into_response())
 }
 
+async fn quarantine(State(s): State<RestState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    check_key(&s, &headers)?;
+    let routes: Vec<Value> = s.routes.quarantine().into_iter().map(|(id, reason)| json!({"id": id, "reason": reason})).collect();
+    Ok(axum::Json(json!({ "routes": routes })).into_response())
+}
+
 async fn metrics(State(s): State<RestState>) -> Response {
     let m = s.xds.metrics();
-    let (routes, _) = s.routes.list().await;
+    let w = &s.routes.metrics;
     let mut out = String::new();
     for (name, help, kind, v) in [
-        ("aigw_config_routes", "Routes stored.", "gauge", routes.len() as u64),
+        ("aigw_config_routes", "Routes stored.", "gauge", s.routes.len() as u64),
+        ("aigw_config_quarantined_routes", "Stored routes left out of snapshots.", "gauge", s.routes.quarantine().len() as u64),
+        ("aigw_config_writes_total", "Route writes and deletes committed.", "counter", w.writes.load(Ordering::Relaxed)),
+        ("aigw_config_commits_total", "Group commits (each one new version).", "counter", w.commits.load(Ordering::Relaxed)),
         ("aigw_xds_streams_active", "Open discovery streams.", "gauge", m.streams_active.load(Ordering::Relaxed)),
-        ("aigw_xds_responses_sent_total", "Snapshots sent.", "counter", m.responses_sent.load(Ordering::Relaxed)),
-        ("aigw_xds_acks_total", "Snapshots applied by proxies.", "counter", m.acks.load(Ordering::Relaxed)),
-        ("aigw_xds_nacks_total", "Snapshots rejected by proxies.", "counter", m.nacks.load(Ordering::Relaxed)),
+        ("aigw_xds_responses_sent_total", "Updates sent (full sets and deltas).", "counter", m.responses_sent.load(Ordering::Relaxed)),
+        ("aigw_xds_full_responses_sent_total", "Full sets sent.", "counter", m.full_responses_sent.load(Ordering::Relaxed)),
+        ("aigw_xds_resources_sent_total", "Resources sent.", "counter", m.resources_sent.load(Ordering::Relaxed)),
+        ("aigw_xds_response_bytes_total", "gRPC message bytes of the updates sent.", "counter", m.response_bytes.load(Ordering::Relaxed)),
+        ("aigw_xds_acks_total", "Updates applied by proxies.", "counter", m.acks.load(Ordering::Relaxed)),
+        ("aigw_xds_nacks_total", "Updates rejected by proxies.", "counter", m.nacks.load(Ordering::Relaxed)),
         ("aigw_xds_stale_nonces_total", "Requests ignored for a stale nonce.", "counter", m.stale_nonces.load(Ordering::Relaxed)),
         ("aigw_xds_suppressed_resends_total", "Rejected versions not resent.", "counter", m.suppressed_resends.load(Ordering::Relaxed)),
+        (
+            "aigw_xds_unauthenticated_total",
+            "Discovery streams refused for a missing or wrong node token.",
+            "counter",
+            m.unauthenticated.load(Ordering::Relaxed),
+        ),
     ] {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
     }

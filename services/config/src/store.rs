@@ -3,10 +3,16 @@
 //! A write goes to a temporary file that is fsynced, renamed over the route's file and
 //! followed by an fsync of the directory, so an acknowledged write survives `kill -9`
 //! and a torn write leaves only a temporary file, which the next start removes.
+//! Writes are committed in groups ([`Store::commit`]): the files of a group are written
+//! and fsynced in parallel (the filesystem journal merges concurrent fsyncs) and the
+//! directory is fsynced once for the whole group.
+//!
+//! The data dir and the routes dir are 0700, every file 0600 (tightened at open).
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -32,12 +38,28 @@ pub struct Store {
 
 /// Temporary files end in `.tmp`; route files end in `.json`, so no route id can collide.
 const TMP_SUFFIX: &str = ".tmp";
+const DIR_MODE: u32 = 0o700;
+const FILE_MODE: u32 = 0o600;
+/// Threads writing one group's files in parallel.
+const WRITERS: usize = 8;
+
+/// Makes `path` private (mode `mode`) when it is not already.
+fn tighten(path: &Path, mode: u32) -> Result<(), StoreError> {
+    let meta = fs::metadata(path).map_err(io(path))?;
+    if meta.permissions().mode() & 0o777 != mode {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io(path))?;
+        tracing::info!(path = %path.display(), mode = format!("{mode:o}"), "made private");
+    }
+    Ok(())
+}
 
 impl Store {
-    /// Opens (creating) the store and loads every route.
+    /// Opens (creating) the store, makes it private and loads every route.
     pub fn open(data_dir: &Path) -> Result<(Store, BTreeMap<String, Value>), StoreError> {
         let dir = data_dir.join("routes");
-        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(&dir).map_err(io(&dir))?;
+        tighten(data_dir, DIR_MODE)?;
+        tighten(&dir, DIR_MODE)?;
         let mut routes = BTreeMap::new();
         for entry in fs::read_dir(&dir).map_err(io(&dir))? {
             let entry = entry.map_err(io(&dir))?;
@@ -50,6 +72,7 @@ impl Store {
                 continue;
             }
             let Some(id) = name.strip_suffix(".json") else { continue };
+            tighten(&path, FILE_MODE)?;
             let bytes = fs::read(&path).map_err(io(&path))?;
             let value: Value =
                 serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt { path: path.clone(), msg: e.to_string() })?;
@@ -66,13 +89,14 @@ impl Store {
         File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))
     }
 
-    /// Durably writes a route (ids are validated: safe as file names).
-    pub fn put(&self, id: &str, value: &Value) -> Result<(), StoreError> {
+    /// Writes one route's file durably except for the directory entry (temp file,
+    /// fsync, rename).
+    fn write_file(&self, id: &str, value: &Value) -> Result<(), StoreError> {
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let tmp = self.dir.join(format!(".{id}-{}-{n}{TMP_SUFFIX}", std::process::id()));
         let bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
         let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
+            let mut f = OpenOptions::new().write(true).create_new(true).mode(FILE_MODE).open(&tmp)?;
             f.write_all(&bytes)?;
             f.sync_all()
         };
@@ -81,21 +105,52 @@ impl Store {
             return Err(StoreError::Io { path: tmp, source: e });
         }
         let dst = self.file(id);
-        fs::rename(&tmp, &dst).map_err(io(&dst))?;
-        self.sync_dir()
+        fs::rename(&tmp, &dst).map_err(io(&dst))
     }
 
-    /// Durably removes a route; Ok(false) when it did not exist.
-    pub fn delete(&self, id: &str) -> Result<bool, StoreError> {
+    fn remove_file(&self, id: &str) -> Result<(), StoreError> {
         let path = self.file(id);
         match fs::remove_file(&path) {
-            Ok(()) => {
-                self.sync_dir()?;
-                Ok(true)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(StoreError::Io { path, source: e }),
         }
+    }
+
+    /// Commits a group of changes (`Some` = write, `None` = delete; ids are validated,
+    /// so safe as file names). Returns one result per change, in order: a change is
+    /// durable when its result is Ok. Files are written in parallel; the directory is
+    /// fsynced once.
+    pub fn commit(&self, changes: &[(&str, Option<&Value>)]) -> Vec<Result<(), StoreError>> {
+        let mut results: Vec<Option<Result<(), StoreError>>> = changes.iter().map(|_| None).collect();
+        let chunk = changes.len().div_ceil(WRITERS).max(1);
+        std::thread::scope(|s| {
+            for (slots, work) in results.chunks_mut(chunk).zip(changes.chunks(chunk)) {
+                s.spawn(move || {
+                    for (slot, (id, value)) in slots.iter_mut().zip(work) {
+                        *slot = Some(match value {
+                            Some(v) => self.write_file(id, v),
+                            None => self.remove_file(id),
+                        });
+                    }
+                });
+            }
+        });
+        let dir = self.sync_dir();
+        results
+            .into_iter()
+            .map(|r| match (r.unwrap_or(Ok(())), &dir) {
+                (Ok(()), Err(StoreError::Io { path, source })) => {
+                    Err(StoreError::Io { path: path.clone(), source: std::io::Error::new(source.kind(), source.to_string()) })
+                }
+                (r, _) => r,
+            })
+            .collect()
+    }
+
+    /// Durably writes one route.
+    pub fn put(&self, id: &str, value: &Value) -> Result<(), StoreError> {
+        self.commit(&[(id, Some(value))]).pop().unwrap_or(Ok(()))
     }
 }
 
@@ -104,22 +159,34 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn mode(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
     #[test]
-    fn put_delete_reopen_and_torn_writes() {
+    fn commit_reopen_torn_writes_and_private_files() {
         let dir = std::env::temp_dir().join(format!("aigw-store-test-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let (s, routes) = Store::open(&dir).unwrap();
         assert!(routes.is_empty());
-        s.put("a", &json!({"id": "a", "uri": "/a"})).unwrap();
-        s.put("b", &json!({"id": "b"})).unwrap();
-        s.put("a", &json!({"id": "a", "uri": "/a2"})).unwrap();
-        assert!(s.delete("b").unwrap());
-        assert!(!s.delete("b").unwrap());
+        let (a1, b, a2) = (json!({"id": "a", "uri": "/a"}), json!({"id": "b"}), json!({"id": "a", "uri": "/a2"}));
+        assert!(s.commit(&[("a", Some(&a1)), ("b", Some(&b))]).iter().all(Result::is_ok));
+        s.put("a", &a2).unwrap();
+        let many: Vec<(String, Value)> = (0..40).map(|i| (format!("m{i}"), json!({"id": format!("m{i}")}))).collect();
+        let changes: Vec<(&str, Option<&Value>)> = many.iter().map(|(id, v)| (id.as_str(), Some(v))).collect();
+        assert!(s.commit(&changes).iter().all(Result::is_ok));
+        let deletes: Vec<(&str, Option<&Value>)> = many.iter().map(|(id, _)| (id.as_str(), None)).chain([("b", None)]).collect();
+        assert!(s.commit(&deletes).iter().all(Result::is_ok));
         // Ids that look like temporary files are still routes.
         s.put(".tmp-x", &json!({"id": ".tmp-x"})).unwrap();
         // A torn write: a temporary file that was never renamed.
         fs::write(dir.join("routes/.c-1-0.tmp"), b"{\"id\": \"c\", \"ur").unwrap();
+        // Files and dirs are private, and made so at open when they were not.
+        assert_eq!((mode(&dir), mode(&dir.join("routes")), mode(&dir.join("routes/a.json"))), (0o700, 0o700, 0o600));
+        fs::set_permissions(dir.join("routes/a.json"), fs::Permissions::from_mode(0o644)).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
         let (_s, routes) = Store::open(&dir).unwrap();
+        assert_eq!((mode(&dir), mode(&dir.join("routes/a.json"))), (0o700, 0o600));
         assert_eq!(routes.len(), 2);
         assert_eq!(routes["a"]["uri"], "/a2");
         assert!(routes.contains_key(".tmp-x"));

@@ -55,6 +55,9 @@ pub struct Config {
     /// aigw-token-cache; None: minted in-process.
     pub token_cache: Option<aigw_gcp_auth::TokenCacheOptions>,
     pub telemetry: Telemetry,
+    /// `--control-plane-ca`: PEM bundle verifying `https://` control-plane URLs (the
+    /// config service, the token cache); None: the webpki roots.
+    pub control_plane_ca: Option<Vec<u8>>,
 }
 
 /// What `main` set up for OpenTelemetry: the instruments (served on `/metrics`, pushed by
@@ -107,6 +110,11 @@ pub async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut stopped = stop_rx.clone();
     let stop_signal = async move { serve::wait_stop(&mut stopped).await };
+    // Init gating (Envoy's init manager): the data listener is bound (connections queue
+    // in its backlog) but accepts nothing until the first config is applied, from the
+    // routes file, the snapshot cache or the config service: never a 404 for a route the
+    // node is about to have.
+    let data_addr = data.local_addr()?;
     match cfg.source {
         Source::File(path) => {
             let first = std::fs::read(&path).unwrap_or_default();
@@ -115,18 +123,35 @@ pub async fn run(
             state.apply(compiled);
             tokio::spawn(sources::watch_file(path, cfg.data_key, state.clone(), first));
         }
-        Source::Xds(src) => {
+        Source::Xds(mut src) => {
+            if src.ca_pem.is_none() {
+                src.ca_pem = cfg.control_plane_ca.clone();
+            }
             tokio::spawn(sources::run_xds(*src, state.clone(), stop_signal));
         }
     }
-    tracing::info!(kind = "data", addr = %data.local_addr()?, "listening");
+    if *state.applied.borrow() {
+        tracing::info!(kind = "data", addr = %data_addr, "listening");
+    } else {
+        tracing::info!(kind = "data", addr = %data_addr, "listening; connections wait until the first config is applied");
+    }
     tracing::info!(kind = "status", addr = %status.local_addr()?, "listening");
 
     let limits = cfg.client_limits;
     let st = state.clone();
     let status_task = tokio::spawn(serve::serve(status, stop_rx.clone(), limits, move |req, _| status::handle(st.clone(), req)));
     let st = state.clone();
-    let data_task = tokio::spawn(serve::serve(data, stop_rx, limits, move |req, remote| pipeline::handle(st.clone(), req, remote)));
+    let mut data_stop = stop_rx.clone();
+    let data_task = tokio::spawn(async move {
+        let mut applied = st.applied.subscribe();
+        let first_config = async move { applied.wait_for(|a| *a).await.is_ok() };
+        tokio::select! {
+            ok = first_config => if !ok { return },
+            _ = serve::wait_stop(&mut data_stop) => return,
+        }
+        tracing::info!(kind = "data", addr = %data_addr, "accepting: first config applied");
+        serve::serve(data, stop_rx, limits, move |req, remote| pipeline::handle(st.clone(), req, remote)).await
+    });
     shutdown.await;
     tracing::info!("shutting down: draining in-flight requests");
     let _ = stop_tx.send(true);

@@ -37,7 +37,7 @@ struct Args {
     /// unreachable tokens are minted locally.
     #[arg(long, env = "AIGW_TOKEN_CACHE")]
     token_cache: Option<String>,
-    /// PEM bundle verifying https:// control-plane URLs (config service, token cache); default: the bundled webpki roots
+    /// PEM bundle verifying https:// control-plane URLs (config service, token cache); default: the webpki roots.
     #[arg(long, env = "AIGW_CONTROL_PLANE_CA")]
     control_plane_ca: Option<PathBuf>,
     /// Persist the last applied snapshot here; used at start while the config service is unreachable.
@@ -103,6 +103,14 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         genai_latest: aigw_telemetry::config::genai_latest(&|n| std::env::var(n).ok()),
     };
     let data_key = aigw_model::secrets::DataKey::from_flag(args.data_encryption_key.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
+    let control_plane_ca = match &args.control_plane_ca {
+        Some(p) => {
+            let pem = std::fs::read(p).map_err(|e| anyhow::anyhow!("--control-plane-ca {}: {e}", p.display()))?;
+            aigw_net::roots_from_pem(&pem).map_err(|e| anyhow::anyhow!("{e} ({})", p.display()))?;
+            Some(pem)
+        }
+        None => None,
+    };
     let source = match (args.routes, args.config_service) {
         (Some(path), None) => aigw_proxy::Source::File(path),
         (None, Some(url)) => {
@@ -121,6 +129,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
                 node_token: args.node_token.clone(),
                 cache: args.snapshot_cache.map(|path| aigw_proxy::sources::SnapshotCache { path }),
                 key: data_key.clone(),
+                ca_pem: control_plane_ca.clone(),
             }))
         }
         _ => anyhow::bail!("give exactly one of --routes FILE or --config-service URL"),
@@ -130,11 +139,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 anyhow::bail!("--token-cache must be http://HOST:PORT or https://HOST:PORT, got {url:?}");
             }
-            let ca_pem = match &args.control_plane_ca {
-                Some(path) => Some(std::fs::read(path).map_err(|e| anyhow::anyhow!("--control-plane-ca {}: {e}", path.display()))?),
-                None => None,
-            };
-            Some(aigw_gcp_auth::TokenCacheOptions { url, node_token: args.node_token.clone(), ca_pem })
+            Some(aigw_gcp_auth::TokenCacheOptions { url, node_token: args.node_token.clone(), ca_pem: control_plane_ca.clone() })
         }
         None => None,
     };
@@ -147,7 +152,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.status_listen))?;
         let client_limits = aigw_proxy::ClientLimits { header_timeout: args.client_header_timeout, body_timeout: args.client_body_timeout };
-        let cfg = aigw_proxy::Config { source, data_key, access_log, client_limits, token_cache, telemetry };
+        let cfg = aigw_proxy::Config { source, data_key, access_log, client_limits, token_cache, telemetry, control_plane_ca };
         aigw_proxy::run(cfg, data, status, aigw_telemetry::shutdown_signal()).await
     });
     if let Some(o) = otel {

@@ -1,35 +1,53 @@
-//! Snapshot compilation: JSON routes → an immutable [`RuntimeConfig`] (every route
-//! compiled, router built). Runs off the hot path whenever a snapshot arrives; requests
-//! only read the result.
+//! Config compilation: routes → an immutable [`RuntimeConfig`] (routes compiled, router
+//! built). Runs off the hot path whenever an update arrives; requests only read the
+//! result. Updates are incremental: a route whose resource version did not change keeps
+//! its compiled `Arc<CompiledRoute>`; only added or changed routes are compiled, and an
+//! update that fails anywhere is rejected whole (nothing of it applied).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use aigw_model::secrets;
+use aigw_model::snapshot::resource_version;
 use serde_json::Value;
 
 use crate::compiled::{CompileCtx, CompiledRoute, compile_route};
 use crate::router::Router;
 
+/// One route as received.
+#[derive(Debug)]
+pub struct Entry {
+    /// Content hash of the route as received (the resource version).
+    pub version: String,
+    /// The route JSON as received (secrets encrypted or as configured), compact; for
+    /// `/config_dump` and the snapshot cache.
+    pub source: Box<str>,
+    /// None when the route is disabled (`status: 0`). Compiled routes do not keep the
+    /// JSON of their plugins or `vars` (see `slim`): read typed configs, or `source`.
+    pub compiled: Option<Arc<CompiledRoute>>,
+}
+
 pub struct RuntimeConfig {
     pub version: String,
     pub router: Router,
+    /// Enabled routes, by id.
     pub routes: Vec<Arc<CompiledRoute>>,
-    /// The routes as received (secrets encrypted or as configured), for the snapshot cache.
-    pub source: Vec<Value>,
+    /// Every route received, by id.
+    pub entries: BTreeMap<Arc<str>, Arc<Entry>>,
 }
 
 impl RuntimeConfig {
     pub fn empty() -> RuntimeConfig {
-        RuntimeConfig { version: String::new(), router: Router::default(), routes: Vec::new(), source: Vec::new() }
+        RuntimeConfig { version: String::new(), router: Router::default(), routes: Vec::new(), entries: BTreeMap::new() }
     }
 
     /// Routes for `/config_dump`: secrets redacted whatever their form.
     pub fn dump(&self) -> Value {
         let routes: Vec<Value> = self
-            .source
-            .iter()
-            .map(|r| {
-                let mut r = r.clone();
+            .entries
+            .values()
+            .map(|e| {
+                let mut r: Value = serde_json::from_str(&e.source).unwrap_or(Value::Null);
                 secrets::redact_all(&mut r);
                 r
             })
@@ -38,22 +56,99 @@ impl RuntimeConfig {
     }
 }
 
-/// Compiles a whole snapshot; any error rejects all of it (never half-applied).
-pub fn compile(version: &str, routes: Vec<Value>, ctx: &CompileCtx<'_>) -> Result<RuntimeConfig, String> {
-    let mut compiled = Vec::with_capacity(routes.len());
-    let mut seen = std::collections::HashSet::with_capacity(routes.len());
-    for r in &routes {
-        let id = r.get("id").and_then(Value::as_str).unwrap_or_default();
-        if !seen.insert(id.to_owned()) {
-            return Err(format!("route {id:?}: duplicate id"));
-        }
-        let c = compile_route(r, ctx).map_err(|e| format!("route {id:?}: {e}"))?;
-        if c.spec.route.status != Some(0) {
-            compiled.push(Arc::new(c));
+/// One route of an update.
+pub enum Change {
+    /// Added or changed: the route JSON and its resource version.
+    Upsert {
+        id: String,
+        version: String,
+        route: Value,
+    },
+    Remove {
+        id: String,
+    },
+}
+
+/// How much an update compiled.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyStats {
+    pub compiled: usize,
+    pub reused: usize,
+    pub removed: usize,
+}
+
+/// Applies an update to `prev`: a full set (`full_state`: replaces everything) or a delta.
+/// Unchanged routes keep their compiled form. Any error rejects the whole update.
+/// `changes` is consumed one at a time, so a large update never holds all its routes'
+/// JSON at once (decode, compile, drop).
+pub fn apply(
+    prev: &RuntimeConfig,
+    version: &str,
+    full_state: bool,
+    changes: impl IntoIterator<Item = Result<Change, String>>,
+    ctx: &CompileCtx<'_>,
+) -> Result<(RuntimeConfig, ApplyStats), String> {
+    let mut stats = ApplyStats::default();
+    let mut entries = if full_state { BTreeMap::new() } else { prev.entries.clone() };
+    let mut seen = std::collections::HashSet::new();
+    for change in changes {
+        match change? {
+            Change::Upsert { id, version, route } => {
+                if !seen.insert(id.clone()) {
+                    return Err(format!("route {id:?}: duplicate id"));
+                }
+                if let Some(old) = prev.entries.get(id.as_str())
+                    && old.version == version
+                {
+                    entries.insert(Arc::from(id.as_str()), old.clone());
+                    stats.reused += 1;
+                    continue;
+                }
+                let mut c = compile_route(&route, ctx).map_err(|e| format!("route {id:?}: {e}"))?;
+                slim(&mut c);
+                if c.id() != id {
+                    return Err(format!("route {id:?}: the resource holds route id {:?}", c.id()));
+                }
+                let compiled = (c.spec.route.status != Some(0)).then(|| Arc::new(c));
+                let source = serde_json::to_string(&route).unwrap_or_default().into_boxed_str();
+                entries.insert(Arc::from(id.as_str()), Arc::new(Entry { version, source, compiled }));
+                stats.compiled += 1;
+            }
+            Change::Remove { id } => {
+                if !seen.insert(id.clone()) {
+                    return Err(format!("route {id:?}: both changed and removed in one update"));
+                }
+                if entries.remove(id.as_str()).is_some() {
+                    stats.removed += 1;
+                }
+            }
         }
     }
-    let router = Router::build(&compiled);
-    Ok(RuntimeConfig { version: version.to_owned(), router, routes: compiled, source: routes })
+    if full_state {
+        stats.removed = prev.entries.keys().filter(|k| !entries.contains_key(*k)).count();
+    }
+    let routes: Vec<Arc<CompiledRoute>> = entries.values().filter_map(|e| e.compiled.clone()).collect();
+    let router = Router::build(&routes);
+    Ok((RuntimeConfig { version: version.to_owned(), router, routes, entries }, stats))
+}
+
+/// Drops what a compiled route no longer needs once compiled: the JSON of its plugin
+/// configs and of `vars` (about 4 KB a route: serde_json maps are B-tree nodes). The typed
+/// configs (`spec.ai_proxy`, …) and the compiled `spec.vars` stay; the JSON as received
+/// is in [`Entry::source`]. This is what keeps 10,000 routes under 60 MB.
+fn slim(c: &mut CompiledRoute) {
+    c.spec.route.plugins = BTreeMap::new();
+    c.spec.route.vars = None;
+}
+
+/// Compiles a whole route set (routes files, the snapshot cache); any error rejects all
+/// of it (never half-applied).
+pub fn compile(version: &str, routes: Vec<Value>, ctx: &CompileCtx<'_>) -> Result<RuntimeConfig, String> {
+    let changes = routes.into_iter().map(|r| {
+        let id = r.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+        Ok(Change::Upsert { id, version: resource_version(&r), route: r })
+    });
+    apply(&RuntimeConfig::empty(), version, true, changes, ctx).map(|(c, _)| c)
 }
 
 #[cfg(test)]
@@ -64,6 +159,18 @@ mod tests {
 
     fn route(ai: Value) -> Value {
         json!({"id": "r", "uri": "/x", "plugins": {"ai-proxy": ai}})
+    }
+
+    fn chat(id: &str, uri: &str) -> Value {
+        json!({"id": id, "uri": uri, "plugins": {"ai-proxy": {"provider": "openai", "auth": {}}}})
+    }
+
+    fn up(r: Value) -> Result<Change, String> {
+        Ok(Change::Upsert { id: r["id"].as_str().unwrap().to_owned(), version: resource_version(&r), route: r })
+    }
+
+    fn rm(id: &str) -> Result<Change, String> {
+        Ok(Change::Remove { id: id.to_owned() })
     }
 
     #[test]
@@ -77,6 +184,43 @@ mod tests {
         assert!(err.contains("duplicate"), "{err}");
         let ok = compile("v", vec![good], &CompileCtx::bare(&Upstreams::default())).unwrap();
         assert_eq!(ok.routes.len(), 1);
+    }
+
+    #[test]
+    fn deltas_compile_only_what_changed() {
+        let ups = Upstreams::default();
+        let ctx = CompileCtx::bare(&ups);
+        let v1 = compile("v1", vec![chat("a", "/a"), chat("b", "/b"), chat("c", "/c")], &ctx).unwrap();
+        let a1 = v1.entries["a"].compiled.clone().unwrap();
+        let b1 = v1.entries["b"].compiled.clone().unwrap();
+        // Delta: b changes, c goes, d comes; a is untouched and keeps its Arc.
+        let (v2, stats) = apply(&v1, "v2", false, vec![up(chat("b", "/b2")), rm("c"), up(chat("d", "/d"))], &ctx).unwrap();
+        assert_eq!(stats, ApplyStats { compiled: 2, reused: 0, removed: 1 });
+        assert!(Arc::ptr_eq(&a1, v2.entries["a"].compiled.as_ref().unwrap()));
+        assert!(!Arc::ptr_eq(&b1, v2.entries["b"].compiled.as_ref().unwrap()));
+        let ids: Vec<&str> = v2.routes.iter().map(|r| r.id()).collect();
+        assert_eq!(ids, vec!["a", "b", "d"]);
+        assert!(v2.router.first_where("/b2", |_| true).is_some() && v2.router.first_where("/c", |_| true).is_none());
+        // A full set reuses what has the same version and drops the rest.
+        let (v3, stats) = apply(&v2, "v3", true, vec![up(chat("a", "/a")), up(chat("d", "/d2"))], &ctx).unwrap();
+        assert_eq!(stats, ApplyStats { compiled: 1, reused: 1, removed: 1 });
+        assert!(Arc::ptr_eq(&a1, v3.entries["a"].compiled.as_ref().unwrap()));
+        assert_eq!(v3.entries.len(), 2);
+        // A failing delta changes nothing: the caller keeps v3.
+        let mut bad = chat("a", "/a");
+        bad["plugins"]["ai-proxy"]["auth"] = json!({"header": {"k": "$env://NOPE"}});
+        let err = apply(&v3, "v4", false, vec![up(chat("e", "/e")), up(bad)], &ctx).err().unwrap();
+        assert!(err.contains("route \"a\"") && err.contains("NOPE"), "{err}");
+        // Disabled routes are kept (for the dump) but not routed.
+        let mut off = chat("f", "/f");
+        off["status"] = json!(0);
+        let (v5, _) = apply(&v3, "v5", false, vec![up(off)], &ctx).unwrap();
+        assert_eq!((v5.entries.len(), v5.routes.len()), (3, 2));
+        // A resource named differently from its route is rejected.
+        let wrong = Ok(Change::Upsert { id: "other".into(), version: "x".into(), route: chat("g", "/g") });
+        assert!(apply(&v5, "v6", false, vec![wrong], &ctx).err().unwrap().contains("holds route id"));
+        // A change that could not even be decoded rejects the update too.
+        assert_eq!(apply(&v5, "v7", false, vec![up(chat("h", "/h")), Err("bad payload".into())], &ctx).err().unwrap(), "bad payload");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Where a node's config comes from: a routes file (standalone) or aigw-config
-//! (subscribed), with an optional on-disk cache of the last applied snapshot.
+//! (subscribed), with an optional on-disk cache of the last applied config.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,11 +8,14 @@ use std::time::Duration;
 use aigw_gcp_auth::GcpAuth;
 use aigw_model::proto_json::route_from_proto;
 use aigw_model::secrets::DataKey;
-use aigw_model::snapshot::{parse_routes_file, version_of};
-use serde_json::{Value, json};
+use aigw_model::snapshot::{ROUTE_TYPE_URL, parse_routes_file, resource_version, version_of};
+use aigw_proto::config::v1::Route as PbRoute;
+use aigw_proto::discovery::v1::Resource;
+use prost::Message as _;
+use serde_json::Value;
 
 use crate::compiled::CompileCtx;
-use crate::runtime;
+use crate::runtime::{self, Change, RuntimeConfig};
 use crate::state::AppState;
 use crate::upstream::Upstreams;
 
@@ -20,14 +23,17 @@ fn env_lookup(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
+fn ctx<'a>(key: Option<&'a DataKey>, upstreams: &'a Upstreams, gcp: &'a GcpAuth) -> CompileCtx<'a> {
+    CompileCtx { key, env: &env_lookup, upstreams, gcp }
+}
+
 /// Loads, validates and compiles a routes file.
-pub fn load_file(path: &Path, key: Option<&DataKey>, upstreams: &Upstreams, gcp: &GcpAuth) -> Result<runtime::RuntimeConfig, String> {
+pub fn load_file(path: &Path, key: Option<&DataKey>, upstreams: &Upstreams, gcp: &GcpAuth) -> Result<RuntimeConfig, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut routes = parse_routes_file(&text, &env_lookup).map_err(|e| format!("{}: {e}", path.display()))?;
     routes.sort_by(|a, b| a.get("id").and_then(Value::as_str).cmp(&b.get("id").and_then(Value::as_str)));
     let version = version_of(&routes);
-    runtime::compile(&version, routes, &CompileCtx { key, env: &env_lookup, upstreams, gcp })
-        .map_err(|e| format!("{}: {e}", path.display()))
+    runtime::compile(&version, routes, &ctx(key, upstreams, gcp)).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Polls the routes file and re-applies it on change. Polling (not inotify) also sees
@@ -58,16 +64,26 @@ pub async fn watch_file(path: PathBuf, key: Option<DataKey>, state: Arc<AppState
     }
 }
 
-/// The on-disk cache of the last applied snapshot (routes as received: secrets stay
-/// encrypted when the config service encrypts them). Written atomically, mode 0600.
+/// The on-disk cache of the last applied config: every route as received (secrets stay
+/// encrypted when the config service encrypts them) with its resource version, so a
+/// restarted node serves at once and recompiles only what changed meanwhile. Written
+/// atomically, mode 0600, by a background writer that always writes the latest config.
 pub struct SnapshotCache {
     pub path: PathBuf,
 }
 
+/// One cached route.
+pub struct CachedRoute {
+    pub version: String,
+    pub route: Value,
+}
+
 impl SnapshotCache {
-    pub fn load(&self) -> Option<(String, Vec<Value>)> {
+    /// `{"version", "resources": [{"name", "version", "route"}]}`; the first release's
+    /// `{"version", "routes": [...]}` is read too.
+    pub fn load(&self) -> Option<(String, Vec<CachedRoute>)> {
         let bytes = std::fs::read(&self.path).ok()?;
-        let v: Value = match serde_json::from_slice(&bytes) {
+        let mut v: Value = match serde_json::from_slice(&bytes) {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(file = %self.path.display(), error = %e, "ignoring unreadable snapshot cache");
@@ -75,18 +91,60 @@ impl SnapshotCache {
             }
         };
         let version = v.get("version")?.as_str()?.to_owned();
-        let routes = v.get("routes")?.as_array()?.clone();
+        let routes = if let Some(Value::Array(res)) = v.get_mut("resources").map(Value::take) {
+            res.into_iter()
+                .filter_map(|mut r| {
+                    let version = r.get("version")?.as_str()?.to_owned();
+                    Some(CachedRoute { version, route: r.get_mut("route")?.take() })
+                })
+                .collect()
+        } else {
+            v.get_mut("routes")?.as_array_mut()?.drain(..).map(|r| CachedRoute { version: resource_version(&r), route: r }).collect()
+        };
         Some((version, routes))
     }
 
-    pub fn store(&self, version: &str, routes: &[Value]) -> std::io::Result<()> {
+    /// Writes `cfg` (built from the routes' sources as received, without re-encoding them).
+    pub fn store(&self, cfg: &RuntimeConfig) -> std::io::Result<()> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
+        let mut out = String::with_capacity(cfg.entries.values().map(|e| e.source.len() + 64).sum::<usize>() + 64);
+        out.push_str("{\"version\":");
+        out.push_str(&Value::String(cfg.version.clone()).to_string());
+        out.push_str(",\"resources\":[");
+        for (i, (name, e)) in cfg.entries.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str("{\"name\":");
+            out.push_str(&Value::String(name.to_string()).to_string());
+            out.push_str(",\"version\":");
+            out.push_str(&Value::String(e.version.clone()).to_string());
+            out.push_str(",\"route\":");
+            out.push_str(&e.source);
+            out.push('}');
+        }
+        out.push_str("]}");
         let tmp = self.path.with_extension(format!("tmp-{}", std::process::id()));
         let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        f.write_all(&serde_json::to_vec(&json!({"version": version, "routes": routes})).unwrap_or_default())?;
+        f.write_all(out.as_bytes())?;
         f.sync_all()?;
         std::fs::rename(&tmp, &self.path)
+    }
+
+    /// Keeps the cache at the latest applied config: waits for a change, writes, repeats
+    /// (configs applied during a write are coalesced into the next one).
+    async fn writer(self, mut applied: tokio::sync::watch::Receiver<Option<Arc<RuntimeConfig>>>) {
+        let cache = Arc::new(self);
+        while applied.changed().await.is_ok() {
+            let Some(cfg) = applied.borrow_and_update().clone() else { continue };
+            let c = cache.clone();
+            match tokio::task::spawn_blocking(move || c.store(&cfg)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(file = %cache.path.display(), error = %e, "cannot write snapshot cache"),
+                Err(e) => tracing::warn!(error = %e, "snapshot cache writer failed"),
+            }
+        }
     }
 }
 
@@ -96,45 +154,68 @@ pub struct XdsSource {
     pub node_token: Option<String>,
     pub cache: Option<SnapshotCache>,
     pub key: Option<DataKey>,
+    /// PEM bundle for `https://` endpoints (`--control-plane-ca`); None: webpki roots.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+/// A route resource as a change: its payload decoded to the route's JSON form.
+fn route_change(r: Resource) -> Result<Change, String> {
+    if r.type_url != ROUTE_TYPE_URL {
+        return Err(format!("resource {:?}: unknown type {:?}", r.name, r.type_url));
+    }
+    let payload = r.payload.ok_or_else(|| format!("route {:?}: no payload", r.name))?;
+    if payload.type_url != ROUTE_TYPE_URL {
+        return Err(format!("route {:?}: payload of type {:?}", r.name, payload.type_url));
+    }
+    let pb = PbRoute::decode(payload.value.as_slice()).map_err(|e| format!("route {:?}: cannot decode: {e}", r.name))?;
+    Ok(Change::Upsert { id: r.name, version: r.version, route: route_from_proto(&pb) })
 }
 
 /// Applies the snapshot cache (if any) and subscribes until `shutdown`.
 pub async fn run_xds(src: XdsSource, state: Arc<AppState>, shutdown: impl std::future::Future<Output = ()>) {
     let mut initial_version = String::new();
-    if let Some(cache) = &src.cache
-        && let Some((version, routes)) = cache.load()
-    {
-        match runtime::compile(
-            &version,
-            routes,
-            &CompileCtx { key: src.key.as_ref(), env: &env_lookup, upstreams: &state.upstreams, gcp: &state.gcp },
-        ) {
-            Ok(cfg) => {
-                tracing::info!(version = %version, file = %cache.path.display(), "serving cached snapshot until the config service answers");
-                state.apply(cfg);
-                initial_version = version;
+    let (cache_tx, cache_rx) = tokio::sync::watch::channel::<Option<Arc<RuntimeConfig>>>(None);
+    if let Some(cache) = src.cache {
+        if let Some((version, routes)) = cache.load() {
+            let changes = routes.into_iter().map(|c| {
+                let id = c.route["id"].as_str().unwrap_or_default().to_owned();
+                Ok(Change::Upsert { id, version: c.version, route: c.route })
+            });
+            match runtime::apply(&RuntimeConfig::empty(), &version, true, changes, &ctx(src.key.as_ref(), &state.upstreams, &state.gcp)) {
+                Ok((cfg, _)) => {
+                    tracing::info!(version = %version, file = %cache.path.display(), "serving cached snapshot until the config service answers");
+                    state.apply(cfg);
+                    initial_version = version;
+                }
+                Err(e) => tracing::warn!(error = %e, "cached snapshot does not compile; ignoring it"),
             }
-            Err(e) => tracing::warn!(error = %e, "cached snapshot does not compile; ignoring it"),
         }
+        tokio::spawn(cache.writer(cache_rx));
     }
     let mut cfg = aigw_xds::ClientConfig::new(src.endpoint.clone(), src.node_id.clone());
     cfg.node_token = src.node_token.clone();
+    cfg.ca_pem = src.ca_pem.clone();
+    cfg.type_urls = vec![ROUTE_TYPE_URL.to_owned()];
     cfg.initial_version = initial_version;
     cfg.build_version = env!("CARGO_PKG_VERSION").to_owned();
     let key = src.key.clone();
-    let cache = src.cache.map(Arc::new);
     let st = state.clone();
-    let applier: aigw_xds::Applier = Arc::new(move |version: &str, routes| {
-        let mut json: Vec<Value> = routes.iter().map(route_from_proto).collect();
-        json.sort_by(|a, b| a.get("id").and_then(Value::as_str).cmp(&b.get("id").and_then(Value::as_str)));
-        match runtime::compile(version, json, &CompileCtx { key: key.as_ref(), env: &env_lookup, upstreams: &st.upstreams, gcp: &st.gcp }) {
-            Ok(compiled) => {
-                if let Some(c) = &cache
-                    && let Err(e) = c.store(version, &compiled.source)
-                {
-                    tracing::warn!(file = %c.path.display(), error = %e, "cannot write snapshot cache");
-                }
-                st.apply(compiled);
+    let applier: aigw_xds::Applier = Arc::new(move |update: aigw_xds::Update| {
+        // Decoded one at a time as the compile consumes them.
+        let removed = update.removed.into_iter().map(|r| {
+            if r.type_url != ROUTE_TYPE_URL {
+                return Err(format!("removed resource {:?}: unknown type {:?}", r.name, r.type_url));
+            }
+            Ok(Change::Remove { id: r.name })
+        });
+        let changes = update.resources.into_iter().map(route_change).chain(removed);
+        let prev = st.config.load_full();
+        match runtime::apply(&prev, &update.version, update.full_state, changes, &ctx(key.as_ref(), &st.upstreams, &st.gcp)) {
+            Ok((compiled, stats)) => {
+                tracing::debug!(compiled = stats.compiled, reused = stats.reused, removed = stats.removed, "update compiled");
+                let compiled = Arc::new(compiled);
+                st.apply_shared(compiled.clone());
+                cache_tx.send_replace(Some(compiled));
                 Ok(())
             }
             Err(e) => {
@@ -149,6 +230,7 @@ pub async fn run_xds(src: XdsSource, state: Arc<AppState>, shutdown: impl std::f
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     /// The quickstart's routes file must always load, with no environment set.
     #[test]
@@ -163,9 +245,23 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let path = std::env::temp_dir().join(format!("aigw-cache-test-{}.json", std::process::id()));
         let cache = SnapshotCache { path: path.clone() };
-        cache.store("v1", &[json!({"id": "a"})]).unwrap();
-        assert_eq!(cache.load().unwrap(), ("v1".to_owned(), vec![json!({"id": "a"})]));
+        let route =
+            json!({"id": "a", "uri": "/é", "plugins": {"ai-proxy": {"provider": "openai", "auth": {"header": {"k": "$aigw-enc$v1$x"}}}}});
+        let ups = Upstreams::default();
+        let mut cfg = runtime::compile("v1", vec![], &CompileCtx::bare(&ups)).unwrap();
+        cfg.entries.insert(
+            Arc::from("a"),
+            Arc::new(runtime::Entry { version: "rv".into(), source: route.to_string().into_boxed_str(), compiled: None }),
+        );
+        cache.store(&cfg).unwrap();
+        let (version, routes) = cache.load().unwrap();
+        assert_eq!((version.as_str(), routes.len(), routes[0].version.as_str()), ("v1", 1, "rv"));
+        assert_eq!(routes[0].route, route, "kept as received (secrets in their encrypted form)");
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        // The first release's format.
+        std::fs::write(&path, json!({"version": "v0", "routes": [route.clone()]}).to_string()).unwrap();
+        let (version, routes) = cache.load().unwrap();
+        assert_eq!((version.as_str(), routes[0].version.clone()), ("v0", resource_version(&route)));
         std::fs::write(&path, b"{garbage").unwrap();
         assert!(cache.load().is_none());
         std::fs::remove_file(&path).unwrap();

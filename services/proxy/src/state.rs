@@ -35,6 +35,8 @@ impl Default for ClientLimits {
 pub struct AppState {
     pub config: ArcSwap<RuntimeConfig>,
     pub ready: AtomicBool,
+    /// Turns true with the first applied config: the data listener accepts from then on.
+    pub applied: tokio::sync::watch::Sender<bool>,
     pub upstreams: Upstreams,
     pub metrics: Arc<Metrics>,
     pub sinks: Arc<Sinks>,
@@ -50,6 +52,7 @@ impl AppState {
         Arc::new(AppState {
             config: ArcSwap::from_pointee(RuntimeConfig::empty()),
             ready: AtomicBool::new(false),
+            applied: tokio::sync::watch::Sender::new(false),
             upstreams: Upstreams::default(),
             metrics,
             sinks: Arc::new(sinks),
@@ -61,9 +64,14 @@ impl AppState {
 
     /// Swaps in a compiled snapshot; the node is ready from the first one on.
     pub fn apply(&self, cfg: RuntimeConfig) {
+        self.apply_shared(Arc::new(cfg));
+    }
+
+    pub fn apply_shared(&self, cfg: Arc<RuntimeConfig>) {
         tracing::info!(version = %cfg.version, routes = cfg.routes.len(), "config applied");
-        self.config.store(Arc::new(cfg));
+        self.config.store(cfg);
         self.ready.store(true, Ordering::Release);
+        self.applied.send_replace(true);
         Metrics::add(&self.metrics.config_applied, 1);
     }
 }
