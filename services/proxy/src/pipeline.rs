@@ -12,10 +12,11 @@
 //! an `ai-proxy-multi` route picks an instance, and when the attempt fails in a way its
 //! `fallback_strategy` covers, picks another and attempts again ([`upstream`]). The loop
 //! runs before `respond` hands a body to the client, so no retry can follow a byte the
-//! client already has. The completion record
-//! is filled in by the stages as they go and handed to the sinks exactly once, when the
-//! response body ends (or the client leaves), whether the answer came from the upstream
-//! or is an error the gateway made.
+//! client already has.
+//!
+//! The completion record is filled in by the stages as they go and handed to the sinks
+//! exactly once, when the response body ends (or the client leaves), whether the answer
+//! came from the upstream or is an error the gateway made.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
