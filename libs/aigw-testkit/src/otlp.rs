@@ -1,7 +1,8 @@
 //! A fake OpenTelemetry collector: OTLP/gRPC (trace and metrics services, tonic) on one
 //! port, and on another plain HTTP with OTLP/HTTP protobuf (`POST /v1/traces`,
-//! `/v1/metrics`) plus what it received as JSON (`GET /spans`, `GET /metrics`,
-//! `GET /healthz`). As strict as a real collector about what it parses: a body that is
+//! `/v1/metrics`) plus what it received as JSON (`GET /spans`, filtered by
+//! `?key=value&…&limit=N` on the service, trace id, span or resource attributes;
+//! `GET /metrics`, `GET /healthz`). As strict as a real collector about what it parses: a body that is
 //! not a valid export request is refused (gRPC `INVALID_ARGUMENT`, HTTP 400) and counted.
 
 use std::convert::Infallible;
@@ -31,6 +32,8 @@ use serde_json::{Value, json};
 pub struct Got {
     pub service: String,
     pub span: Span,
+    /// Its resource's attributes (`service.instance.id`, …), shared by its batch.
+    pub resource: Arc<Vec<KeyValue>>,
 }
 
 impl Got {
@@ -103,7 +106,32 @@ impl Got {
         self.span.attributes.iter().map(|a| a.key.as_str()).collect()
     }
     pub fn json(&self) -> Value {
-        span_json(&self.service, &self.span)
+        let mut v = span_json(&self.service, &self.span);
+        v["resource"] = attrs_json(&self.resource);
+        v
+    }
+
+    /// A resource attribute (`service.instance.id`, …) as a string.
+    pub fn resource_str(&self, k: &str) -> Option<&str> {
+        match find(&self.resource, k)? {
+            any_value::Value::StringValue(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Whether `key` (a span attribute, else a resource attribute; or `service`,
+    /// `trace_id`, `name`) equals `want`. Non-string values compare by their JSON text.
+    fn matches(&self, key: &str, want: &str) -> bool {
+        let text = |v: &any_value::Value| match v {
+            any_value::Value::StringValue(s) => s == want,
+            _ => value_json(Some(&AnyValue { value: Some(v.clone()) })).to_string() == want,
+        };
+        match key {
+            "service" => self.service == want,
+            "trace_id" => self.trace_id() == want,
+            "name" => self.span.name == want,
+            _ => find(&self.span.attributes, key).or_else(|| find(&self.resource, key)).is_some_and(text),
+        }
     }
 }
 
@@ -221,9 +249,10 @@ impl Store {
         let mut all = self.spans.lock().unwrap();
         for rs in req.resource_spans {
             let service = service_of(rs.resource.as_ref());
+            let resource = Arc::new(rs.resource.map(|r| r.attributes).unwrap_or_default());
             for ss in rs.scope_spans {
                 self.total_spans.fetch_add(ss.spans.len(), Ordering::Relaxed);
-                all.extend(ss.spans.into_iter().map(|span| Got { service: service.clone(), span }));
+                all.extend(ss.spans.into_iter().map(|span| Got { service: service.clone(), span, resource: resource.clone() }));
             }
         }
         if all.len() > self.max_spans {
@@ -324,9 +353,28 @@ async fn http_handler(store: Arc<Store>, req: Request<Incoming>) -> Result<Respo
             }
         }
         ("GET", "/spans") => {
-            let spans: Vec<Value> = store.spans.lock().unwrap().iter().map(Got::json).collect();
+            // Filters: `?service=aigw-proxy&service.instance.id=…&aigw.request_id=…&limit=N`
+            // (every `key=value` must match; `limit` keeps the last N matches).
+            let mut filters = Vec::new();
+            let mut limit = usize::MAX;
+            for (k, v) in parts.uri.query().unwrap_or_default().split('&').filter_map(|kv| kv.split_once('=')) {
+                let (k, v) = (crate::fake::percent_decode(&k.replace('+', " ")), crate::fake::percent_decode(&v.replace('+', " ")));
+                if k == "limit" {
+                    match v.parse() {
+                        Ok(n) => limit = n,
+                        Err(_) => return Ok(reply(StatusCode::BAD_REQUEST, "text/plain", "limit: want a number\n")),
+                    }
+                } else {
+                    filters.push((k, v));
+                }
+            }
+            let all = store.spans.lock().unwrap();
+            let matched: Vec<&Got> = all.iter().filter(|g| filters.iter().all(|(k, v)| g.matches(k, v))).collect();
+            let spans: Vec<Value> = matched[matched.len().saturating_sub(limit)..].iter().map(|g| g.json()).collect();
             let total = store.total_spans.load(Ordering::Relaxed);
-            reply(StatusCode::OK, "application/json", serde_json::to_vec(&json!({"total": total, "spans": spans})).unwrap_or_default())
+            let body = json!({"total": total, "matched": matched.len(), "spans": spans});
+            drop(all);
+            reply(StatusCode::OK, "application/json", serde_json::to_vec(&body).unwrap_or_default())
         }
         ("GET", "/metrics") => {
             let metrics: Vec<Value> = store.metrics.lock().unwrap().iter().map(GotMetric::json).collect();

@@ -31,10 +31,16 @@ fn main() {
     let mut max_spans = 100_000usize;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        match a.as_str() {
-            "--grpc-listen" => grpc = args.next().unwrap_or_else(|| usage()),
-            "--http-listen" => http = args.next().unwrap_or_else(|| usage()),
-            "--max-spans" => max_spans = args.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| usage()),
+        // `--flag VALUE` or `--flag=VALUE`.
+        let (name, inline) = match a.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
+            _ => (a.clone(), None),
+        };
+        let mut value = || inline.clone().or_else(|| args.next()).unwrap_or_else(|| usage());
+        match name.as_str() {
+            "--grpc-listen" => grpc = value(),
+            "--http-listen" => http = value(),
+            "--max-spans" => max_spans = value().parse().unwrap_or_else(|_| usage()),
             "-h" | "--help" => usage(),
             other => {
                 eprintln!("otlp-collector: unknown argument {other:?}");
