@@ -73,16 +73,17 @@ async fn a2_official_sdks_through_the_load_balancer() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     println!("{text}");
     assert!(out.status.success(), "fleet_sdks.py failed:\n{text}");
-    for sdk in ["openai: OK", "anthropic: OK", "boto3: OK"] {
+    for sdk in ["openai: OK", "openai on vertex-ai: OK", "anthropic: OK", "boto3: OK"] {
         assert!(text.contains(sdk), "{sdk} missing:\n{text}");
     }
     // Every provider fake was reached through the fleet (not answered by the gateway).
     let after = f.fake_stats().await;
-    for p in ["openai", "anthropic", "bedrock"] {
+    for p in ["openai", "anthropic", "bedrock", "vertex"] {
         let (b, a) = (before["by_provider"][p].as_u64().unwrap_or(0), after["by_provider"][p].as_u64().unwrap_or(0));
         assert!(a > b, "fake-llm saw no {p} request ({b} -> {a}): {after}");
     }
     assert_eq!(before["by_status"]["401"], after["by_status"]["401"], "no request reached a provider without its key: {after}");
+    assert_eq!(before["vertex_rejected"], after["vertex_rejected"], "no request reached Vertex without a valid token: {after}");
 }
 
 /// Every proxy replica's spans reach the trace backend, told apart by `service.instance.id`

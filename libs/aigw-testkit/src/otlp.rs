@@ -481,3 +481,69 @@ impl Collector {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
+
+    fn kv(k: &str, v: &str) -> KeyValue {
+        KeyValue { key: k.into(), value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.into())) }), ..Default::default() }
+    }
+
+    fn batch(instance: &str, request_ids: &[&str]) -> ResourceSpans {
+        let spans = request_ids
+            .iter()
+            .map(|id| Span {
+                name: "chat m".into(),
+                trace_id: vec![7; 16],
+                span_id: vec![1; 8],
+                attributes: vec![kv("aigw.request_id", id)],
+                ..Default::default()
+            })
+            .collect();
+        ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", "aigw-proxy"), kv("service.instance.id", instance)],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+            ..Default::default()
+        }
+    }
+
+    /// `GET /spans` filters on span and resource attributes and keeps the last `limit`.
+    #[tokio::test]
+    async fn spans_are_filtered_by_span_and_resource_attributes() {
+        let c = Collector::start().await;
+        let req = ExportTraceServiceRequest { resource_spans: vec![batch("a", &["r1", "r2"]), batch("b", &["r3"])] };
+        let r = crate::http::send(
+            http::Method::POST,
+            &format!("{}/v1/traces", c.http_endpoint()),
+            &[("content-type", "application/x-protobuf")],
+            req.encode_to_vec(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200);
+        let get = |q: &'static str| {
+            let url = format!("{}/spans?{q}", c.http_endpoint());
+            async move { crate::http::get(&url, &[]).await.unwrap().json() }
+        };
+        let all = get("").await;
+        assert_eq!((all["total"].as_u64(), all["matched"].as_u64()), (Some(3), Some(3)), "{all}");
+        let b = get("service=aigw-proxy&service.instance.id=b").await;
+        assert_eq!(b["matched"], 1, "{b}");
+        assert_eq!(b["spans"][0]["attributes"]["aigw.request_id"], "r3");
+        assert_eq!(b["spans"][0]["resource"]["service.instance.id"], "b");
+        let last = get("service.instance.id=a&limit=1").await;
+        assert_eq!((last["matched"].as_u64(), last["spans"].as_array().map(Vec::len)), (Some(2), Some(1)), "{last}");
+        assert_eq!(last["spans"][0]["attributes"]["aigw.request_id"], "r2");
+        assert_eq!(get("aigw.request_id=r9").await["matched"], 0);
+        assert_eq!(get("service=other&aigw.request_id=r1").await["matched"], 0);
+        assert_eq!(get("trace_id=07070707070707070707070707070707").await["matched"], 3);
+        let bad = crate::http::get(&format!("{}/spans?limit=x", c.http_endpoint()), &[]).await.unwrap();
+        assert_eq!(bad.status, 400);
+    }
+}
