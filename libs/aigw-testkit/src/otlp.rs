@@ -120,11 +120,14 @@ impl Got {
     }
 
     /// Whether `key` (a span attribute, else a resource attribute; or `service`,
-    /// `trace_id`, `name`) equals `want`. Non-string values compare by their JSON text.
+    /// `trace_id`, `name`) equals `want`. Numbers and booleans compare by their text.
     fn matches(&self, key: &str, want: &str) -> bool {
         let text = |v: &any_value::Value| match v {
             any_value::Value::StringValue(s) => s == want,
-            _ => value_json(Some(&AnyValue { value: Some(v.clone()) })).to_string() == want,
+            any_value::Value::IntValue(i) => i.to_string() == want,
+            any_value::Value::BoolValue(b) => b.to_string() == want,
+            any_value::Value::DoubleValue(d) => d.to_string() == want,
+            _ => false,
         };
         match key {
             "service" => self.service == want,
