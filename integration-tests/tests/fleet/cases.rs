@@ -454,9 +454,8 @@ async fn b7_token_cache_killed_under_load_then_started() {
     load.settle(2 * load::RATE).await;
     // Every replica needed a token for the new credential and got it without the cache.
     for (r, b) in replicas.iter().zip(&before) {
-        let r2 = r.clone();
         let n = aigw_testkit::wait_until(&format!("{} to fall back", r.name), Duration::from_secs(30), || async {
-            let now = f.proxy_gcp_counters(&r2).await.ok()?.get("remote_fallbacks");
+            let now = f.proxy_gcp_counters(r).await.ok()?.get("remote_fallbacks");
             (now > *b).then_some(now)
         })
         .await;
