@@ -128,7 +128,9 @@ echo "compose-test: lb=$AIGW_FLEET_LB config=$AIGW_FLEET_CONFIG fake-llm=$AIGW_F
 
 step "fleet tests"
 set +e
-cargo test --locked -p aigw-integration-tests --test fleet -- --test-threads=1 --nocapture ${1:+"$1"} 2>&1 | tee "$logdir/fleet-tests.log"
+# `--workspace --test fleet` (not `-p aigw-integration-tests`): the same features, hence the
+# same test binary, as `cargo test --workspace` built just before in .ci/run.
+cargo test --locked --workspace --test fleet -- --test-threads=1 --nocapture ${1:+"$1"} 2>&1 | tee "$logdir/fleet-tests.log"
 rc=${PIPESTATUS[0]}
 set -e
 summary=$(grep -E '^test result:' "$logdir/fleet-tests.log" | tail -1)
