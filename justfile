@@ -16,9 +16,9 @@ nextest *args:
 check:
     cargo check --workspace --all-targets
 
-# Release binaries: aigw-config, aigw-proxy, fake-llm (what the fleet images carry).
+# Release binaries: what the fleet image carries (the three services, fake-llm, otlp-collector).
 build:
-    cargo build --release --locked --bin aigw-config --bin aigw-proxy --bin fake-llm
+    cargo build --release --locked --bin aigw-config --bin aigw-proxy --bin aigw-token-cache --bin fake-llm --bin otlp-collector
 
 fmt:
     cargo fmt --all
@@ -56,7 +56,8 @@ run-proxy-subscribed:
     cargo run -p aigw-proxy -- --config-service http://127.0.0.1:9180
 
 # The fleet in containers (deploy/README.md), images built locally without a registry.
-# Ports: lb 9080, aigw-config 9180, fake-llm 8480 on 127.0.0.1.
+# Ports on 127.0.0.1: lb 9080, aigw-config 9180, fake-llm 8480, traces 4318 (the OTLP
+# collector stand-in's /spans; Jaeger's UI is 16686 with a registry).
 compose := `if docker compose version >/dev/null 2>&1; then echo "docker compose"; else echo docker-compose; fi`
 fleet := compose + " -p aigw -f deploy/docker-compose.yml -f deploy/compose.local.yml"
 

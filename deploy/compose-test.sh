@@ -53,8 +53,10 @@ export AIGW_ADMIN_KEY="admin-$(rand_hex 16)"
 export AIGW_NODE_TOKEN="node-$(rand_hex 16)"
 export AIGW_DATA_ENCRYPTION_KEY="$(rand_hex 32)"
 # Every published port ephemeral on loopback: runs never collide.
-export AIGW_BIND=127.0.0.1 AIGW_CONFIG_PORT= AIGW_LB_PORT= AIGW_FAKE_LLM_PORT=
+export AIGW_BIND=127.0.0.1 AIGW_CONFIG_PORT= AIGW_LB_PORT= AIGW_FAKE_LLM_PORT= AIGW_TRACES_UI_PORT= AIGW_TRACES_HTTP_PORT=
 export AIGW_IMAGE=aigw-local/aigw:dev
+# The file's defaults, whatever this shell has (a trace endpoint, another replica count).
+unset OTEL_EXPORTER_OTLP_ENDPOINT OTEL_METRIC_EXPORT_INTERVAL OTEL_BSP_SCHEDULE_DELAY AIGW_PROXY_REPLICAS
 
 up=0
 cleanup() {
@@ -99,7 +101,12 @@ deadline=$(( $(date +%s) + 180 ))
 while :; do
   ids=$(compose ps -a -q)
   states=$(docker inspect -f '{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' $ids)
-  if ! grep -qv ' running healthy$' <<<"$states"; then break; fi
+  # Every container running, and healthy where it has a health check (the trace backend
+  # has none).
+  if ! grep -qvE ' running (healthy|none)$' <<<"$states"; then break; fi
+  if grep -qE ' (exited|dead) ' <<<"$states"; then
+    echo "compose-test: a container stopped while the fleet came up:"; echo "$states"; exit 1
+  fi
   if [ "$(date +%s)" -ge "$deadline" ]; then
     echo "compose-test: fleet not healthy in time:"; echo "$states"; exit 1
   fi
@@ -115,12 +122,15 @@ export AIGW_FLEET_FILES="$root/deploy/docker-compose.yml:$root/deploy/compose.lo
 export AIGW_FLEET_LB="http://$(port_of lb 8080)"
 export AIGW_FLEET_CONFIG="$(port_of aigw-config 9180)"
 export AIGW_FLEET_FAKE_LLM="http://$(port_of fake-llm 8480)"
+export AIGW_FLEET_TRACES="http://$(port_of traces 4318)"
 export AIGW_PYTHON="$venv/bin/python" AIGW_GRPCURL="$venv/bin/grpcurl"
-echo "compose-test: lb=$AIGW_FLEET_LB config=$AIGW_FLEET_CONFIG fake-llm=$AIGW_FLEET_FAKE_LLM"
+echo "compose-test: lb=$AIGW_FLEET_LB config=$AIGW_FLEET_CONFIG fake-llm=$AIGW_FLEET_FAKE_LLM traces=$AIGW_FLEET_TRACES"
 
 step "fleet tests"
 set +e
-cargo test --locked -p aigw-integration-tests --test fleet -- --test-threads=1 --nocapture ${1:+"$1"} 2>&1 | tee "$logdir/fleet-tests.log"
+# `--workspace --test fleet` (not `-p aigw-integration-tests`): the same features, hence the
+# same test binary, as `cargo test --workspace` built just before in .ci/run.
+cargo test --locked --workspace --test fleet -- --test-threads=1 --nocapture ${1:+"$1"} 2>&1 | tee "$logdir/fleet-tests.log"
 rc=${PIPESTATUS[0]}
 set -e
 summary=$(grep -E '^test result:' "$logdir/fleet-tests.log" | tail -1)

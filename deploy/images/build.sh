@@ -12,10 +12,13 @@ target="${CARGO_TARGET_DIR:-$PWD/target}"
 trap 'rm -rf deploy/.bin' EXIT
 t() { local s; s=$(date +%s); "$@"; echo "images: $1 ... took $(( $(date +%s) - s ))s" >&2; }
 
-build_bins() { cargo build --release --locked --bin aigw-config --bin aigw-proxy --bin fake-llm; }
+# Only what the image carries (not the test targets): the three services and the two
+# stand-ins for the outside world.
+bins=(aigw-config aigw-proxy aigw-token-cache fake-llm otlp-collector)
+build_bins() { cargo build --release --locked "${bins[@]/#/--bin=}"; }
 t build_bins
 t deploy/images/base.sh >/dev/null
 mkdir -p deploy/.bin
-for b in aigw-config aigw-proxy fake-llm; do cp "$target/release/$b" deploy/.bin/; done
-# One image serves aigw-config, aigw-proxy and fake-llm: build it once.
+for b in "${bins[@]}"; do cp "$target/release/$b" deploy/.bin/; done
+# One image serves every aigw service and the stand-ins: build it once.
 t "$@" build aigw-config

@@ -1,6 +1,6 @@
 """The official openai, anthropic and boto3 SDKs through the fleet's load balancer, against
 fake-llm behind the routes of deploy/routes/*.json (chat, streaming, tools, embeddings,
-Responses, Messages, Converse, ConverseStream). The SDKs carry placeholder keys: the
+Responses, Messages, Converse, ConverseStream; chat on Vertex AI with a GCP service account). The SDKs carry placeholder keys: the
 routes hold the real (fake) ones. Run by integration-tests/tests/fleet with AIGW_URL set."""
 import json
 import os
@@ -47,6 +47,15 @@ assert resp.output_text == "Hi!" and resp.usage.total_tokens == 62, resp
 events = [e.type for e in oa.responses.create(model="gpt-4.1", input="Say hi", stream=True)]
 assert events[0] == "response.created" and events[-1] == "response.completed", events
 print("openai: OK (chat, stream, tools, embeddings, responses)")
+
+# --- openai on Vertex AI: the route holds a GCP service account; the token cache mints ---
+vx = openai.OpenAI(base_url=url + "/vertex/v1", api_key="placeholder", max_retries=0)
+chat = vx.chat.completions.create(model="gemini", messages=[{"role": "user", "content": "What is 1+1?"}])
+assert chat.choices[0].message.content == "1+1 equals 2." and chat.model == "google/gemini-2.5-flash", chat
+chunks = list(vx.chat.completions.create(model="gemini", messages=[{"role": "user", "content": "What is 1+1?"}], stream=True))
+text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+assert text == "part0 part1 part2 ", text
+print("openai on vertex-ai: OK (chat, stream)")
 
 # --- anthropic: Messages, streaming ----------------------------------------------------
 an = anthropic.Anthropic(base_url=url, api_key="sk-ant-placeholder", max_retries=0)

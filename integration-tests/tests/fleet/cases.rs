@@ -11,6 +11,11 @@ use crate::load;
 
 const SECRETS: &[&str] = &["sk-fake-openai", "sk-ant-fake", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"];
 
+/// Lines of fake Google's service-account key (fake-llm's `/gcp/service-account.json`).
+fn key_fragments() -> Vec<&'static str> {
+    aigw_testkit::gcp::TestAccount::a().key_fragments()
+}
+
 fn route_ids(dump: &Value) -> Vec<String> {
     let mut ids: Vec<String> =
         dump["routes"].as_array().into_iter().flatten().filter_map(|r| r["id"].as_str().map(str::to_owned)).collect();
@@ -36,10 +41,15 @@ async fn a1_routes_put_with_grpcurl_reach_every_replica() {
         // Read from inside the container, as an operator with `docker exec` would.
         let dump = f.config_dump(r).await.unwrap();
         assert_eq!(dump["version"], version.as_str(), "{}", r.name);
-        assert_eq!(route_ids(&dump), ["anthropic", "bedrock", "openai"], "{}: {dump}", r.name);
+        let ids = route_ids(&dump);
+        for id in ["anthropic", "bedrock", "openai", "vertex"] {
+            assert!(ids.iter().any(|i| i == id), "{}: no route {id}: {dump}", r.name);
+        }
+        let vertex = dump["routes"].as_array().unwrap().iter().find(|r| r["id"] == "vertex").unwrap();
+        assert_eq!(vertex.pointer("/plugins/ai-proxy/auth/gcp/service_account_json"), Some(&json!("******")), "{}: {vertex}", r.name);
         let text = dump.to_string();
         assert!(text.contains("******"), "{}: secrets are shown redacted: {text}", r.name);
-        for s in SECRETS {
+        for s in SECRETS.iter().chain(&key_fragments()) {
             assert!(!text.contains(s), "{}: a secret reached /config_dump: {text}", r.name);
         }
     }
@@ -63,16 +73,155 @@ async fn a2_official_sdks_through_the_load_balancer() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     println!("{text}");
     assert!(out.status.success(), "fleet_sdks.py failed:\n{text}");
-    for sdk in ["openai: OK", "anthropic: OK", "boto3: OK"] {
+    for sdk in ["openai: OK", "openai on vertex-ai: OK", "anthropic: OK", "boto3: OK"] {
         assert!(text.contains(sdk), "{sdk} missing:\n{text}");
     }
     // Every provider fake was reached through the fleet (not answered by the gateway).
     let after = f.fake_stats().await;
-    for p in ["openai", "anthropic", "bedrock"] {
+    for p in ["openai", "anthropic", "bedrock", "vertex"] {
         let (b, a) = (before["by_provider"][p].as_u64().unwrap_or(0), after["by_provider"][p].as_u64().unwrap_or(0));
         assert!(a > b, "fake-llm saw no {p} request ({b} -> {a}): {after}");
     }
     assert_eq!(before["by_status"]["401"], after["by_status"]["401"], "no request reached a provider without its key: {after}");
+    assert_eq!(before["vertex_rejected"], after["vertex_rejected"], "no request reached Vertex without a valid token: {after}");
+}
+
+/// Every proxy replica's spans reach the trace backend, told apart by `service.instance.id`
+/// (the container's hostname); a request is found by its `x-aigw-request-id` with its
+/// upstream call in the same trace (deploy/README.md, "Find the trace"); aigw-config and
+/// aigw-token-cache export their telemetry too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a3_traces_from_every_replica_reach_the_collector() {
+    let Some((f, _lock)) = fleet().await else { return };
+    let mut pending = Vec::new();
+    for r in f.replicas().await {
+        pending.push((f.hostname(&r.id).await, r.name));
+    }
+    assert!(pending.len() >= 2, "{pending:?}");
+    let replicas = pending.len();
+    // Requests through the load balancer until every replica's SERVER span has arrived.
+    let start = Instant::now();
+    let mut sent = 0;
+    while !pending.is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(90), "no span from {pending:?} after {sent} requests");
+        for _ in 0..4 {
+            let r = chat_through_lb(&f, "/v1/chat/completions").await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            sent += 1;
+        }
+        let mut still = Vec::new();
+        for (host, name) in pending {
+            if f.spans(&format!("service=aigw-proxy&service.instance.id={host}&limit=1")).await.is_empty() {
+                still.push((host, name));
+            }
+        }
+        pending = still;
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    println!("spans from all {replicas} replicas after {sent} requests ({:?})", start.elapsed());
+
+    // One request's trace, found by its request id: the SERVER span, and the CLIENT span of
+    // its upstream call (OpenAI at fake-llm) in the same trace, from the same replica.
+    for (path, provider) in [("/v1/chat/completions", "openai"), (load::VERTEX_PATH, "gcp.vertex_ai")] {
+        let r = chat_through_lb(&f, path).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let id = r.headers["x-aigw-request-id"].to_str().unwrap().to_owned();
+        let server = aigw_testkit::wait_until(&format!("the span of request {id}"), Duration::from_secs(30), || async {
+            f.spans(&format!("service=aigw-proxy&aigw.request_id={id}")).await.into_iter().next()
+        })
+        .await;
+        let trace = server["trace_id"].as_str().unwrap().to_owned();
+        let client = aigw_testkit::wait_until(&format!("the CLIENT span of trace {trace}"), Duration::from_secs(30), || async {
+            f.spans(&format!("trace_id={trace}")).await.into_iter().find(|s| s["kind"] == 3)
+        })
+        .await;
+        assert_eq!(server["kind"], 2, "{server}");
+        assert_eq!(client["parent_span_id"], server["span_id"], "{client}");
+        assert_eq!(client["resource"]["service.instance.id"], server["resource"]["service.instance.id"], "{client}");
+        let a = &client["attributes"];
+        assert_eq!((a["gen_ai.provider.name"].as_str(), a["server.address"].as_str()), (Some(provider), Some("fake-llm")), "{client}");
+        assert_eq!(a["http.response.status_code"], 200, "{client}");
+        assert!(a["gen_ai.usage.output_tokens"].as_i64().is_some_and(|t| t > 0), "{client}");
+        println!("request {id}: trace {trace}: {} <- {} ({provider})", server["name"], client["name"]);
+    }
+
+    // The other aigw services export to the same backend (process metrics every 10 s).
+    for service in ["aigw-config", "aigw-token-cache", "aigw-proxy"] {
+        aigw_testkit::wait_until(&format!("{service}'s metrics"), Duration::from_secs(60), || async {
+            let m = http::get(&format!("{}/metrics", f.traces), &[]).await.ok()?.json();
+            m["metrics"].as_array()?.iter().any(|m| m["service"] == service && m["name"] == "process.memory.usage").then_some(())
+        })
+        .await;
+    }
+}
+
+/// Many concurrent first requests for one GCP credential through the load balancer (both
+/// replicas, 1 in 4 streamed): exactly one mint at fake Google's token endpoint, made by the
+/// token cache for every replica. No key, token or JWT in any container's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a4_gcp_token_minted_once_for_the_fleet() {
+    let Some((f, _lock)) = fleet().await else { return };
+    let replicas = f.replicas().await;
+    f.fresh_vertex_credential("once").await;
+    let mints = f.mints().await;
+    let cache = f.token_cache_counters().await.unwrap();
+    let mut fetches = Vec::new();
+    for r in &replicas {
+        fetches.push(f.proxy_gcp_counters(r).await.unwrap().get("remote_fetches"));
+    }
+    const N: usize = 48;
+    let url = format!("{}{}", f.lb, load::VERTEX_PATH);
+    let tasks: Vec<_> = (0..N)
+        .map(|i| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let mut body = json!({"messages": [{"role": "user", "content": "What is 1+1?"}]});
+                if i % 4 == 0 {
+                    body["stream"] = true.into();
+                }
+                http::post_json(&url, &[("authorization", "Bearer client-placeholder")], &body).await.unwrap()
+            })
+        })
+        .collect();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        let text = r.text();
+        assert!(text.contains("1+1 equals 2.") || text.trim_end().ends_with("data: [DONE]"), "{text}");
+    }
+    let minted = f.mints().await - mints;
+    let after = f.token_cache_counters().await.unwrap();
+    println!(
+        "{N} concurrent first requests on {} replicas: {minted} mint(s) at the token endpoint; token cache: {} requests, {} mints",
+        replicas.len(),
+        after.get("requests") - cache.get("requests"),
+        after.get("mints") - cache.get("mints")
+    );
+    assert_eq!(minted, 1, "one token for the whole fleet");
+    assert_eq!(after.get("mints") - cache.get("mints"), 1, "the token cache made it");
+    // Every replica took its token from the token cache (not a lucky single replica).
+    for (r, before) in replicas.iter().zip(fetches) {
+        let now = f.proxy_gcp_counters(r).await.unwrap().get("remote_fetches");
+        assert!(now > before, "{} fetched no token from the token cache ({before} -> {now})", r.name);
+    }
+    assert_no_secrets_logged(&f).await;
+}
+
+/// No container logged a GCP key line, an access token (fake Google's are `ya29.fake-…`),
+/// a JWT or the node token; and the token cache did log its mints (the lines exist).
+async fn assert_no_secrets_logged(f: &Fleet) {
+    let logs = f.logs().await;
+    assert!(logs.contains("minted gcp access token"), "no mint log line in:\n{logs}");
+    for line in logs.lines() {
+        for s in key_fragments() {
+            assert!(!line.contains(s), "a private key line in a log: {line}");
+        }
+        assert!(!line.contains("ya29."), "an access token in a log: {line}");
+        assert!(!line.contains("eyJ"), "a JWT in a log: {line}");
+        assert!(!line.contains(&f.node_token), "the node token in a log: {line}");
+    }
 }
 
 /// `docker compose kill aigw-config`, then start it again: the proxies keep serving, then
@@ -83,6 +232,7 @@ async fn b1_config_service_killed_and_restarted_under_load() {
     let load = load::start("aigw-config killed", &f.lb);
     load.settle(200).await;
     f.compose(&["kill", "aigw-config"]).await.unwrap();
+    let undo = f.undo_compose(&["start", "aigw-config"]);
     let config = f.containers("aigw-config").await;
     assert_eq!(f.health(&config[0]).await.split('/').next(), Some("exited"));
     // Without the config service the fleet keeps serving, and stays ready.
@@ -91,6 +241,7 @@ async fn b1_config_service_killed_and_restarted_under_load() {
         assert_eq!(f.health(&r.id).await, "running/healthy", "{} stays ready without the config service", r.name);
     }
     f.compose(&["start", "aigw-config"]).await.unwrap();
+    undo.done();
     f.wait_healthy("aigw-config", 1, Duration::from_secs(60)).await;
     // The proxies reconnected: a change reaches all of them.
     let version = f.put_probe("after-config-restart").await;
@@ -113,6 +264,7 @@ async fn b2_proxy_cut_from_config_network_keeps_serving_then_catches_up() {
     let load = load::start("proxy cut from control", &f.lb);
     load.settle(200).await;
     docker(&["network", "disconnect", &net, &cut.id]).await;
+    let undo = f.undo_docker(&["network", "connect", &net, &cut.id]);
     let during = f.put_probe("during-cut").await;
     for r in others {
         let dump = f.config_dump(r).await.unwrap();
@@ -130,6 +282,7 @@ async fn b2_proxy_cut_from_config_network_keeps_serving_then_catches_up() {
     assert_eq!(dump["version"], before.as_str(), "{} kept its last good snapshot", cut.name);
     assert_eq!(f.health(&cut.id).await, "running/healthy", "{} stays ready while cut off", cut.name);
     docker(&["network", "connect", &net, &cut.id]).await;
+    undo.done();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(90);
     loop {
@@ -161,17 +314,45 @@ async fn b3_rolling_restart_of_every_proxy_loses_no_request() {
     load::assert_clean(&load.finish().await, 2 * load::RATE);
 }
 
-/// Redis stopped and started under load. (Meaningful once aigw-token-cache uses it: the
-/// proxies do not talk to Redis themselves; the fleet must not notice either way.)
+/// Redis stopped and started under load: the token cache mints directly while it is
+/// down (a credential first used during the outage gets its token), then uses Redis again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn b4_redis_stopped_and_started_under_load() {
     let Some((f, _lock)) = fleet().await else { return };
     let load = load::start("redis stopped", &f.lb);
     load.settle(200).await;
     f.compose(&["stop", "redis"]).await.unwrap();
+    let undo = f.undo_compose(&["start", "redis"]);
+    let before = f.token_cache_counters().await.unwrap();
+    let mints = f.mints().await;
+    // A credential nobody has a token for yet: the load's vertex requests need one now.
+    f.fresh_vertex_credential("redis-down").await;
     load.settle(2 * load::RATE).await;
+    let during = f.token_cache_counters().await.unwrap();
+    println!(
+        "redis down: token cache {} direct, {} redis errors; {} mint(s)",
+        during.get("direct") - before.get("direct"),
+        during.get("redis_errors") - before.get("redis_errors"),
+        f.mints().await - mints
+    );
+    assert!(during.get("direct") > before.get("direct"), "the token cache minted directly: {before:?} -> {during:?}");
+    assert!(f.mints().await > mints);
     f.compose(&["start", "redis"]).await.unwrap();
+    undo.done();
     f.wait_healthy("redis", 1, Duration::from_secs(60)).await;
+    // Redis is used again: a new credential is minted through it (not directly).
+    let start = Instant::now();
+    loop {
+        let before = f.token_cache_counters().await.unwrap();
+        f.fresh_vertex_credential("redis-back").await;
+        load.settle(load::RATE / 2).await;
+        let after = f.token_cache_counters().await.unwrap();
+        if after.get("mints") > before.get("mints") && after.get("direct") == before.get("direct") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "the token cache does not use Redis again: {before:?} -> {after:?}");
+    }
+    println!("redis used again {:?} after it was healthy", start.elapsed());
     load.settle(load::RATE).await;
     load::assert_clean(&load.finish().await, 3 * load::RATE);
 }
@@ -188,6 +369,7 @@ async fn b5_scale_to_three_then_one_without_failures() {
     let load = load::start("scale 2 -> 3 -> 1", &f.lb);
     load.settle(200).await;
     let old: Vec<String> = f.replicas().await.into_iter().map(|r| r.id).collect();
+    let undo = f.undo_compose(&["up", "-d", "--no-build", "--no-recreate", "--scale", "aigw-proxy=2"]);
     f.compose(&["up", "-d", "--no-build", "--no-recreate", "--scale", "aigw-proxy=3"]).await.unwrap();
     f.wait_healthy("aigw-proxy", 3, Duration::from_secs(60)).await;
     let added = f.replicas().await.into_iter().find(|r| !old.contains(&r.id)).expect("a new replica");
@@ -204,6 +386,7 @@ async fn b5_scale_to_three_then_one_without_failures() {
     load.settle(load::RATE).await;
     let report = load.finish().await;
     f.compose(&["up", "-d", "--no-build", "--no-recreate", "--scale", "aigw-proxy=2"]).await.unwrap();
+    undo.done();
     f.wait_healthy("aigw-proxy", 2, Duration::from_secs(60)).await;
     load::assert_clean(&report, 2 * load::RATE);
 }
@@ -249,4 +432,56 @@ async fn b6_route_change_under_load_reaches_every_replica_within_2s() {
     let version = f.version().await;
     f.wait_version_everywhere(&version, Duration::from_secs(5)).await;
     load::assert_clean(&load.finish().await, load::RATE / 2);
+}
+
+/// `docker compose kill aigw-token-cache` under load: the proxies mint themselves (a
+/// credential first used during the outage gets its tokens), then use the token cache
+/// again once it is started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn b7_token_cache_killed_under_load_then_started() {
+    let Some((f, _lock)) = fleet().await else { return };
+    let replicas = f.replicas().await;
+    let load = load::start("token cache killed", &f.lb);
+    load.settle(200).await;
+    let mut before = Vec::new();
+    for r in &replicas {
+        before.push(f.proxy_gcp_counters(r).await.unwrap().get("remote_fallbacks"));
+    }
+    f.compose(&["kill", "aigw-token-cache"]).await.unwrap();
+    let undo = f.undo_compose(&["start", "aigw-token-cache"]);
+    let mints = f.mints().await;
+    f.fresh_vertex_credential("cache-down").await;
+    load.settle(2 * load::RATE).await;
+    // Every replica needed a token for the new credential and got it without the cache.
+    for (r, b) in replicas.iter().zip(&before) {
+        let n = aigw_testkit::wait_until(&format!("{} to fall back", r.name), Duration::from_secs(30), || async {
+            let now = f.proxy_gcp_counters(r).await.ok()?.get("remote_fallbacks");
+            (now > *b).then_some(now)
+        })
+        .await;
+        println!("{}: {} fallback(s) to a local mint", r.name, n - b);
+    }
+    let minted = f.mints().await - mints;
+    println!("token cache down: {minted} mint(s) by {} replicas", replicas.len());
+    assert!((1..=replicas.len() as u64).contains(&minted), "{minted} mints");
+    f.compose(&["start", "aigw-token-cache"]).await.unwrap();
+    undo.done();
+    f.wait_healthy("aigw-token-cache", 1, Duration::from_secs(60)).await;
+    // The proxies come back to it (each skips it for a few seconds after a failure): a new
+    // credential's token is then minted once, by the token cache.
+    let start = Instant::now();
+    loop {
+        let (mints, cache) = (f.mints().await, f.token_cache_counters().await.unwrap());
+        f.fresh_vertex_credential("cache-back").await;
+        load.settle(load::RATE / 2).await;
+        let (minted, by_cache) = (f.mints().await - mints, f.token_cache_counters().await.unwrap().get("mints") - cache.get("mints"));
+        if minted == 1 && by_cache == 1 {
+            println!("token cache used again {:?} after it was healthy", start.elapsed());
+            break;
+        }
+        println!("not yet: {minted} mint(s), {by_cache} by the token cache");
+        assert!(start.elapsed() < Duration::from_secs(60), "the proxies do not use the token cache again");
+    }
+    load.settle(load::RATE).await;
+    load::assert_clean(&load.finish().await, 3 * load::RATE);
 }

@@ -17,7 +17,11 @@ pub struct Fleet {
     pub lb: String,
     /// `http://127.0.0.1:PORT` of fake-llm (its `/stats`).
     pub fake_llm: String,
+    /// `http://127.0.0.1:PORT` of the trace backend's OTLP/HTTP port (the CI stand-in's
+    /// `GET /spans`, `GET /metrics`).
+    pub traces: String,
     pub admin_key: String,
+    pub node_token: String,
     pub python: String,
     grpcurl: String,
 }
@@ -39,7 +43,9 @@ pub async fn fleet() -> Option<(Fleet, tokio::sync::MutexGuard<'static, ()>)> {
         files: env("AIGW_FLEET_FILES").split(':').map(str::to_owned).collect(),
         lb,
         fake_llm: env("AIGW_FLEET_FAKE_LLM"),
+        traces: env("AIGW_FLEET_TRACES"),
         admin_key: env("AIGW_ADMIN_KEY"),
+        node_token: env("AIGW_NODE_TOKEN"),
         python: env("AIGW_PYTHON"),
         grpcurl: env("AIGW_GRPCURL"),
     };
@@ -65,6 +71,32 @@ pub async fn docker(args: &[&str]) -> String {
     run("docker", args).await.unwrap()
 }
 
+/// `curl` run inside a container (reaches ports that are not published).
+pub async fn exec_get(container: &str, url: &str) -> anyhow::Result<String> {
+    run("docker", &["exec", container, "curl", "-fsS", "--max-time", "2", url]).await
+}
+
+/// `PREFIX<name>_total N` lines of a Prometheus text page.
+#[derive(Debug, Clone, Default)]
+pub struct Counters(std::collections::BTreeMap<String, u64>);
+
+impl Counters {
+    pub fn parse(text: &str, prefix: &str) -> Counters {
+        Counters(
+            text.lines()
+                .filter_map(|l| l.strip_prefix(prefix))
+                .filter_map(|l| l.split_once(' '))
+                .filter_map(|(k, v)| Some((k.strip_suffix("_total")?.to_owned(), v.trim().parse().ok()?)))
+                .collect(),
+        )
+    }
+
+    /// A counter (0 when absent: not counted yet).
+    pub fn get(&self, name: &str) -> u64 {
+        self.0.get(name).copied().unwrap_or(0)
+    }
+}
+
 /// A proxy replica: its container and the host address of its status port.
 #[derive(Debug, Clone)]
 pub struct Replica {
@@ -77,15 +109,50 @@ pub fn repo(path: &str) -> String {
     format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"))
 }
 
-impl Fleet {
-    pub async fn compose(&self, args: &[&str]) -> anyhow::Result<String> {
-        let mut full: Vec<&str> = self.compose_cmd[1..].iter().map(String::as_str).collect();
-        full.extend(["-p", &self.project]);
-        for f in &self.files {
-            full.extend(["-f", f]);
+/// Undoes a fault when dropped (also when the test panics), so that one failed case does
+/// not leave the fleet broken for the next: runs its command unless [`Undo::done`].
+pub struct Undo(Option<Vec<String>>);
+
+impl Undo {
+    pub fn done(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        if let Some(argv) = self.0.take() {
+            eprintln!("undoing a fault: {}", argv.join(" "));
+            let _ = std::process::Command::new(&argv[0]).args(&argv[1..]).status();
         }
-        full.extend_from_slice(args);
-        run(&self.compose_cmd[0], &full).await
+    }
+}
+
+impl Fleet {
+    fn compose_argv(&self, args: &[&str]) -> Vec<String> {
+        let mut full = self.compose_cmd.clone();
+        full.extend(["-p".to_owned(), self.project.clone()]);
+        for f in &self.files {
+            full.extend(["-f".to_owned(), f.clone()]);
+        }
+        full.extend(args.iter().map(|a| a.to_string()));
+        full
+    }
+
+    pub async fn compose(&self, args: &[&str]) -> anyhow::Result<String> {
+        let argv = self.compose_argv(args);
+        let rest: Vec<&str> = argv[1..].iter().map(String::as_str).collect();
+        run(&argv[0], &rest).await
+    }
+
+    /// Runs `compose args` when the returned guard drops before [`Undo::done`].
+    pub fn undo_compose(&self, args: &[&str]) -> Undo {
+        Undo(Some(self.compose_argv(args)))
+    }
+
+    /// Runs `docker args` when the returned guard drops before [`Undo::done`].
+    pub fn undo_docker(&self, args: &[&str]) -> Undo {
+        Undo(Some(std::iter::once("docker").chain(args.iter().copied()).map(str::to_owned).collect()))
     }
 
     pub fn network(&self, name: &str) -> String {
@@ -121,8 +188,30 @@ impl Fleet {
     /// A replica's `/config_dump`, read from inside its container (works whatever
     /// network it is cut from).
     pub async fn config_dump(&self, r: &Replica) -> anyhow::Result<Value> {
-        let out = run("docker", &["exec", &r.id, "curl", "-fsS", "--max-time", "2", "http://127.0.0.1:9091/config_dump"]).await?;
-        Ok(serde_json::from_str(&out)?)
+        Ok(serde_json::from_str(&exec_get(&r.id, "http://127.0.0.1:9091/config_dump").await?)?)
+    }
+
+    /// A container's hostname: its `service.instance.id` in traces (deploy/images/entrypoint.sh).
+    pub async fn hostname(&self, container: &str) -> String {
+        docker(&["inspect", "-f", "{{.Config.Hostname}}", container]).await.trim().to_owned()
+    }
+
+    /// The token cache's counters (`aigw_token_cache_<name>_total`), read from inside its
+    /// container (its port is on the control network only).
+    pub async fn token_cache_counters(&self) -> anyhow::Result<Counters> {
+        let id = self.containers("aigw-token-cache").await.into_iter().next().context("no aigw-token-cache container")?;
+        Ok(Counters::parse(&exec_get(&id, "http://127.0.0.1:9280/metrics").await?, "aigw_token_cache_"))
+    }
+
+    /// One replica's `aigw_proxy_gcp_token_<name>_total` counters, through its published status port.
+    pub async fn proxy_gcp_counters(&self, r: &Replica) -> anyhow::Result<Counters> {
+        let url = self.published(&r.id, 9091).await?;
+        Ok(Counters::parse(&http::get(&format!("{url}/metrics"), &[]).await?.text(), "aigw_proxy_gcp_token_"))
+    }
+
+    /// Every line the fleet's containers logged so far.
+    pub async fn logs(&self) -> String {
+        self.compose(&["logs", "--no-color"]).await.unwrap()
     }
 
     /// Same, through the replica's published status port (fast: for timing).
@@ -195,13 +284,63 @@ impl Fleet {
         list["version"].as_str().expect("ListRoutes version").to_owned()
     }
 
-    /// PUTs deploy/routes/*.json with grpcurl (idempotent: same routes, same version).
+    /// PUTs deploy/routes/*.json with grpcurl (idempotent: same routes, same version),
+    /// the vertex route with fake-llm's service account as it is.
     pub async fn put_routes(&self) {
         for name in ["openai", "anthropic", "bedrock"] {
             let body = std::fs::read_to_string(repo(&format!("deploy/routes/{name}.json"))).unwrap();
             let put = self.grpcurl("PutRoute", &body).await.unwrap_or_else(|e| panic!("PutRoute {name}: {e:#}"));
             assert_eq!(put["route"]["id"], name, "{put}");
         }
+        let sa = self.service_account(None).await;
+        self.put_vertex(&sa).await;
+    }
+
+    /// fake-llm's service account (`GET /gcp/service-account.json`), as the string a
+    /// route carries. With `key_id`, its `private_key_id` is replaced: the same key and
+    /// account (fake Google accepts it), but a credential aigw has no token for yet.
+    pub async fn service_account(&self, key_id: Option<&str>) -> String {
+        let mut sa = http::get(&format!("{}/gcp/service-account.json", self.fake_llm), &[]).await.unwrap().json();
+        assert_eq!(sa["type"], "service_account", "{sa}");
+        if let Some(k) = key_id {
+            sa["private_key_id"] = k.into();
+        }
+        sa.to_string()
+    }
+
+    /// PUTs deploy/routes/vertex.json with `service_account_json` set to `sa`, as
+    /// deploy/README.md does; returns the version aigw-config then publishes.
+    pub async fn put_vertex(&self, sa: &str) -> String {
+        let mut route: Value = serde_json::from_str(&std::fs::read_to_string(repo("deploy/routes/vertex.json")).unwrap()).unwrap();
+        route["route"]["plugins"]["ai-proxy"]["auth"]["gcp"]["service_account_json"] = sa.into();
+        let put = self.grpcurl("PutRoute", &route.to_string()).await.unwrap_or_else(|e| panic!("PutRoute vertex: {e:#}"));
+        assert_eq!(put["route"]["id"], "vertex", "{put}");
+        let shown = put.to_string();
+        assert!(!shown.contains("PRIVATE KEY"), "the admin API answers with the key in clear: {shown}");
+        self.version().await
+    }
+
+    /// PUTs a vertex credential no replica has a token for, and waits until every running
+    /// replica applied it.
+    pub async fn fresh_vertex_credential(&self, tag: &str) -> String {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let key_id = format!("fleet-{tag}-{nanos:x}");
+        let version = self.put_vertex(&self.service_account(Some(&key_id)).await).await;
+        self.wait_version_everywhere(&version, Duration::from_secs(20)).await;
+        key_id
+    }
+
+    /// fake Google's successful mints so far.
+    pub async fn mints(&self) -> u64 {
+        let stats = self.fake_stats().await;
+        stats["gcp"]["mints"].as_u64().unwrap_or_else(|| panic!("no gcp.mints in {stats}"))
+    }
+
+    /// The trace backend's spans matching `query` (`service=aigw-proxy&aigw.request_id=…`).
+    pub async fn spans(&self, query: &str) -> Vec<Value> {
+        let r = http::get(&format!("{}/spans?{query}", self.traces), &[]).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["spans"].as_array().cloned().unwrap_or_default()
     }
 
     /// Waits until every running replica has applied `version`; returns the time it took.

@@ -1,5 +1,7 @@
 //! A bounded steady load through the load balancer: a fixed request rate from the host,
-//! every answer checked, every failure kept. One request in five streams.
+//! every answer checked, every failure kept. One request in five streams; one in four goes
+//! to the Vertex AI route (`auth.gcp`: its token comes through the token cache), the rest
+//! to the OpenAI route.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,6 +17,8 @@ pub const RATE: u64 = 300;
 const WORKERS: u64 = 12;
 const MAX_RUN: Duration = Duration::from_secs(240);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The Vertex AI route of deploy/routes/vertex.json.
+pub const VERTEX_PATH: &str = "/vertex/v1/chat/completions";
 
 #[derive(Default)]
 struct Counters {
@@ -22,6 +26,7 @@ struct Counters {
     ok: AtomicU64,
     failed: AtomicU64,
     streams: AtomicU64,
+    vertex: AtomicU64,
 }
 
 pub struct Load {
@@ -47,10 +52,10 @@ pub fn start(name: &str, lb: &str) -> Load {
     let counters = Arc::new(Counters::default());
     let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
     let started = Instant::now();
-    let url = format!("{lb}/v1/chat/completions");
+    let urls = Arc::new([format!("{lb}/v1/chat/completions"), format!("{lb}{VERTEX_PATH}")]);
     let workers = (0..WORKERS)
         .map(|w| {
-            let (stop, counters, errors, url) = (stop.clone(), counters.clone(), errors.clone(), url.clone());
+            let (stop, counters, errors, urls) = (stop.clone(), counters.clone(), errors.clone(), urls.clone());
             tokio::spawn(async move {
                 let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
                 let period = Duration::from_micros(1_000_000 * WORKERS / RATE);
@@ -61,11 +66,15 @@ pub fn start(name: &str, lb: &str) -> Load {
                     tick.tick().await;
                     n += 1;
                     let stream = (n + w).is_multiple_of(5);
+                    let vertex = (n + w) % 4 == 2;
                     counters.sent.fetch_add(1, Ordering::Relaxed);
                     if stream {
                         counters.streams.fetch_add(1, Ordering::Relaxed);
                     }
-                    match tokio::time::timeout(REQUEST_TIMEOUT, one(&client, &url, stream)).await {
+                    if vertex {
+                        counters.vertex.fetch_add(1, Ordering::Relaxed);
+                    }
+                    match tokio::time::timeout(REQUEST_TIMEOUT, one(&client, &urls[usize::from(vertex)], stream)).await {
                         Ok(Ok(())) => {
                             counters.ok.fetch_add(1, Ordering::Relaxed);
                         }
@@ -77,7 +86,7 @@ pub fn start(name: &str, lb: &str) -> Load {
                             };
                             let mut errs = errors.lock().unwrap();
                             if errs.len() < 20 {
-                                errs.push(format!("t={:.2}s stream={stream}: {why}", started.elapsed().as_secs_f64()));
+                                errs.push(format!("t={:.2}s vertex={vertex} stream={stream}: {why}", started.elapsed().as_secs_f64()));
                             }
                         }
                     }
@@ -142,10 +151,11 @@ impl Load {
             errors: self.errors.lock().unwrap().clone(),
         };
         println!(
-            "load[{}]: {} requests ({} streamed), {} ok, {} failed in {secs:.1}s ({:.0} req/s)",
+            "load[{}]: {} requests ({} streamed, {} to vertex-ai), {} ok, {} failed in {secs:.1}s ({:.0} req/s)",
             self.name,
             r.sent,
             c.streams.load(Ordering::Relaxed),
+            c.vertex.load(Ordering::Relaxed),
             r.ok,
             r.failed,
             r.sent as f64 / secs

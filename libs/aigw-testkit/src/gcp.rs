@@ -147,8 +147,12 @@ struct Served {
 }
 
 async fn serve(handler: AsyncHandler) -> Served {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind fake");
-    let addr = listener.local_addr().unwrap();
+    serve_on(tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind fake"), handler)
+}
+
+/// Serves `handler` on a listener the caller bound (e.g. `0.0.0.0:PORT` in a container).
+fn serve_on(listener: tokio::net::TcpListener, handler: AsyncHandler) -> Served {
+    let addr = listener.local_addr().expect("listener address");
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
@@ -227,15 +231,28 @@ impl Drop for FakeTokenEndpoint {
 impl FakeTokenEndpoint {
     /// Accepts assertions signed by `accounts`; tokens go into `issued`.
     pub async fn start(accounts: &[TestAccount], issued: Arc<IssuedTokens>) -> FakeTokenEndpoint {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind fake");
+        FakeTokenEndpoint::start_on(listener, None, accounts, issued)
+    }
+
+    /// [`FakeTokenEndpoint::start`] on a bound listener. `token_uri` is the URL the clients
+    /// use (and the JWT's required `aud`) when it is not `http://{listener address}/token`,
+    /// e.g. `http://fake-llm:8481/token` behind a container name.
+    pub fn start_on(
+        listener: tokio::net::TcpListener,
+        token_uri: Option<&str>,
+        accounts: &[TestAccount],
+        issued: Arc<IssuedTokens>,
+    ) -> FakeTokenEndpoint {
         let state_cell: Arc<Mutex<Option<Arc<TokenState>>>> = Arc::new(Mutex::new(None));
         let cell = state_cell.clone();
         let handler: AsyncHandler = Arc::new(move |rec| {
             let state = cell.lock().unwrap().clone().expect("state set before serving");
             Box::pin(async move { token_reply(&state, rec).await })
         });
-        let served = serve(handler).await;
+        let served = serve_on(listener, handler);
         let state = Arc::new(TokenState {
-            url: format!("http://{}/token", served.addr),
+            url: token_uri.map_or_else(|| format!("http://{}/token", served.addr), str::to_owned),
             accounts: Mutex::new(accounts.iter().map(|a| (a.client_email.clone(), a.public_der.clone())).collect()),
             issued,
             expires_in: AtomicU64::new(3599),
@@ -472,6 +489,7 @@ pub struct FakeVertex {
     issued: Arc<IssuedTokens>,
     requests: Arc<Mutex<Vec<Recorded>>>,
     rejected: Arc<AtomicUsize>,
+    total: Arc<AtomicUsize>,
 }
 
 impl Drop for FakeVertex {
@@ -495,12 +513,19 @@ fn vertex_path(path: &str) -> Option<(String, String, String)> {
 
 impl FakeVertex {
     pub async fn start(issued: Arc<IssuedTokens>) -> FakeVertex {
+        FakeVertex::start_on(tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind fake"), issued)
+    }
+
+    /// [`FakeVertex::start`] on a bound listener (e.g. `0.0.0.0:PORT` in a container).
+    pub fn start_on(listener: tokio::net::TcpListener, issued: Arc<IssuedTokens>) -> FakeVertex {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let rejected = Arc::new(AtomicUsize::new(0));
-        let (iss, reqs, rej) = (issued.clone(), requests.clone(), rejected.clone());
+        let total = Arc::new(AtomicUsize::new(0));
+        let (iss, reqs, rej, tot) = (issued.clone(), requests.clone(), rejected.clone(), total.clone());
         let handler: AsyncHandler = Arc::new(move |rec: Recorded| {
-            let (iss, reqs, rej) = (iss.clone(), reqs.clone(), rej.clone());
+            let (iss, reqs, rej, tot) = (iss.clone(), reqs.clone(), rej.clone(), tot.clone());
             Box::pin(async move {
+                tot.fetch_add(1, Ordering::SeqCst);
                 reqs.lock().unwrap().push(rec.clone());
                 let r = vertex_reply(&iss, &rec);
                 if r.0 == StatusCode::UNAUTHORIZED {
@@ -509,7 +534,17 @@ impl FakeVertex {
                 r
             })
         });
-        FakeVertex { served: serve(handler).await, issued, requests, rejected }
+        FakeVertex { served: serve_on(listener, handler), issued, requests, rejected, total }
+    }
+
+    /// Requests received so far (also those dropped by [`FakeVertex::clear`]).
+    pub fn total(&self) -> usize {
+        self.total.load(Ordering::SeqCst)
+    }
+
+    /// Drops the recorded requests (a long-running fake keeps its memory flat).
+    pub fn clear(&self) {
+        self.requests.lock().unwrap().clear();
     }
 
     /// `http://127.0.0.1:PORT` (use as `override.endpoint` origin).

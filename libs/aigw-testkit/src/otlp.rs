@@ -1,7 +1,8 @@
 //! A fake OpenTelemetry collector: OTLP/gRPC (trace and metrics services, tonic) on one
 //! port, and on another plain HTTP with OTLP/HTTP protobuf (`POST /v1/traces`,
-//! `/v1/metrics`) plus what it received as JSON (`GET /spans`, `GET /metrics`,
-//! `GET /healthz`). As strict as a real collector about what it parses: a body that is
+//! `/v1/metrics`) plus what it received as JSON (`GET /spans`, filtered by
+//! `?key=value&…&limit=N` on the service, trace id, span or resource attributes;
+//! `GET /metrics`, `GET /healthz`). As strict as a real collector about what it parses: a body that is
 //! not a valid export request is refused (gRPC `INVALID_ARGUMENT`, HTTP 400) and counted.
 
 use std::convert::Infallible;
@@ -31,6 +32,8 @@ use serde_json::{Value, json};
 pub struct Got {
     pub service: String,
     pub span: Span,
+    /// Its resource's attributes (`service.instance.id`, …), shared by its batch.
+    pub resource: Arc<Vec<KeyValue>>,
 }
 
 impl Got {
@@ -103,7 +106,35 @@ impl Got {
         self.span.attributes.iter().map(|a| a.key.as_str()).collect()
     }
     pub fn json(&self) -> Value {
-        span_json(&self.service, &self.span)
+        let mut v = span_json(&self.service, &self.span);
+        v["resource"] = attrs_json(&self.resource);
+        v
+    }
+
+    /// A resource attribute (`service.instance.id`, …) as a string.
+    pub fn resource_str(&self, k: &str) -> Option<&str> {
+        match find(&self.resource, k)? {
+            any_value::Value::StringValue(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Whether `key` (a span attribute, else a resource attribute; or `service`,
+    /// `trace_id`, `name`) equals `want`. Numbers and booleans compare by their text.
+    fn matches(&self, key: &str, want: &str) -> bool {
+        let text = |v: &any_value::Value| match v {
+            any_value::Value::StringValue(s) => s == want,
+            any_value::Value::IntValue(i) => i.to_string() == want,
+            any_value::Value::BoolValue(b) => b.to_string() == want,
+            any_value::Value::DoubleValue(d) => d.to_string() == want,
+            _ => false,
+        };
+        match key {
+            "service" => self.service == want,
+            "trace_id" => self.trace_id() == want,
+            "name" => self.span.name == want,
+            _ => find(&self.span.attributes, key).or_else(|| find(&self.resource, key)).is_some_and(text),
+        }
     }
 }
 
@@ -221,9 +252,10 @@ impl Store {
         let mut all = self.spans.lock().unwrap();
         for rs in req.resource_spans {
             let service = service_of(rs.resource.as_ref());
+            let resource = Arc::new(rs.resource.map(|r| r.attributes).unwrap_or_default());
             for ss in rs.scope_spans {
                 self.total_spans.fetch_add(ss.spans.len(), Ordering::Relaxed);
-                all.extend(ss.spans.into_iter().map(|span| Got { service: service.clone(), span }));
+                all.extend(ss.spans.into_iter().map(|span| Got { service: service.clone(), span, resource: resource.clone() }));
             }
         }
         if all.len() > self.max_spans {
@@ -324,9 +356,28 @@ async fn http_handler(store: Arc<Store>, req: Request<Incoming>) -> Result<Respo
             }
         }
         ("GET", "/spans") => {
-            let spans: Vec<Value> = store.spans.lock().unwrap().iter().map(Got::json).collect();
+            // Filters: `?service=aigw-proxy&service.instance.id=…&aigw.request_id=…&limit=N`
+            // (every `key=value` must match; `limit` keeps the last N matches).
+            let mut filters = Vec::new();
+            let mut limit = usize::MAX;
+            for (k, v) in parts.uri.query().unwrap_or_default().split('&').filter_map(|kv| kv.split_once('=')) {
+                let (k, v) = (crate::fake::percent_decode(&k.replace('+', " ")), crate::fake::percent_decode(&v.replace('+', " ")));
+                if k == "limit" {
+                    match v.parse() {
+                        Ok(n) => limit = n,
+                        Err(_) => return Ok(reply(StatusCode::BAD_REQUEST, "text/plain", "limit: want a number\n")),
+                    }
+                } else {
+                    filters.push((k, v));
+                }
+            }
+            let all = store.spans.lock().unwrap();
+            let matched: Vec<&Got> = all.iter().filter(|g| filters.iter().all(|(k, v)| g.matches(k, v))).collect();
+            let spans: Vec<Value> = matched[matched.len().saturating_sub(limit)..].iter().map(|g| g.json()).collect();
             let total = store.total_spans.load(Ordering::Relaxed);
-            reply(StatusCode::OK, "application/json", serde_json::to_vec(&json!({"total": total, "spans": spans})).unwrap_or_default())
+            let body = json!({"total": total, "matched": matched.len(), "spans": spans});
+            drop(all);
+            reply(StatusCode::OK, "application/json", serde_json::to_vec(&body).unwrap_or_default())
         }
         ("GET", "/metrics") => {
             let metrics: Vec<Value> = store.metrics.lock().unwrap().iter().map(GotMetric::json).collect();
@@ -431,5 +482,71 @@ impl Collector {
             async move { v }
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
+
+    fn kv(k: &str, v: &str) -> KeyValue {
+        KeyValue { key: k.into(), value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.into())) }), ..Default::default() }
+    }
+
+    fn batch(instance: &str, request_ids: &[&str]) -> ResourceSpans {
+        let spans = request_ids
+            .iter()
+            .map(|id| Span {
+                name: "chat m".into(),
+                trace_id: vec![7; 16],
+                span_id: vec![1; 8],
+                attributes: vec![kv("aigw.request_id", id)],
+                ..Default::default()
+            })
+            .collect();
+        ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", "aigw-proxy"), kv("service.instance.id", instance)],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+            ..Default::default()
+        }
+    }
+
+    /// `GET /spans` filters on span and resource attributes and keeps the last `limit`.
+    #[tokio::test]
+    async fn spans_are_filtered_by_span_and_resource_attributes() {
+        let c = Collector::start().await;
+        let req = ExportTraceServiceRequest { resource_spans: vec![batch("a", &["r1", "r2"]), batch("b", &["r3"])] };
+        let r = crate::http::send(
+            http::Method::POST,
+            &format!("{}/v1/traces", c.http_endpoint()),
+            &[("content-type", "application/x-protobuf")],
+            req.encode_to_vec(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200);
+        let get = |q: &'static str| {
+            let url = format!("{}/spans?{q}", c.http_endpoint());
+            async move { crate::http::get(&url, &[]).await.unwrap().json() }
+        };
+        let all = get("").await;
+        assert_eq!((all["total"].as_u64(), all["matched"].as_u64()), (Some(3), Some(3)), "{all}");
+        let b = get("service=aigw-proxy&service.instance.id=b").await;
+        assert_eq!(b["matched"], 1, "{b}");
+        assert_eq!(b["spans"][0]["attributes"]["aigw.request_id"], "r3");
+        assert_eq!(b["spans"][0]["resource"]["service.instance.id"], "b");
+        let last = get("service.instance.id=a&limit=1").await;
+        assert_eq!((last["matched"].as_u64(), last["spans"].as_array().map(Vec::len)), (Some(2), Some(1)), "{last}");
+        assert_eq!(last["spans"][0]["attributes"]["aigw.request_id"], "r2");
+        assert_eq!(get("aigw.request_id=r9").await["matched"], 0);
+        assert_eq!(get("service=other&aigw.request_id=r1").await["matched"], 0);
+        assert_eq!(get("trace_id=07070707070707070707070707070707").await["matched"], 3);
+        let bad = crate::http::get(&format!("{}/spans?limit=x", c.http_endpoint()), &[]).await.unwrap();
+        assert_eq!(bad.status, 400);
     }
 }

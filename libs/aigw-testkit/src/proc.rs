@@ -28,6 +28,18 @@ pub fn bin(name: &str) -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = std::process::Command::new(cargo);
         cmd.current_dir(workspace_root()).args(["build", "--bins", "-p", "aigw-config", "-p", "aigw-proxy", "-p", "aigw-token-cache"]);
+        // This process has the variables cargo sets for a test (CARGO_MANIFEST_DIR,
+        // CARGO_PKG_NAME, …). Build scripts that watch them (ring's does) would see other
+        // values than in a plain `cargo` run, be rerun, and make the next cargo command
+        // rebuild ring and everything above it again (~20 s each time).
+        for (k, _) in std::env::vars_os() {
+            if let Some(k) = k.to_str()
+                && (["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_"].iter().any(|p| k.starts_with(p))
+                    || ["CARGO_CRATE_NAME", "CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&k))
+            {
+                cmd.env_remove(k);
+            }
+        }
         if profile_dir().file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }

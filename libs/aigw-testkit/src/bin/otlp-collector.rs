@@ -6,10 +6,12 @@
 //! |---|---|---|
 //! | `--grpc-listen` (default `127.0.0.1:4317`) | `opentelemetry.proto.collector.{trace,metrics}.v1` | OTLP/gRPC |
 //! | `--http-listen` (default `127.0.0.1:4318`) | `POST /v1/traces`, `POST /v1/metrics` | OTLP/HTTP protobuf |
-//! | | `GET /spans`, `GET /metrics` | what was received, as JSON (`/spans`: `total` and the last `--max-spans`) |
+//! | | `GET /spans`, `GET /metrics` | what was received, as JSON (`/spans`: `total`, and of the last `--max-spans` those matching `?key=value&…` — `service`, `trace_id`, `name`, any span or resource attribute such as `aigw.request_id` or `service.instance.id` — `matched` and the last `limit=N` of them, each with its resource) |
 //! | | `GET /healthz` | `ok` |
 //!
 //! Each listener prints `listening kind=grpc|http addr=…` once bound (port 0 picks one).
+//! Flags take `--flag VALUE` or `--flag=VALUE`. The fleet runs it as the `traces` service in
+//! CI (deploy/compose.local.yml), in Jaeger's place.
 
 use std::net::SocketAddr;
 
@@ -31,10 +33,16 @@ fn main() {
     let mut max_spans = 100_000usize;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        match a.as_str() {
-            "--grpc-listen" => grpc = args.next().unwrap_or_else(|| usage()),
-            "--http-listen" => http = args.next().unwrap_or_else(|| usage()),
-            "--max-spans" => max_spans = args.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| usage()),
+        // `--flag VALUE` or `--flag=VALUE`.
+        let (name, inline) = match a.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
+            _ => (a.clone(), None),
+        };
+        let mut value = || inline.clone().or_else(|| args.next()).unwrap_or_else(|| usage());
+        match name.as_str() {
+            "--grpc-listen" => grpc = value(),
+            "--http-listen" => http = value(),
+            "--max-spans" => max_spans = value().parse().unwrap_or_else(|_| usage()),
             "-h" | "--help" => usage(),
             other => {
                 eprintln!("otlp-collector: unknown argument {other:?}");
