@@ -112,6 +112,10 @@ routes:
         auth: {header: {Authorization: "Bearer bench"}}
         options: {model: gpt-4o-mini}
         override: {endpoint: "http://$UP/v1/chat/completions"}
+ROUTES
+# A baseline build may predate ai-proxy-multi: it gets the routes above only.
+cp "$work/routes.yaml" "$work/routes-base.yaml"
+cat >> "$work/routes.yaml" <<ROUTES
   - id: multi1
     uri: /multi1/v1/chat/completions
     plugins:
@@ -134,17 +138,18 @@ routes:
           - {name: w5, provider: openai-compatible, weight: 5, auth: {header: {Authorization: "Bearer bench"}},
              options: {model: gpt-4o-mini}, override: {endpoint: "http://$UP/v1/chat/completions"}}
 ROUTES
-start_proxy() { # NAME BINARY PORT STATUS_PORT
-  "$2" --routes "$work/routes.yaml" --listen "127.0.0.1:$3" --status-listen "127.0.0.1:$4" --access-log off --log-level warn 2>"$work/$1.log" &
+start_proxy() { # NAME BINARY PORT STATUS_PORT [ROUTES_FILE]
+  "$2" --routes "${5:-$work/routes.yaml}" --listen "127.0.0.1:$3" --status-listen "127.0.0.1:$4" --access-log off --log-level warn 2>"$work/$1.log" &
   echo $! > "$work/$1.pid"
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$4/readyz" >/dev/null && break; sleep 0.1; done
+  curl -sf "http://127.0.0.1:$4/readyz" >/dev/null || { echo "bench: $1 did not start:" >&2; cat "$work/$1.log" >&2; exit 1; }
 }
 GW=127.0.0.1:19180
 start_proxy proxy "$PROXY" 19180 19191
 PID=$(cat "$work/proxy.pid")
 BGW=127.0.0.1:19280
 BPID=""
-if [ -n "$BASE_PROXY" ]; then start_proxy base "$BASE_PROXY" 19280 19291; BPID=$(cat "$work/base.pid"); fi
+if [ -n "$BASE_PROXY" ]; then start_proxy base "$BASE_PROXY" 19280 19291 "$work/routes-base.yaml"; BPID=$(cat "$work/base.pid"); fi
 GW_OTEL=127.0.0.1:19380
 OPID=""
 if [ "$OTEL" = 1 ]; then
