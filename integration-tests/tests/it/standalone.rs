@@ -196,3 +196,56 @@ async fn sigterm_drains_an_in_flight_stream_and_h2c_is_served() {
     assert!(rest.ends_with("data: [DONE]\n\n"), "the stream finished: {rest}");
     assert!(p.proc.wait_exit(Duration::from_secs(15)).await.success());
 }
+
+/// The drain loses no request a client has sent (services/proxy/src/serve.rs): connections
+/// the kernel completed while the process could not accept (SIGSTOP), each with a request
+/// already sent, are all answered after SIGTERM; a connection accepted before the stop whose
+/// request comes after it is answered too; a silent one is closed after the grace
+/// (`--client-header-timeout`, here 2 s) and the process then exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_every_connection_already_made() {
+    use aigw_testkit::fake::{AuthCheck, ProviderSpec};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    let up = FakeServer::start(ProviderSpec::new("up", AuthCheck::Bearer("k".into())).handler()).await;
+    let route = json!({"id": "s", "uri": "/s", "plugins": {"ai-proxy": {"provider": "openai-compatible", "auth": {"header": {"Authorization": "Bearer k"}},
+        "options": {"model": "m"}, "override": {"endpoint": up.url()}}}});
+    let dir = TempDir::new("drain");
+    let file = dir.path().join("routes.json");
+    std::fs::write(&file, json!({ "routes": [route] }).to_string()).unwrap();
+    let mut p = Proxy::start(&["--routes", file.to_str().unwrap(), "--client-header-timeout", "2s"], &[]).await;
+    let addr = p.data.trim_start_matches("http://").to_string();
+    let body = json!({"messages": [{"role": "user", "content": "hi"}]}).to_string();
+    let request = format!("POST /s HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+
+    let mut late = TcpStream::connect(&addr).await.unwrap();
+    let mut silent = TcpStream::connect(&addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await; // both accepted by the proxy
+
+    p.proc.signal(19); // SIGSTOP: the kernel still completes connects into the accept queue
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut queued = Vec::new();
+    for _ in 0..24 {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        queued.push(s);
+    }
+    p.proc.signal(15);
+    p.proc.signal(18); // SIGCONT: the stop and the queued connections arrive together
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    late.write_all(request.as_bytes()).await.unwrap();
+
+    for (i, s) in queued.iter_mut().chain(std::iter::once(&mut late)).enumerate() {
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(read.is_ok_and(|r| r.is_ok()), "connection {i}: read failed or hung: {answer:?}");
+        assert!(answer.starts_with("HTTP/1.1 200"), "connection {i}: {answer:?}");
+        assert!(answer.to_ascii_lowercase().contains("connection: close"), "connection {i}: {answer:?}");
+        assert!(answer.contains("chat.completion"), "connection {i}: {answer:?}");
+    }
+    let mut rest = Vec::new();
+    let silent_end = tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut rest)).await;
+    assert!(silent_end.is_ok(), "the silent connection is closed after the grace");
+    assert!(p.proc.wait_exit(Duration::from_secs(15)).await.success());
+}
