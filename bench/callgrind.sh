@@ -14,7 +14,7 @@ N=${CALLGRIND_REQUESTS:-1000}
 command -v valgrind >/dev/null || { echo "callgrind: valgrind not installed" >&2; exit 1; }
 command -v nginx >/dev/null 2>&1 || export PATH="$PATH:/usr/sbin"
 work=$(mktemp -d)
-trap 'for f in "$work"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null; done; rm -rf "$work"' EXIT
+trap 'for f in "$work"/*.pid; do kill "$(cat "$f" 2>/dev/null)" 2>/dev/null; done; rm -rf "$work"' EXIT
 
 UP=127.0.0.1:18381
 mkdir -p "$work/www/v1/chat"
@@ -83,7 +83,16 @@ run_one() {
   echo "$pid" > "$work/$label.pid"
   wait_port "$port"
   if [ "$n" -gt 0 ]; then python3 "$work/client.py" "127.0.0.1:$port" "$n" bench/chat_request.json; fi
-  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  # A SIGTERM can be lost while valgrind's guest sits in epoll_wait (seen with nginx):
+  # send it again each second until the process is gone (2 min at most).
+  kill -TERM "$pid" 2>/dev/null || true
+  for i in $(seq 240); do
+    state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || true)
+    if [ -z "$state" ] || [ "$state" = Z ]; then break; fi
+    sleep 0.5
+    if [ $((i % 4)) = 0 ]; then kill -TERM "$pid" 2>/dev/null || true; fi
+  done
+  wait "$pid" 2>/dev/null || true
   rm -f "$work/$label.pid"
   if [ -n "${CALLGRIND_KEEP:-}" ]; then mkdir -p "$CALLGRIND_KEEP"; cp "$out" "$CALLGRIND_KEEP/"; fi
   total_ir "$out"

@@ -29,7 +29,7 @@ cargo build --release -q -p aigw-proxy
 PROXY="$CARGO_TARGET_DIR/release/aigw-proxy"
 if [ "$OTEL" = 1 ]; then cargo build --release -q -p aigw-testkit --bin otlp-collector; fi
 work=$(mktemp -d)
-trap 'for f in "$work"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null; done; [ -d "$work/base-src" ] && git worktree remove --force "$work/base-src" 2>/dev/null; rm -rf "$work"' EXIT
+trap 'for f in "$work"/*.pid; do kill "$(cat "$f" 2>/dev/null)" 2>/dev/null; done; [ -d "$work/base-src" ] && git worktree remove --force "$work/base-src" 2>/dev/null; rm -rf "$work"' EXIT
 
 BASE_PROXY=""
 if [ -n "${BASELINE_REV:-}" ]; then

@@ -319,6 +319,51 @@ async fn upstream_errors_and_cut_streams_are_marked_on_spans() {
     }
 }
 
+/// OTLP over TLS, gRPC and http/protobuf, to a collector whose certificate a private CA
+/// vouches for (`OTEL_EXPORTER_OTLP_CERTIFICATE`); without it the certificate is not
+/// trusted: nothing is exported, the failures are counted, requests still succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_over_tls_verified_against_a_private_ca() {
+    let (col, ca) = Collector::start_tls().await;
+    let dir = TempDir::new("otlp-ca");
+    let ca_file = dir.path().join("collector-ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let up = FakeServer::start(ProviderSpec::openai("k").handler()).await;
+    for (protocol, endpoint) in [("grpc", col.grpc_endpoint()), ("http/protobuf", col.http_endpoint())] {
+        assert!(endpoint.starts_with("https://"), "{endpoint}");
+        let env = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca_file.to_str().unwrap()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ];
+        let (p, _d) = proxy_with(vec![chat_route("r", "/chat", &up.url(), "k")], &env, &[]).await;
+        let r = p.chat("/chat").await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        let rid = r.headers.get("x-aigw-request-id").and_then(|v| v.to_str().ok()).unwrap().to_owned();
+        let (server, _) = trace_of(&col, &rid).await;
+        assert_eq!(server.str("aigw.request_id"), Some(rid.as_str()), "{protocol}");
+
+        // The same collector without the CA: not trusted.
+        let untrusted = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ];
+        let (p, _d) = proxy_with(vec![chat_route("r", "/chat", &up.url(), "k")], &untrusted, &[]).await;
+        let r = p.chat("/chat").await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        let rid = r.headers.get("x-aigw-request-id").and_then(|v| v.to_str().ok()).unwrap().to_owned();
+        wait_until("failed span exports counted", T, || async {
+            let m = http::get(&format!("{}/metrics", p.status), &[]).await.ok()?.text();
+            let n: u64 = m.lines().find_map(|l| l.strip_prefix("aigw_telemetry_spans_failed_total "))?.parse().ok()?;
+            (n >= 1).then_some(())
+        })
+        .await;
+        assert!(!col.spans().iter().any(|s| s.str("aigw.request_id") == Some(rid.as_str())), "{protocol}: exported without trust");
+    }
+}
+
 /// A collector that is down costs dropped telemetry (counted), never a request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_that_is_down_only_costs_telemetry() {
@@ -352,7 +397,7 @@ async fn http_logger_sends_llm_summaries_and_payloads_without_credentials() {
             "options": {"model": "gpt-4"}, "override": {"endpoint": format!("{}/v1/chat/completions", up.url())},
             "logging": {"summaries": true, "payloads": true}},
         "http-logger": {"uri": format!("{}/logs?token=q", sink.url()), "batch_max_size": 1, "auth_header": "Bearer log-secret-123",
-            "include_req_body": true}}});
+            "include_req_body": true, "include_resp_body": true}}});
     let col = Collector::start().await;
     let env = otel_env(&col);
     let (p, _d) = proxy_with(vec![route.clone()], &env_refs(&env), &[]).await;
@@ -395,6 +440,7 @@ async fn http_logger_sends_llm_summaries_and_payloads_without_credentials() {
     assert_eq!(e["llm_request"]["stream"], false);
     assert_eq!(e["llm_response_text"]["content"], "1+1 equals 2.");
     assert_eq!(serde_json::from_str::<Value>(e["request"]["body"].as_str().unwrap()).unwrap(), chat(None, false));
+    assert_eq!(serde_json::from_str::<Value>(e["response"]["body"].as_str().unwrap()).unwrap(), r.json());
 
     // logging.payloads: the messages and the answer as a span event, and no credential.
     let rid = r.headers.get("x-aigw-request-id").and_then(|v| v.to_str().ok()).unwrap().to_owned();
@@ -407,9 +453,12 @@ async fn http_logger_sends_llm_summaries_and_payloads_without_credentials() {
 
     // A stream's text is accumulated.
     let mut st = http::post_stream(&format!("{}/anything", p.data), &[], &chat(None, true)).await.unwrap();
-    let _ = st.rest().await;
+    let streamed = st.rest().await;
     let e = wait_until("the stream's entry", T, || async { sink.requests().get(1).map(Recorded::json) }).await;
     assert_eq!(e["llm_summary"]["stream"], true);
+    // include_resp_body on a stream: what the client was sent.
+    assert!(streamed.ends_with("data: [DONE]\n\n"), "{streamed}");
+    assert_eq!(e["response"]["body"].as_str(), Some(streamed.as_str()), "{e:#}");
     assert!(e["llm_response_text"]["content"].as_str().is_some_and(|t| t.starts_with("part0 ")), "{e:#}");
 
     // /config_dump shows the logger's auth_header redacted.

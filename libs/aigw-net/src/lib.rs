@@ -52,35 +52,47 @@ pub fn server_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, 
 
 /// Root certificates from a PEM bundle (`--control-plane-ca`).
 pub fn roots_from_pem(pem: &[u8]) -> Result<rustls::RootCertStore, TlsError> {
+    roots_named(pem, "--control-plane-ca")
+}
+
+/// Root certificates from a PEM bundle; errors name it `what`.
+pub fn roots_named(pem: &[u8], what: &str) -> Result<rustls::RootCertStore, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(pem) {
-        let c = c.map_err(|e| TlsError::Config(format!("--control-plane-ca: {e}")))?;
-        roots.add(c).map_err(|e| TlsError::Config(format!("--control-plane-ca: {e}")))?;
+        let c = c.map_err(|e| TlsError::Config(format!("{what}: {e}")))?;
+        roots.add(c).map_err(|e| TlsError::Config(format!("{what}: {e}")))?;
     }
     if roots.is_empty() {
-        return Err(TlsError::Config("--control-plane-ca: no certificate in the bundle".into()));
+        return Err(TlsError::Config(format!("{what}: no certificate in the bundle")));
     }
     Ok(roots)
+}
+
+/// A rustls client configuration trusting `ca_pem` (a PEM bundle named `what` in errors).
+pub fn client_tls(ca_pem: &[u8], what: &str) -> Result<rustls::ClientConfig, TlsError> {
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots_named(ca_pem, what)?)
+        .with_no_client_auth())
 }
 
 /// A connector for tonic channels to `http://` or `https://` control-plane URLs. `https`
 /// is verified against `ca_pem` (a PEM bundle) when given, else the webpki (Mozilla)
 /// roots; ALPN offers h2 only (gRPC).
 pub fn grpc_connector(ca_pem: Option<&[u8]>) -> Result<hyper_rustls::HttpsConnector<HttpConnector>, TlsError> {
+    grpc_connector_named(ca_pem, "--control-plane-ca")
+}
+
+/// [`grpc_connector`], naming the CA bundle `what` in errors.
+pub fn grpc_connector_named(ca_pem: Option<&[u8]>, what: &str) -> Result<hyper_rustls::HttpsConnector<HttpConnector>, TlsError> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(Duration::from_secs(5)));
     http.set_keepalive(Some(Duration::from_secs(30)));
     let builder = match ca_pem {
-        Some(pem) => {
-            let cfg = rustls::ClientConfig::builder_with_provider(provider())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| TlsError::Config(e.to_string()))?
-                .with_root_certificates(roots_from_pem(pem)?)
-                .with_no_client_auth();
-            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(cfg)
-        }
+        Some(pem) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(client_tls(pem, what)?),
         None => hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_webpki_roots(provider())
             .map_err(|e| TlsError::Config(e.to_string()))?,

@@ -27,6 +27,9 @@ pub struct OtelConfig {
     pub headers: Vec<(String, String)>,
     /// `OTEL_EXPORTER_OTLP_TIMEOUT` (ms, default 10 s): one export call.
     pub timeout: Duration,
+    /// `OTEL_EXPORTER_OTLP_CERTIFICATE`: the PEM bundle (read from the named file) that
+    /// `https` endpoints are verified against, instead of the webpki (Mozilla) roots.
+    pub ca_pem: Option<Vec<u8>>,
     pub service_name: String,
     /// `OTEL_RESOURCE_ATTRIBUTES` (`k=v,…`), `service.name` excluded.
     pub resource: Vec<(String, String)>,
@@ -152,6 +155,10 @@ impl OtelConfig {
             Some(h) => pairs("OTEL_EXPORTER_OTLP_HEADERS", &h)?,
             None => Vec::new(),
         };
+        let ca_pem = match get("OTEL_EXPORTER_OTLP_CERTIFICATE") {
+            Some(path) => Some(std::fs::read(&path).map_err(|e| format!("OTEL_EXPORTER_OTLP_CERTIFICATE {path}: {e}"))?),
+            None => None,
+        };
         let mut resource = match get("OTEL_RESOURCE_ATTRIBUTES") {
             Some(r) => pairs("OTEL_RESOURCE_ATTRIBUTES", &r)?,
             None => Vec::new(),
@@ -165,6 +172,7 @@ impl OtelConfig {
             metrics_endpoint,
             headers,
             timeout: ms(env, "OTEL_EXPORTER_OTLP_TIMEOUT", 10_000)?,
+            ca_pem,
             service_name,
             resource,
             sampler,
@@ -188,6 +196,14 @@ mod tests {
     fn check(vars: &[(&str, &str)]) -> Result<Option<OtelConfig>, String> {
         let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         OtelConfig::from_env("aigw-proxy", &move |n| vars.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone()))
+    }
+
+    #[test]
+    fn a_certificate_file_that_cannot_be_read_is_a_startup_error() {
+        let e = check(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4317"), ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem")])
+            .err()
+            .unwrap();
+        assert!(e.starts_with("OTEL_EXPORTER_OTLP_CERTIFICATE /nonexistent/ca.pem: "), "{e}");
     }
 
     #[test]

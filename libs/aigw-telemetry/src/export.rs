@@ -125,21 +125,20 @@ enum Transport {
     },
 }
 
-fn channel(url: &str, timeout: Duration) -> Result<tonic::transport::Channel, String> {
+const CA_VAR: &str = "OTEL_EXPORTER_OTLP_CERTIFICATE";
+
+/// A lazily connecting channel to `url` (`http://` = h2c, `https://` = TLS verified against
+/// `ca` or the webpki roots).
+fn channel(url: &str, timeout: Duration, ca: Option<&[u8]>) -> Result<tonic::transport::Channel, String> {
     let ep = tonic::transport::Endpoint::from_shared(url.to_owned()).map_err(|e| format!("OTLP endpoint {url:?}: {e}"))?;
-    Ok(ep.timeout(timeout).connect_timeout(timeout).connect_lazy())
+    let connector = aigw_net::grpc_connector_named(ca, CA_VAR).map_err(|e| e.to_string())?;
+    Ok(ep.timeout(timeout).connect_timeout(timeout).connect_with_connector_lazy(connector))
 }
 
 impl Transport {
     fn new(cfg: &OtelConfig) -> Result<Transport, String> {
         match cfg.protocol {
             Protocol::Grpc => {
-                if [&cfg.traces_endpoint, &cfg.metrics_endpoint].iter().any(|e| e.as_deref().is_some_and(|u| u.starts_with("https://"))) {
-                    return Err(
-                        "OTLP over gRPC with TLS is not supported in this build: use http:// or OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"
-                            .into(),
-                    );
-                }
                 let mut headers = tonic::metadata::MetadataMap::new();
                 for (k, v) in &cfg.headers {
                     let key = tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
@@ -148,8 +147,18 @@ impl Transport {
                     headers.insert(key, val);
                 }
                 Ok(Transport::Grpc {
-                    traces: cfg.traces_endpoint.as_deref().map(|u| channel(u, cfg.timeout)).transpose()?.map(TraceServiceClient::new),
-                    metrics: cfg.metrics_endpoint.as_deref().map(|u| channel(u, cfg.timeout)).transpose()?.map(MetricsServiceClient::new),
+                    traces: cfg
+                        .traces_endpoint
+                        .as_deref()
+                        .map(|u| channel(u, cfg.timeout, cfg.ca_pem.as_deref()))
+                        .transpose()?
+                        .map(TraceServiceClient::new),
+                    metrics: cfg
+                        .metrics_endpoint
+                        .as_deref()
+                        .map(|u| channel(u, cfg.timeout, cfg.ca_pem.as_deref()))
+                        .transpose()?
+                        .map(MetricsServiceClient::new),
                     headers,
                 })
             }
@@ -158,12 +167,14 @@ impl Transport {
                 let mut conn = hyper_util::client::legacy::connect::HttpConnector::new();
                 conn.enforce_http(false);
                 conn.set_connect_timeout(Some(cfg.timeout));
-                let https = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_provider_and_webpki_roots(provider)
-                    .map_err(|e| format!("OTLP TLS: {e}"))?
-                    .https_or_http()
-                    .enable_http1()
-                    .wrap_connector(conn);
+                let builder = match cfg.ca_pem.as_deref() {
+                    Some(pem) => hyper_rustls::HttpsConnectorBuilder::new()
+                        .with_tls_config(aigw_net::client_tls(pem, CA_VAR).map_err(|e| e.to_string())?),
+                    None => hyper_rustls::HttpsConnectorBuilder::new()
+                        .with_provider_and_webpki_roots(provider)
+                        .map_err(|e| format!("OTLP TLS: {e}"))?,
+                };
+                let https = builder.https_or_http().enable_http1().wrap_connector(conn);
                 let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
                 let uri = |u: &Option<String>| {
                     u.as_deref().map(|u| u.parse::<http::Uri>().map_err(|e| format!("OTLP endpoint {u:?}: {e}"))).transpose()

@@ -310,6 +310,8 @@ pub struct Collector {
     pub grpc: SocketAddr,
     /// OTLP/HTTP and the JSON views.
     pub http: SocketAddr,
+    /// `https` when started with [`Collector::start_tls`].
+    scheme: &'static str,
     store: Arc<Store>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -400,8 +402,35 @@ impl Collector {
         Collector::serve_keeping(grpc, http, 1_000_000)
     }
 
+    /// Both listeners on 127.0.0.1:0 with TLS: a self-signed certificate for `127.0.0.1`
+    /// and `localhost`, returned as PEM (what `OTEL_EXPORTER_OTLP_CERTIFICATE` names).
+    pub async fn start_tls() -> (Collector, String) {
+        let g = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind collector gRPC");
+        let h = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind collector HTTP");
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).expect("self-signed certificate");
+        let der = rustls::pki_types::CertificateDer::from(cert.cert.der().to_vec());
+        let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).expect("key der");
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![der], key)
+            .expect("server config");
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        (Collector::serve_inner(g, h, 1_000_000, Some(Arc::new(cfg))), cert.cert.pem())
+    }
+
     /// Keeps at most `max_spans` spans (the oldest go first; the total is still counted).
     pub fn serve_keeping(grpc: tokio::net::TcpListener, http: tokio::net::TcpListener, max_spans: usize) -> Collector {
+        Collector::serve_inner(grpc, http, max_spans, None)
+    }
+
+    fn serve_inner(
+        grpc: tokio::net::TcpListener,
+        http: tokio::net::TcpListener,
+        max_spans: usize,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Collector {
         let store = Arc::new(Store {
             max_spans: max_spans.max(2),
             total_spans: AtomicUsize::new(0),
@@ -413,36 +442,55 @@ impl Collector {
         });
         let (ga, ha) = (grpc.local_addr().expect("addr"), http.local_addr().expect("addr"));
         let s = store.clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let grpc_tls = tls.clone();
         let grpc_task = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(TraceServiceServer::new(Grpc(s.clone())))
-                .add_service(MetricsServiceServer::new(GrpcMetrics(s)))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc))
-                .await;
+            match grpc_tls {
+                None => {
+                    let _ = tonic::transport::Server::builder()
+                        .add_service(TraceServiceServer::new(Grpc(s.clone())))
+                        .add_service(MetricsServiceServer::new(GrpcMetrics(s)))
+                        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc))
+                        .await;
+                }
+                Some(cfg) => {
+                    let app = tonic::service::Routes::new(TraceServiceServer::new(Grpc(s.clone())))
+                        .add_service(MetricsServiceServer::new(GrpcMetrics(s)))
+                        .prepare()
+                        .into_axum_router();
+                    aigw_net::serve(grpc, app, Some(cfg), std::future::pending(), Duration::from_secs(1)).await;
+                }
+            }
         });
         let s = store.clone();
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let http_task = tokio::spawn(async move {
             while let Ok((stream, _)) = http.accept().await {
-                let s = s.clone();
+                let (s, acceptor) = (s.clone(), acceptor.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| http_handler(s.clone(), req));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let _ = match acceptor {
+                        None => builder.serve_connection(TokioIo::new(stream), svc).await,
+                        Some(a) => match a.accept(stream).await {
+                            Ok(tls) => builder.serve_connection(TokioIo::new(tls), svc).await,
+                            Err(_) => return,
+                        },
+                    };
                 });
             }
         });
-        Collector { grpc: ga, http: ha, store, tasks: vec![grpc_task, http_task] }
+        Collector { grpc: ga, http: ha, scheme, store, tasks: vec![grpc_task, http_task] }
     }
 
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` for OTLP/gRPC.
     pub fn grpc_endpoint(&self) -> String {
-        format!("http://{}", self.grpc)
+        format!("{}://{}", self.scheme, self.grpc)
     }
 
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` for OTLP/HTTP (`http/protobuf`).
     pub fn http_endpoint(&self) -> String {
-        format!("http://{}", self.http)
+        format!("{}://{}", self.scheme, self.http)
     }
 
     pub fn spans(&self) -> Vec<Got> {

@@ -21,6 +21,9 @@ use crate::compiled::{CompiledRoute, CompiledTarget};
 
 /// The most answer text kept for `logging.payloads` (`llm_response_text`, span events).
 pub const TEXT_CAP: usize = 256 * 1024;
+/// How much of a streamed answer `http-logger.include_resp_body` keeps (APISIX's
+/// `max_resp_body_bytes` default, 512 KiB).
+pub const STREAM_BODY_CAP: usize = 512 * 1024;
 
 /// One upstream attempt (one CLIENT span).
 #[derive(Debug, Clone, Default)]
@@ -142,7 +145,8 @@ pub struct Record {
     pub response_text: Option<String>,
     /// `http-logger.include_req_body`: the client's body.
     pub request_body: Option<Bytes>,
-    /// `http-logger.include_resp_body`: a whole answer's body as the upstream sent it.
+    /// `http-logger.include_resp_body`: a whole answer's body as the upstream sent it; of
+    /// a stream, what the client was sent, up to [`STREAM_BODY_CAP`].
     pub response_body: Option<Bytes>,
 }
 
@@ -212,6 +216,11 @@ impl Record {
     /// How much answer text to collect (`logging.payloads`), if any.
     pub fn text_cap(&self) -> Option<usize> {
         self.logging().1.then_some(TEXT_CAP)
+    }
+
+    /// How much of a streamed answer to keep for `http-logger.include_resp_body`, if any.
+    pub fn stream_body_cap(&self) -> Option<usize> {
+        self.include_bodies().1.then_some(STREAM_BODY_CAP)
     }
 
     fn include_bodies(&self) -> (bool, bool) {

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use aigw_llm::stream::{Ending, Pipe, Step};
 use aigw_llm::usage::observe_json;
 use aigw_providers::plan::Plan;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -94,6 +94,7 @@ pub async fn respond(sent: Sent, plan: &Plan, route: &CompiledRoute, rec: &mut R
             ap.max_stream_duration_ms.map(Duration::from_millis),
             ap.max_response_bytes,
             sent_at,
+            rec.stream_body_cap(),
         );
         return Ok(Answer { parts, payload: Payload::Stream(Box::new(state)), hold: Box::new(permit) });
     }
@@ -162,6 +163,8 @@ pub struct StreamState {
     forwarded: u64,
     started: Instant,
     ttft: Option<Duration>,
+    /// `http-logger.include_resp_body`: what the client was sent, up to the cap.
+    copy: Option<(BytesMut, usize)>,
 }
 
 impl StreamState {
@@ -172,6 +175,7 @@ impl StreamState {
         max_duration: Option<Duration>,
         max_bytes: Option<u64>,
         started: Instant,
+        copy_cap: Option<usize>,
     ) -> Self {
         StreamState {
             inner,
@@ -184,6 +188,16 @@ impl StreamState {
             forwarded: 0,
             started,
             ttft: None,
+            copy: copy_cap.map(|cap| (BytesMut::new(), cap)),
+        }
+    }
+}
+
+impl StreamState {
+    fn keep_copy(&mut self, sent: &[u8]) {
+        if let Some((copy, cap)) = &mut self.copy {
+            let room = cap.saturating_sub(copy.len());
+            copy.extend_from_slice(&sent[..sent.len().min(room)]);
         }
     }
 }
@@ -214,15 +228,20 @@ impl AnswerBody {
         AnswerBody { len: 0, inner: Inner::Stream(state), completion: Some(completion), _hold: hold }
     }
 
-    fn finish(&mut self, outcome: Outcome, tail: u64) {
+    /// Hands the record over; `tail` is the stream's last frame, about to be sent.
+    fn finish(&mut self, outcome: Outcome, tail: &[u8]) {
         let Some(mut c) = self.completion.take() else { return };
-        let sent = match &self.inner {
+        let sent = match &mut self.inner {
             Inner::Stream(s) => {
+                s.keep_copy(tail);
                 let r = c.record_mut();
                 r.observe(s.pipe.obs());
                 r.ttft = s.ttft;
                 r.upstream_time = Some(s.started.elapsed());
-                s.forwarded + tail
+                if let Some((copy, _)) = s.copy.take() {
+                    r.response_body = Some(copy.freeze());
+                }
+                s.forwarded + tail.len() as u64
             }
             Inner::Whole(rest) => {
                 if rest.is_some() {
@@ -245,8 +264,7 @@ impl AnswerBody {
         if s.pipe.obs().done && matches!(outcome, Outcome::ReadTimeout | Outcome::UpstreamError(_)) {
             tracing::debug!("upstream lingered after the end of the stream: {message}");
             let (tail, _) = s.pipe.finish();
-            let n = tail.len() as u64;
-            self.finish(Outcome::Complete, n);
+            self.finish(Outcome::Complete, &tail);
             return if tail.is_empty() { Poll::Ready(None) } else { Poll::Ready(Some(Ok(Frame::data(tail)))) };
         }
         tracing::warn!(
@@ -254,8 +272,7 @@ impl AnswerBody {
             "aborting upstream response: {message}"
         );
         let ev = Bytes::from(s.pipe.fail(status, code, &message));
-        let n = ev.len() as u64;
-        self.finish(outcome, n);
+        self.finish(outcome, &ev);
         if ev.is_empty() { Poll::Ready(None) } else { Poll::Ready(Some(Ok(Frame::data(ev)))) }
     }
 }
@@ -281,7 +298,7 @@ impl Body for AnswerBody {
                 return match data.take() {
                     Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
                     None => {
-                        this.finish(Outcome::Complete, 0);
+                        this.finish(Outcome::Complete, &[]);
                         Poll::Ready(None)
                     }
                 };
@@ -316,12 +333,12 @@ impl Body for AnswerBody {
                         Step::Hold => continue,
                         Step::Send(b) => {
                             s.forwarded += b.len() as u64;
+                            s.keep_copy(&b);
                             return Poll::Ready(Some(Ok(Frame::data(b))));
                         }
                         Step::End(b, ending) => {
                             tracing::warn!(ending = ?ending, bytes = s.bytes, "ending a broken upstream stream");
-                            let n = b.len() as u64;
-                            this.finish(outcome_of(ending), n);
+                            this.finish(outcome_of(ending), &b);
                             return Poll::Ready(Some(Ok(Frame::data(b))));
                         }
                     }
@@ -339,8 +356,7 @@ impl Body for AnswerBody {
                     if ending == Ending::Truncated {
                         tracing::warn!(bytes = s.bytes, "upstream stream ended before its end marker");
                     }
-                    let n = tail.len() as u64;
-                    this.finish(outcome_of(ending), n);
+                    this.finish(outcome_of(ending), &tail);
                     return if tail.is_empty() { Poll::Ready(None) } else { Poll::Ready(Some(Ok(Frame::data(tail)))) };
                 }
                 Poll::Pending => {
@@ -380,7 +396,7 @@ impl Drop for AnswerBody {
                 Inner::Whole(None) => Outcome::Complete,
                 _ => Outcome::ClientGone,
             };
-            self.finish(outcome, 0);
+            self.finish(outcome, &[]);
         }
     }
 }
