@@ -14,7 +14,7 @@ N=${CALLGRIND_REQUESTS:-1000}
 command -v valgrind >/dev/null || { echo "callgrind: valgrind not installed" >&2; exit 1; }
 command -v nginx >/dev/null 2>&1 || export PATH="$PATH:/usr/sbin"
 work=$(mktemp -d)
-trap 'for f in "$work"/*.pid; do kill "$(cat "$f" 2>/dev/null)" 2>/dev/null; done; rm -rf "$work"' EXIT
+trap 'for f in "$work"/*.pid; do kill "$(cat "$f" 2>/dev/null)" 2>/dev/null || true; done; rm -rf "$work"' EXIT
 
 UP=127.0.0.1:18381
 mkdir -p "$work/www/v1/chat"

@@ -29,7 +29,7 @@ cargo build --release -q -p aigw-proxy
 PROXY="$CARGO_TARGET_DIR/release/aigw-proxy"
 if [ "$OTEL" = 1 ]; then cargo build --release -q -p aigw-testkit --bin otlp-collector; fi
 work=$(mktemp -d)
-trap 'for f in "$work"/*.pid; do kill "$(cat "$f" 2>/dev/null)" 2>/dev/null; done; [ -d "$work/base-src" ] && git worktree remove --force "$work/base-src" 2>/dev/null; rm -rf "$work"' EXIT
+trap 'for f in "$work"/*.pid; do kill "$(cat "$f" 2>/dev/null)" 2>/dev/null || true; done; [ -d "$work/base-src" ] && git worktree remove --force "$work/base-src" 2>/dev/null; rm -rf "$work"' EXIT
 
 BASE_PROXY=""
 if [ -n "${BASELINE_REV:-}" ]; then
@@ -139,6 +139,8 @@ cat >> "$work/routes.yaml" <<ROUTES
              options: {model: gpt-4o-mini}, override: {endpoint: "http://$UP/v1/chat/completions"}}
 ROUTES
 start_proxy() { # NAME BINARY PORT STATUS_PORT [ROUTES_FILE]
+  # A leftover from an interrupted run would answer the readiness check below.
+  if curl -s -o /dev/null "http://127.0.0.1:$4/readyz"; then echo "bench: port $4 is already in use (a leftover run?)" >&2; exit 1; fi
   "$2" --routes "${5:-$work/routes.yaml}" --listen "127.0.0.1:$3" --status-listen "127.0.0.1:$4" --access-log off --log-level warn 2>"$work/$1.log" &
   echo $! > "$work/$1.pid"
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$4/readyz" >/dev/null && break; sleep 0.1; done

@@ -146,19 +146,10 @@ impl Transport {
                     let val = v.parse().map_err(|_| format!("OTEL_EXPORTER_OTLP_HEADERS: bad value for {k:?}"))?;
                     headers.insert(key, val);
                 }
+                let ch = |u: &str| channel(u, cfg.timeout, cfg.ca_pem.as_deref());
                 Ok(Transport::Grpc {
-                    traces: cfg
-                        .traces_endpoint
-                        .as_deref()
-                        .map(|u| channel(u, cfg.timeout, cfg.ca_pem.as_deref()))
-                        .transpose()?
-                        .map(TraceServiceClient::new),
-                    metrics: cfg
-                        .metrics_endpoint
-                        .as_deref()
-                        .map(|u| channel(u, cfg.timeout, cfg.ca_pem.as_deref()))
-                        .transpose()?
-                        .map(MetricsServiceClient::new),
+                    traces: cfg.traces_endpoint.as_deref().map(ch).transpose()?.map(TraceServiceClient::new),
+                    metrics: cfg.metrics_endpoint.as_deref().map(ch).transpose()?.map(MetricsServiceClient::new),
                     headers,
                 })
             }
