@@ -81,15 +81,19 @@ pub fn client_tls(ca_pem: &[u8], what: &str) -> Result<rustls::ClientConfig, Tls
 /// is verified against `ca_pem` (a PEM bundle) when given, else the webpki (Mozilla)
 /// roots; ALPN offers h2 only (gRPC).
 pub fn grpc_connector(ca_pem: Option<&[u8]>) -> Result<hyper_rustls::HttpsConnector<HttpConnector>, TlsError> {
-    grpc_connector_named(ca_pem, "--control-plane-ca")
+    grpc_connector_named(ca_pem, "--control-plane-ca", Duration::from_secs(5))
 }
 
-/// [`grpc_connector`], naming the CA bundle `what` in errors.
-pub fn grpc_connector_named(ca_pem: Option<&[u8]>, what: &str) -> Result<hyper_rustls::HttpsConnector<HttpConnector>, TlsError> {
+/// [`grpc_connector`], naming the CA bundle `what` in errors, with its own TCP connect timeout.
+pub fn grpc_connector_named(
+    ca_pem: Option<&[u8]>,
+    what: &str,
+    connect_timeout: Duration,
+) -> Result<hyper_rustls::HttpsConnector<HttpConnector>, TlsError> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
-    http.set_connect_timeout(Some(Duration::from_secs(5)));
+    http.set_connect_timeout(Some(connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(30)));
     let builder = match ca_pem {
         Some(pem) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(client_tls(pem, what)?),

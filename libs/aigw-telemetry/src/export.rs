@@ -131,7 +131,7 @@ const CA_VAR: &str = "OTEL_EXPORTER_OTLP_CERTIFICATE";
 /// `ca` or the webpki roots).
 fn channel(url: &str, timeout: Duration, ca: Option<&[u8]>) -> Result<tonic::transport::Channel, String> {
     let ep = tonic::transport::Endpoint::from_shared(url.to_owned()).map_err(|e| format!("OTLP endpoint {url:?}: {e}"))?;
-    let connector = aigw_net::grpc_connector_named(ca, CA_VAR).map_err(|e| e.to_string())?;
+    let connector = aigw_net::grpc_connector_named(ca, CA_VAR, timeout).map_err(|e| format!("OTLP TLS: {e}"))?;
     Ok(ep.timeout(timeout).connect_timeout(timeout).connect_with_connector_lazy(connector))
 }
 

@@ -13,8 +13,14 @@
 //!    an idle keep-alive connection is closed at once;
 //! 3. the stop waits for every connection, capped at 30 s.
 //!
-//! So a load balancer in front never sees a connection closed under a request it sent;
-//! only a refused connect (listener gone), which is always safe to retry elsewhere.
+//! What is left: a connection whose handshake completes between the last `accept` and the
+//! close (microseconds), or whose client ACK arrives after the close (about one round
+//! trip), is reset; and an HTTP/1 keep-alive connection that is idle at the stop is closed
+//! at once, as any server does, so a pooling client may see that race. A load balancer
+//! that opens one connection per request (deploy/nginx) otherwise only sees refused
+//! connects, which are always safe to retry elsewhere. A stop before the first config
+//! (init gating, lib.rs) drops the listener without serving the queue: nothing could be
+//! answered but 503.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -31,6 +37,8 @@ use crate::state::{ClientLimits, ProxyBody};
 
 /// How long the drain waits in all.
 const DRAIN_CAP: Duration = Duration::from_secs(30);
+/// How long accepting the queue is retried after errors other than "empty".
+const QUEUE_RETRY_CAP: Duration = Duration::from_secs(1);
 /// The longest a silent connection accepted before the stop is waited for.
 const FIRST_REQUEST_GRACE_CAP: Duration = Duration::from_secs(10);
 
@@ -70,13 +78,28 @@ where
     let mut queued = 0usize;
     match listener.into_std() {
         Ok(std_listener) => {
-            while let Ok((s, remote)) = std_listener.accept() {
-                match s.set_nonblocking(true).and_then(|()| TcpStream::from_std(s)) {
-                    Ok(stream) => {
-                        queued += 1;
-                        conns.spawn(stream, remote, handler.clone());
+            // Out of descriptors or buffers (likeliest under load, when the queue is full):
+            // retry for a while rather than reset the rest of the queue.
+            let give_up = std::time::Instant::now() + QUEUE_RETRY_CAP;
+            loop {
+                match std_listener.accept() {
+                    Ok((s, remote)) => match s.set_nonblocking(true).and_then(|()| TcpStream::from_std(s)) {
+                        Ok(stream) => {
+                            queued += 1;
+                            conns.spawn(stream, remote, handler.clone());
+                        }
+                        Err(e) => tracing::warn!(error = %e, "a queued connection could not be served"),
+                    },
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::Interrupted | std::io::ErrorKind::ConnectionAborted) => {}
+                    Err(e) if std::time::Instant::now() < give_up => {
+                        tracing::warn!(error = %e, "accepting a queued connection failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                     }
-                    Err(e) => tracing::warn!(error = %e, "a queued connection could not be served"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the rest of the accept queue is reset");
+                        break;
+                    }
                 }
             }
             drop(std_listener);
