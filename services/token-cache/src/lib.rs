@@ -3,7 +3,6 @@
 //! `/healthz` and `/metrics` share one port, plain or TLS.
 
 pub mod metrics;
-pub mod serve;
 pub mod service;
 pub mod store;
 
@@ -51,22 +50,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// TLS for `--tls-cert/--tls-key` (PEM), ALPN h2 then http/1.1.
 pub fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| anyhow::anyhow!("--tls-cert {}: {e}", cert.display()))?;
-    if certs.is_empty() {
-        anyhow::bail!("--tls-cert {}: no certificate in the file", cert.display());
-    }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| anyhow::anyhow!("--tls-key {}: {e}", key.display()))?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| anyhow::anyhow!("--tls-cert/--tls-key: {e}"))?;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
+    aigw_net::server_tls(cert, key).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Serves until `shutdown` resolves, then drains for at most 5 s.
@@ -117,7 +101,7 @@ pub async fn run(
 
     let addr = listener.local_addr()?;
     tracing::info!(kind = "grpc", addr = %addr, tls = cfg.tls.is_some(), "listening");
-    serve::serve(listener, app, cfg.tls.map(tokio_rustls::TlsAcceptor::from), shutdown).await;
+    aigw_net::serve(listener, app, cfg.tls, shutdown, std::time::Duration::from_secs(5)).await;
     tracing::info!("stopped");
     Ok(())
 }
