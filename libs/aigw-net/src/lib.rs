@@ -168,6 +168,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_bundle_without_a_certificate_is_named_in_the_error() {
+        let e = client_tls(b"not a pem", "OTEL_EXPORTER_OTLP_CERTIFICATE").err().unwrap().to_string();
+        assert_eq!(e, "OTEL_EXPORTER_OTLP_CERTIFICATE: no certificate in the bundle");
+        let e = grpc_connector_named(Some(b""), "X_CA", Duration::from_secs(1)).err().unwrap().to_string();
+        assert!(e.starts_with("X_CA: "), "{e}");
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        assert!(client_tls(ck.cert.pem().as_bytes(), "X_CA").is_ok());
+    }
+
+    #[test]
     fn pem_files_and_bundles() {
         let dir = std::env::temp_dir().join(format!("aigw-net-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
