@@ -12,29 +12,36 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, BufMut, Bytes};
 use http::{HeaderName, HeaderValue};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::metrics::v1::{ResourceMetrics, ScopeMetrics};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span, status};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 use crate::config::{OtelConfig, Protocol};
 use crate::ids::TraceParent;
-use crate::metrics::{Registry, kv, kv_str};
+use crate::metrics::{Registry, kv_str};
 use crate::sampler::Sampler;
+pub use crate::wire::{BatchHead, Kind, SpanBatch, SpanBuilder, Value};
 
 /// Plain data that becomes one or more spans on the exporter thread.
 pub trait SpanSource: Send + 'static {
-    fn spans(self: Box<Self>, out: &mut Vec<Span>);
+    fn spans(self: Box<Self>, out: &mut SpanBatch);
 }
+
+/// Span exports that may be on the wire at once: the next batch is encoded while one is
+/// waiting for the collector's answer, so a slow answer does not stop the queue draining.
+const MAX_SPAN_EXPORTS_IN_FLIGHT: usize = 2;
+
+/// How often the exporter thread takes what requests queued (at most; sooner when
+/// `OTEL_BSP_SCHEDULE_DELAY` is shorter).
+const DRAIN_EVERY: Duration = Duration::from_millis(10);
 
 /// What the exporter did, for `/metrics` and OTLP (`aigw.telemetry.*`).
 #[derive(Debug, Default)]
@@ -111,10 +118,11 @@ type HttpClient = hyper_util::client::legacy::Client<
     http_body_util::Full<Bytes>,
 >;
 
+#[derive(Clone)]
 enum Transport {
     Grpc {
-        traces: Option<TraceServiceClient<tonic::transport::Channel>>,
-        metrics: Option<MetricsServiceClient<tonic::transport::Channel>>,
+        traces: Option<tonic::client::Grpc<tonic::transport::Channel>>,
+        metrics: Option<tonic::client::Grpc<tonic::transport::Channel>>,
         headers: tonic::metadata::MetadataMap,
     },
     Http {
@@ -123,6 +131,72 @@ enum Transport {
         metrics: Option<http::Uri>,
         headers: Vec<(HeaderName, HeaderValue)>,
     },
+}
+
+/// What an export carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    Traces,
+    Metrics,
+}
+
+impl Signal {
+    fn grpc_path(self) -> http::uri::PathAndQuery {
+        http::uri::PathAndQuery::from_static(match self {
+            Signal::Traces => "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            Signal::Metrics => "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+        })
+    }
+
+    /// What the collector says it rejected (`partial_success`); only spans are counted.
+    fn rejected(self, answer: &[u8]) -> u64 {
+        match self {
+            Signal::Traces => prost::Message::decode(answer)
+                .ok()
+                .and_then(|r: ExportTraceServiceResponse| r.partial_success)
+                .map_or(0, |p| p.rejected_spans.max(0) as u64),
+            Signal::Metrics => 0,
+        }
+    }
+}
+
+/// A gRPC codec for bodies that are already encoded protobuf: the exporter writes OTLP
+/// itself ([`crate::wire`]), so tonic only frames the bytes.
+#[derive(Debug, Clone, Copy, Default)]
+struct Encoded;
+
+impl tonic::codec::Codec for Encoded {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = Encoded;
+    type Decoder = Encoded;
+
+    fn encoder(&mut self) -> Encoded {
+        Encoded
+    }
+
+    fn decoder(&mut self) -> Encoded {
+        Encoded
+    }
+}
+
+impl tonic::codec::Encoder for Encoded {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Encoded {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Bytes>, tonic::Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
 }
 
 const CA_VAR: &str = "OTEL_EXPORTER_OTLP_CERTIFICATE";
@@ -148,8 +222,8 @@ impl Transport {
                 }
                 let ch = |u: &str| channel(u, cfg.timeout, cfg.ca_pem.as_deref());
                 Ok(Transport::Grpc {
-                    traces: cfg.traces_endpoint.as_deref().map(ch).transpose()?.map(TraceServiceClient::new),
-                    metrics: cfg.metrics_endpoint.as_deref().map(ch).transpose()?.map(MetricsServiceClient::new),
+                    traces: cfg.traces_endpoint.as_deref().map(ch).transpose()?.map(tonic::client::Grpc::new),
+                    metrics: cfg.metrics_endpoint.as_deref().map(ch).transpose()?.map(tonic::client::Grpc::new),
                     headers,
                 })
             }
@@ -197,43 +271,39 @@ impl Transport {
         }
     }
 
-    async fn post(client: &HttpClient, uri: &http::Uri, headers: &[(HeaderName, HeaderValue)], body: Vec<u8>) -> Result<(), String> {
-        let mut req = http::Request::post(uri.clone())
-            .header(http::header::CONTENT_TYPE, "application/x-protobuf")
-            .body(http_body_util::Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
-        for (k, v) in headers {
-            req.headers_mut().insert(k.clone(), v.clone());
-        }
-        let resp = client.request(req).await.map_err(|e| e.to_string())?;
-        if resp.status().is_success() { Ok(()) } else { Err(format!("collector answered {}", resp.status())) }
-    }
-
-    async fn spans(&mut self, req: ExportTraceServiceRequest) -> Result<(), String> {
+    /// Sends one encoded export request; the answer is the number of items the
+    /// collector says it rejected.
+    async fn send(self, signal: Signal, body: Bytes) -> Result<u64, String> {
         match self {
-            Transport::Grpc { traces: Some(c), headers, .. } => {
-                let mut r = tonic::Request::new(req);
-                *r.metadata_mut() = headers.clone();
-                c.export(r).await.map(|_| ()).map_err(|s| format!("{}: {}", s.code(), s.message()))
+            Transport::Grpc { traces, metrics, headers } => {
+                let Some(mut grpc) = (if signal == Signal::Traces { traces } else { metrics }) else { return Ok(0) };
+                grpc.ready().await.map_err(|e| format!("collector not reachable: {e}"))?;
+                let mut req = tonic::Request::new(body);
+                *req.metadata_mut() = headers;
+                let answer = grpc.unary(req, signal.grpc_path(), Encoded).await.map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+                Ok(signal.rejected(answer.get_ref()))
             }
-            Transport::Http { client, traces: Some(u), headers, .. } => {
-                Transport::post(client, u, headers, prost::Message::encode_to_vec(&req)).await
+            Transport::Http { client, traces, metrics, headers } => {
+                let Some(uri) = (if signal == Signal::Traces { traces } else { metrics }) else { return Ok(0) };
+                let mut req = http::Request::post(uri)
+                    .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+                    .body(http_body_util::Full::new(body))
+                    .map_err(|e| e.to_string())?;
+                for (k, v) in headers {
+                    req.headers_mut().insert(k, v);
+                }
+                let resp = client.request(req).await.map_err(|e| e.to_string())?;
+                if !resp.status().is_success() {
+                    return Err(format!("collector answered {}", resp.status()));
+                }
+                // The answer is a small ExportTraceServiceResponse; anything past 64 KiB
+                // is not read (the export succeeded either way).
+                let answer = http_body_util::BodyExt::collect(http_body_util::Limited::new(resp.into_body(), 64 << 10))
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                Ok(signal.rejected(&answer))
             }
-            _ => Ok(()),
-        }
-    }
-
-    async fn metrics(&mut self, req: ExportMetricsServiceRequest) -> Result<(), String> {
-        match self {
-            Transport::Grpc { metrics: Some(c), headers, .. } => {
-                let mut r = tonic::Request::new(req);
-                *r.metadata_mut() = headers.clone();
-                c.export(r).await.map(|_| ()).map_err(|s| format!("{}: {}", s.code(), s.message()))
-            }
-            Transport::Http { client, metrics: Some(u), headers, .. } => {
-                Transport::post(client, u, headers, prost::Message::encode_to_vec(&req)).await
-            }
-            _ => Ok(()),
         }
     }
 }
@@ -268,15 +338,16 @@ fn observe_stats(registry: &Registry, stats: Arc<ExportStats>) {
     });
 }
 
-fn resource(cfg: &OtelConfig, version: &str) -> Resource {
+/// The resource's attributes: the service, the SDK, and `OTEL_RESOURCE_ATTRIBUTES`.
+fn resource(cfg: &OtelConfig, version: &str) -> Vec<(String, String)> {
     let mut attributes = vec![
-        kv_str("service.name", &cfg.service_name),
-        kv_str("service.version", version),
-        kv_str("telemetry.sdk.name", "aigw"),
-        kv_str("telemetry.sdk.language", "rust"),
+        ("service.name".to_owned(), cfg.service_name.clone()),
+        ("service.version".to_owned(), version.to_owned()),
+        ("telemetry.sdk.name".to_owned(), "aigw".to_owned()),
+        ("telemetry.sdk.language".to_owned(), "rust".to_owned()),
     ];
-    attributes.extend(cfg.resource.iter().filter(|(k, _)| k != "service.version" || version.is_empty()).map(|(k, v)| kv_str(k, v)));
-    Resource { attributes, ..Default::default() }
+    attributes.extend(cfg.resource.iter().filter(|(k, _)| k != "service.version" || version.is_empty()).cloned());
+    attributes
 }
 
 impl Exporter {
@@ -294,7 +365,10 @@ impl Exporter {
         let tracer = transport.has_traces().then(|| Arc::new(Tracer { tx, sampler: cfg.sampler.clone(), stats: stats.clone() }));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let (done_tx, done_rx) = std::sync::mpsc::channel();
-        let res = resource(&cfg, version);
+        let attrs = resource(&cfg, version);
+        let pairs: Vec<(&str, &str)> = attrs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let head = BatchHead::new(&pairs, scope, version);
+        let res = Resource { attributes: attrs.iter().map(|(k, v)| kv_str(k, v)).collect(), ..Default::default() };
         let scope = InstrumentationScope { name: scope.to_owned(), version: version.to_owned(), ..Default::default() };
         let summary = format!(
             "protocol={:?} traces={} metrics={} service={}",
@@ -303,7 +377,7 @@ impl Exporter {
             cfg.metrics_endpoint.as_deref().unwrap_or("off"),
             cfg.service_name
         );
-        let worker = Worker { cfg, transport, registry, stats, res, scope, rx };
+        let worker = Worker { cfg, transport, registry, stats, head, res, scope, rx };
         std::thread::Builder::new()
             .name("aigw-otlp".into())
             .spawn(move || {
@@ -343,61 +417,111 @@ struct Worker {
     transport: Transport,
     registry: Arc<Registry>,
     stats: Arc<ExportStats>,
+    /// Of span batches (encoded once).
+    head: BatchHead,
+    /// Of metric exports.
     res: Resource,
     scope: InstrumentationScope,
     rx: mpsc::Receiver<Box<dyn SpanSource>>,
 }
 
+/// A span export's size and result (spans the collector rejected, or why it failed).
+type SpanSent = (u64, Result<u64, String>);
+
 impl Worker {
+    /// Every [`DRAIN_EVERY`] the queue is drained and its sources encoded (the request's
+    /// data is freed at once); a full batch, or whatever is there every
+    /// `OTEL_BSP_SCHEDULE_DELAY`, is sent while the next one fills. With
+    /// [`MAX_SPAN_EXPORTS_IN_FLIGHT`] exports unanswered and the next batch full, the
+    /// worker leaves sources in the queue, which fills (then drops, counted).
+    ///
+    /// The queue is polled, not awaited: awaiting it would wake this thread for every
+    /// request that ends (a futex call on the request's thread and a context switch here),
+    /// which under load costs more CPU than encoding the spans.
     async fn run(mut self, mut stop: tokio::sync::oneshot::Receiver<()>) {
-        let batch = self.cfg.bsp_batch;
-        let mut buf: Vec<Box<dyn SpanSource>> = Vec::with_capacity(batch.min(4096));
+        let max = self.cfg.bsp_batch.max(1);
+        let mut batch = SpanBatch::new(self.head.clone());
+        let mut sends: JoinSet<SpanSent> = JoinSet::new();
+        let mut metric_sends: JoinSet<Result<u64, String>> = JoinSet::new();
         let start = tokio::time::Instant::now();
+        let every = DRAIN_EVERY.min(self.cfg.bsp_delay).max(Duration::from_millis(1));
+        let mut drain_tick = tokio::time::interval_at(start + every, every);
+        drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut span_tick = tokio::time::interval_at(start + self.cfg.bsp_delay, self.cfg.bsp_delay);
         span_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut metric_tick = tokio::time::interval_at(start + self.cfg.metric_interval, self.cfg.metric_interval);
         metric_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
         loop {
-            let room = batch - buf.len();
             tokio::select! {
-                n = self.rx.recv_many(&mut buf, room) => {
-                    if n == 0 {
+                Some(done) = sends.join_next(), if !sends.is_empty() => self.spans_done(done, &mut failing),
+                Some(done) = metric_sends.join_next(), if !metric_sends.is_empty() => self.metrics_done(done, &mut failing),
+                _ = drain_tick.tick() => {
+                    if self.drain(&mut batch, &mut sends, max) {
                         break; // every sender is gone
-                    }
-                    if buf.len() >= batch {
-                        self.flush(&mut buf, &mut failing).await;
                     }
                 }
                 _ = span_tick.tick() => {
-                    if !buf.is_empty() {
-                        self.flush(&mut buf, &mut failing).await;
+                    self.drain(&mut batch, &mut sends, max);
+                    if !batch.is_empty() && sends.len() < MAX_SPAN_EXPORTS_IN_FLIGHT {
+                        self.send_spans(&mut batch, &mut sends);
                     }
                 }
-                _ = metric_tick.tick() => self.export_metrics(&mut failing).await,
+                _ = metric_tick.tick() => self.send_metrics(&mut metric_sends),
                 _ = &mut stop => break,
             }
         }
-        while let Ok(s) = self.rx.try_recv() {
-            buf.push(s);
-            if buf.len() >= batch {
-                self.flush(&mut buf, &mut failing).await;
+        // Stopping: everything queued is encoded and sent (within the caller's timeout).
+        loop {
+            while batch.len() < max {
+                let Ok(s) = self.rx.try_recv() else { break };
+                s.spans(&mut batch);
+            }
+            if batch.is_empty() {
+                break;
+            }
+            while sends.len() >= MAX_SPAN_EXPORTS_IN_FLIGHT {
+                if let Some(done) = sends.join_next().await {
+                    self.spans_done(done, &mut failing);
+                }
+            }
+            self.send_spans(&mut batch, &mut sends);
+        }
+        self.send_metrics(&mut metric_sends);
+        while let Some(done) = sends.join_next().await {
+            self.spans_done(done, &mut failing);
+        }
+        while let Some(done) = metric_sends.join_next().await {
+            self.metrics_done(done, &mut failing);
+        }
+    }
+
+    /// Encodes what is queued, sending each batch that fills while an export slot is
+    /// free. True when every sender is gone.
+    fn drain(&mut self, batch: &mut SpanBatch, sends: &mut JoinSet<SpanSent>, max: usize) -> bool {
+        loop {
+            if batch.len() >= max {
+                if sends.len() >= MAX_SPAN_EXPORTS_IN_FLIGHT {
+                    return false;
+                }
+                self.send_spans(batch, sends);
+            }
+            match self.rx.try_recv() {
+                Ok(s) => s.spans(batch),
+                Err(mpsc::error::TryRecvError::Empty) => return false,
+                Err(mpsc::error::TryRecvError::Disconnected) => return true,
             }
         }
-        if !buf.is_empty() {
-            self.flush(&mut buf, &mut failing).await;
-        }
-        self.export_metrics(&mut failing).await;
     }
 
     /// Logs the first failure of a run of failures and the recovery, not every batch.
-    fn note(failing: &mut bool, what: &str, r: &Result<(), String>) {
+    fn note(failing: &mut bool, what: &str, r: &Result<u64, String>) {
         match r {
             Err(e) if !*failing => {
                 *failing = true;
                 tracing::warn!("OTLP {what} export failed, telemetry is being dropped (counted): {e}");
             }
-            Ok(()) if *failing => {
+            Ok(_) if *failing => {
                 *failing = false;
                 tracing::info!("OTLP export recovered");
             }
@@ -405,32 +529,35 @@ impl Worker {
         }
     }
 
-    async fn flush(&mut self, buf: &mut Vec<Box<dyn SpanSource>>, failing: &mut bool) {
-        let mut spans = Vec::with_capacity(buf.len() * 2);
-        for s in buf.drain(..) {
-            s.spans(&mut spans);
+    fn send_spans(&self, batch: &mut SpanBatch, sends: &mut JoinSet<SpanSent>) {
+        let n = batch.len() as u64;
+        let body = batch.take();
+        let (transport, timeout) = (self.transport.clone(), self.cfg.timeout);
+        sends.spawn(async move {
+            let r = match tokio::time::timeout(timeout, transport.send(Signal::Traces, body)).await {
+                Ok(r) => r,
+                Err(_) => Err(format!("no answer within {timeout:?}")),
+            };
+            (n, r)
+        });
+    }
+
+    fn spans_done(&self, done: Result<SpanSent, tokio::task::JoinError>, failing: &mut bool) {
+        let (n, r) = done.unwrap_or_else(|e| (0, Err(format!("export task failed: {e}"))));
+        match &r {
+            Ok(rejected) => {
+                let rejected = (*rejected).min(n);
+                self.stats.spans_exported.fetch_add(n - rejected, Ordering::Relaxed);
+                self.stats.spans_failed.fetch_add(rejected, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.stats.spans_failed.fetch_add(n, Ordering::Relaxed);
+            }
         }
-        let n = spans.len() as u64;
-        if n == 0 {
-            return;
-        }
-        let req = ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(self.res.clone()),
-                scope_spans: vec![ScopeSpans { scope: Some(self.scope.clone()), spans, ..Default::default() }],
-                ..Default::default()
-            }],
-        };
-        let r = match tokio::time::timeout(self.cfg.timeout, self.transport.spans(req)).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("no answer within {:?}", self.cfg.timeout)),
-        };
-        let c = if r.is_ok() { &self.stats.spans_exported } else { &self.stats.spans_failed };
-        c.fetch_add(n, Ordering::Relaxed);
         Worker::note(failing, "span", &r);
     }
 
-    async fn export_metrics(&mut self, failing: &mut bool) {
+    fn send_metrics(&self, sends: &mut JoinSet<Result<u64, String>>) {
         if !self.transport.has_metrics() {
             return;
         }
@@ -445,103 +572,41 @@ impl Worker {
                 ..Default::default()
             }],
         };
-        let r = match tokio::time::timeout(self.cfg.timeout, self.transport.metrics(req)).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("no answer within {:?}", self.cfg.timeout)),
-        };
+        let body = Bytes::from(prost::Message::encode_to_vec(&req));
+        let (transport, timeout) = (self.transport.clone(), self.cfg.timeout);
+        sends.spawn(async move {
+            match tokio::time::timeout(timeout, transport.send(Signal::Metrics, body)).await {
+                Ok(r) => r,
+                Err(_) => Err(format!("no answer within {timeout:?}")),
+            }
+        });
+    }
+
+    fn metrics_done(&self, done: Result<Result<u64, String>, tokio::task::JoinError>, failing: &mut bool) {
+        let r = done.unwrap_or_else(|e| Err(format!("export task failed: {e}")));
         let c = if r.is_ok() { &self.stats.metric_exports } else { &self.stats.metric_export_failures };
         c.fetch_add(1, Ordering::Relaxed);
         Worker::note(failing, "metric", &r);
     }
 }
 
-/// Span kinds used here.
-#[derive(Debug, Clone, Copy)]
-pub enum Kind {
-    Internal,
-    Server,
-    Client,
-}
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess;
 
-fn unix_nanos(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
-}
+    use super::*;
 
-/// Builds one OTLP span with explicit ids and times.
-pub struct SpanBuilder {
-    span: Span,
-}
-
-impl SpanBuilder {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(trace_id: u128, span_id: u64, parent_id: u64, name: String, kind: Kind, start: SystemTime, end: SystemTime) -> SpanBuilder {
-        let kind = match kind {
-            Kind::Internal => span::SpanKind::Internal,
-            Kind::Server => span::SpanKind::Server,
-            Kind::Client => span::SpanKind::Client,
-        } as i32;
-        SpanBuilder {
-            span: Span {
-                trace_id: trace_id.to_be_bytes().to_vec(),
-                span_id: span_id.to_be_bytes().to_vec(),
-                parent_span_id: if parent_id == 0 { Vec::new() } else { parent_id.to_be_bytes().to_vec() },
-                flags: 1,
-                name,
-                kind,
-                start_time_unix_nano: unix_nanos(start),
-                end_time_unix_nano: unix_nanos(end.max(start)),
-                attributes: Vec::with_capacity(24),
-                ..Default::default()
-            },
-        }
-    }
-
-    pub fn str(&mut self, k: &str, v: &str) -> &mut Self {
-        self.span.attributes.push(kv_str(k, v));
-        self
-    }
-
-    /// Sets `k` only when `v` is not empty.
-    pub fn str_nonempty(&mut self, k: &str, v: &str) -> &mut Self {
-        if !v.is_empty() {
-            self.str(k, v);
-        }
-        self
-    }
-
-    pub fn int(&mut self, k: &str, v: i64) -> &mut Self {
-        self.span.attributes.push(kv(k, any_value::Value::IntValue(v)));
-        self
-    }
-
-    pub fn double(&mut self, k: &str, v: f64) -> &mut Self {
-        self.span.attributes.push(kv(k, any_value::Value::DoubleValue(v)));
-        self
-    }
-
-    pub fn bool(&mut self, k: &str, v: bool) -> &mut Self {
-        self.span.attributes.push(kv(k, any_value::Value::BoolValue(v)));
-        self
-    }
-
-    pub fn strs(&mut self, k: &str, v: &[&str]) -> &mut Self {
-        let values = v.iter().map(|s| AnyValue { value: Some(any_value::Value::StringValue((*s).to_owned())) }).collect();
-        self.span.attributes.push(kv(k, any_value::Value::ArrayValue(ArrayValue { values })));
-        self
-    }
-
-    pub fn event(&mut self, name: &str, at: SystemTime, attributes: Vec<KeyValue>) -> &mut Self {
-        self.span.events.push(span::Event { time_unix_nano: unix_nanos(at), name: name.to_owned(), attributes, ..Default::default() });
-        self
-    }
-
-    /// Marks the span failed (status ERROR with `message`).
-    pub fn error(&mut self, message: &str) -> &mut Self {
-        self.span.status = Some(Status { message: message.to_owned(), code: status::StatusCode::Error as i32 });
-        self
-    }
-
-    pub fn build(self) -> Span {
-        self.span
+    #[test]
+    fn a_partial_success_counts_the_rejected_spans() {
+        let answer =
+            |p: Option<ExportTracePartialSuccess>| prost::Message::encode_to_vec(&ExportTraceServiceResponse { partial_success: p });
+        assert_eq!(Signal::Traces.rejected(&answer(None)), 0);
+        assert_eq!(Signal::Traces.rejected(&[]), 0);
+        let some = ExportTracePartialSuccess { rejected_spans: 3, error_message: "too old".into() };
+        assert_eq!(Signal::Traces.rejected(&answer(Some(some))), 3);
+        let negative = ExportTracePartialSuccess { rejected_spans: -1, error_message: String::new() };
+        assert_eq!(Signal::Traces.rejected(&answer(Some(negative))), 0);
+        assert_eq!(Signal::Traces.rejected(b"not protobuf \xff\xff"), 0);
+        assert_eq!(Signal::Metrics.rejected(&answer(None)), 0);
     }
 }

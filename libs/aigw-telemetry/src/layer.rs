@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use opentelemetry_proto::tonic::trace::v1::Span;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Subscriber, span};
@@ -14,7 +13,7 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::export::{Kind, SpanBuilder, SpanSource, Tracer};
+use crate::export::{Kind, SpanBatch, SpanSource, Tracer};
 
 pub struct OtlpLayer {
     tracer: Arc<Tracer>,
@@ -55,15 +54,13 @@ impl Visit for Fields<'_> {
 }
 
 impl SpanSource for Data {
-    fn spans(self: Box<Self>, out: &mut Vec<Span>) {
+    fn spans(self: Box<Self>, out: &mut SpanBatch) {
         let kind = if self.server { Kind::Server } else { Kind::Internal };
-        let mut b =
-            SpanBuilder::new(self.trace_id, self.span_id, self.parent_id, self.name.to_owned(), kind, self.start, SystemTime::now());
+        let mut b = out.span(self.trace_id, self.span_id, self.parent_id, &[self.name], kind, self.start, SystemTime::now());
         b.str("code.namespace", self.target);
         for (k, v) in &self.fields {
             b.str(k, v);
         }
-        out.push(b.build());
     }
 }
 
@@ -137,10 +134,13 @@ mod tests {
             let inner = tracing::info_span!("store.write", bytes = 10u64);
             drop(inner.enter());
         });
-        let mut spans = Vec::new();
+        let mut batch = SpanBatch::new(crate::wire::BatchHead::new(&[], "test", ""));
         while let Ok(s) = rx.try_recv() {
-            s.spans(&mut spans);
+            s.spans(&mut batch);
         }
+        let req: opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest =
+            prost::Message::decode(batch.take()).expect("valid OTLP");
+        let spans = &req.resource_spans[0].scope_spans[0].spans;
         assert_eq!(spans.len(), 2);
         let (inner, outer) = (&spans[0], &spans[1]);
         assert_eq!((inner.name.as_str(), outer.name.as_str()), ("store.write", "put_route"));

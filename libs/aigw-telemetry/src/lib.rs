@@ -9,6 +9,7 @@ pub mod ids;
 pub mod layer;
 pub mod metrics;
 pub mod sampler;
+pub mod wire;
 
 use std::io::IsTerminal;
 

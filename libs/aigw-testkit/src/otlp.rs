@@ -305,6 +305,111 @@ impl MetricsService for GrpcMetrics {
     }
 }
 
+/// Spans in an encoded `ExportTraceServiceRequest`, walking the wire format only down
+/// to the span level: each span's bytes are skipped, not decoded. None when the bytes are
+/// not a valid encoding at those levels.
+pub fn count_spans(request: &[u8]) -> Option<usize> {
+    /// Calls `f(field, bytes)` for each length-delimited field of a message; other wire
+    /// types are skipped.
+    fn fields(mut b: &[u8], mut f: impl FnMut(u64, &[u8]) -> Option<()>) -> Option<()> {
+        while !b.is_empty() {
+            let key = prost::encoding::decode_varint(&mut b).ok()?;
+            match key & 7 {
+                0 => {
+                    prost::encoding::decode_varint(&mut b).ok()?;
+                }
+                1 => b = b.get(8..)?,
+                5 => b = b.get(4..)?,
+                2 => {
+                    let n = usize::try_from(prost::encoding::decode_varint(&mut b).ok()?).ok()?;
+                    f(key >> 3, b.get(..n)?)?;
+                    b = &b[n..];
+                }
+                _ => return None,
+            }
+        }
+        Some(())
+    }
+    let mut n = 0;
+    // ExportTraceServiceRequest.resource_spans = 1 → ResourceSpans.scope_spans = 2 →
+    // ScopeSpans.spans = 2.
+    fields(request, |f, resource_spans| {
+        if f != 1 {
+            return Some(());
+        }
+        fields(resource_spans, |f, scope_spans| {
+            if f != 2 {
+                return Some(());
+            }
+            fields(scope_spans, |f, _| {
+                n += usize::from(f == 2);
+                Some(())
+            })
+        })
+    })?;
+    Some(n)
+}
+
+type GrpcBody = http_body_util::combinators::WithTrailers<Full<Bytes>, std::future::Ready<Option<Result<http::HeaderMap, Infallible>>>>;
+
+/// A unary gRPC answer: `message` (already encoded), then `grpc-status`.
+fn grpc_reply(message: &[u8], status: u8, why: &str) -> Response<GrpcBody> {
+    let mut framed = Vec::with_capacity(5 + message.len());
+    framed.push(0);
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(message);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", status.to_string().parse().unwrap());
+    if !why.is_empty() {
+        trailers.insert("grpc-message", why.parse().unwrap());
+    }
+    let body = if status == 0 { Full::new(Bytes::from(framed)) } else { Full::new(Bytes::new()) };
+    let mut r = Response::new(body.with_trailers(std::future::ready(Some(Ok(trailers)))));
+    r.headers_mut().insert(http::header::CONTENT_TYPE, "application/grpc".parse().unwrap());
+    r
+}
+
+/// The counting collector's gRPC side: each export request is checked (gRPC framing, the
+/// request's structure down to its spans) and its spans counted, nothing kept.
+async fn grpc_counting(store: Arc<Store>, req: Request<Incoming>) -> Result<Response<GrpcBody>, Infallible> {
+    let traces = match req.uri().path() {
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export" => true,
+        "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export" => false,
+        _ => return Ok(grpc_reply(&[], 12, "unimplemented")),
+    };
+    let ct = req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if !ct.starts_with("application/grpc") {
+        store.rejected.fetch_add(1, Ordering::Relaxed);
+        return Ok(grpc_reply(&[], 3, "content-type is not application/grpc"));
+    }
+    let Ok(body) = req.into_body().collect().await.map(|b| b.to_bytes()) else {
+        return Ok(grpc_reply(&[], 13, "body"));
+    };
+    // One uncompressed message: flag 0, a 4-byte length, the message.
+    let message = match body.split_first() {
+        Some((0, rest)) if rest.len() >= 4 && rest.len() - 4 == u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize => &rest[4..],
+        _ => {
+            store.rejected.fetch_add(1, Ordering::Relaxed);
+            return Ok(grpc_reply(&[], 3, "not one uncompressed gRPC message"));
+        }
+    };
+    if !traces {
+        store.metric_exports.fetch_add(1, Ordering::Relaxed);
+        return Ok(grpc_reply(&[], 0, ""));
+    }
+    match count_spans(message) {
+        Some(n) => {
+            store.trace_exports.fetch_add(1, Ordering::Relaxed);
+            store.total_spans.fetch_add(n, Ordering::Relaxed);
+            Ok(grpc_reply(&[], 0, ""))
+        }
+        None => {
+            store.rejected.fetch_add(1, Ordering::Relaxed);
+            Ok(grpc_reply(&[], 3, "not an ExportTraceServiceRequest"))
+        }
+    }
+}
+
 pub struct Collector {
     /// OTLP/gRPC.
     pub grpc: SocketAddr,
@@ -425,11 +530,29 @@ impl Collector {
         Collector::serve_inner(grpc, http, max_spans, None)
     }
 
+    /// A collector for load (`bench/run.sh`): OTLP/gRPC export requests are checked down to
+    /// the span level and their spans counted (`GET /spans` shows the `total`), but not
+    /// decoded or kept, so the collector takes little of the CPU it shares with what is
+    /// measured. OTLP/HTTP and the JSON views are as with [`Collector::serve`].
+    pub fn serve_counting(grpc: tokio::net::TcpListener, http: tokio::net::TcpListener) -> Collector {
+        Collector::serve_mode(grpc, http, 2, None, true)
+    }
+
     fn serve_inner(
         grpc: tokio::net::TcpListener,
         http: tokio::net::TcpListener,
         max_spans: usize,
         tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Collector {
+        Collector::serve_mode(grpc, http, max_spans, tls, false)
+    }
+
+    fn serve_mode(
+        grpc: tokio::net::TcpListener,
+        http: tokio::net::TcpListener,
+        max_spans: usize,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        counting: bool,
     ) -> Collector {
         let store = Arc::new(Store {
             max_spans: max_spans.max(2),
@@ -446,6 +569,17 @@ impl Collector {
         let grpc_tls = tls.clone();
         let grpc_task = tokio::spawn(async move {
             match grpc_tls {
+                None if counting => {
+                    while let Ok((stream, _)) = grpc.accept().await {
+                        let s = s.clone();
+                        tokio::spawn(async move {
+                            let svc = service_fn(move |req| grpc_counting(s.clone(), req));
+                            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .await;
+                        });
+                    }
+                }
                 None => {
                     let _ = tonic::transport::Server::builder()
                         .add_service(TraceServiceServer::new(Grpc(s.clone())))
@@ -562,6 +696,50 @@ mod tests {
             scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn spans_are_counted_without_decoding_them() {
+        let req = ExportTraceServiceRequest { resource_spans: vec![batch("a", &["r1", "r2"]), batch("b", &["r3"])] };
+        let bytes = req.encode_to_vec();
+        assert_eq!(count_spans(&bytes), Some(3));
+        assert_eq!(count_spans(&[]), Some(0));
+        assert_eq!(count_spans(&bytes[..bytes.len() - 1]), None, "cut short");
+        assert_eq!(count_spans(&[0x0a, 0x05, 0x12]), None, "a length past the end");
+        assert_eq!(count_spans(&[0x0b]), None, "wire type 3");
+    }
+
+    /// The counting collector answers real OTLP/gRPC clients and refuses what is not an
+    /// export request.
+    #[tokio::test]
+    async fn the_counting_collector_counts_what_a_grpc_client_exports() {
+        use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+        use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+        let g = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let h = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = Collector::serve_counting(g, h);
+        let mut client = TraceServiceClient::connect(c.grpc_endpoint()).await.unwrap();
+        for _ in 0..2 {
+            let req = ExportTraceServiceRequest { resource_spans: vec![batch("a", &["r1", "r2"]), batch("b", &["r3"])] };
+            client.export(req).await.unwrap();
+        }
+        let mut metrics = MetricsServiceClient::connect(c.grpc_endpoint()).await.unwrap();
+        metrics.export(ExportMetricsServiceRequest::default()).await.unwrap();
+        assert_eq!((c.total_spans(), c.exports()), (6, (2, 1)));
+        let all = crate::http::get(&format!("{}/spans", c.http_endpoint()), &[]).await.unwrap().json();
+        assert_eq!(all["total"], 6, "{all}");
+
+        // A body that is not an export request: INVALID_ARGUMENT, counted.
+        let mut raw =
+            tonic::client::Grpc::new(tonic::transport::Endpoint::from_shared(c.grpc_endpoint()).unwrap().connect().await.unwrap());
+        raw.ready().await.unwrap();
+        let path = http::uri::PathAndQuery::from_static("/opentelemetry.proto.collector.trace.v1.TraceService/Export");
+        // `0a 01 78`: a resource_spans whose one byte is a field key without its value.
+        let not_export = KeyValue { key: "x".into(), ..Default::default() };
+        let bad = raw.unary(tonic::Request::new(not_export), path, tonic_prost::ProstCodec::<KeyValue, KeyValue>::default()).await;
+        assert_eq!(bad.map(|_| ()).unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert_eq!(c.rejected(), 1);
+        assert_eq!(c.total_spans(), 6);
     }
 
     /// `GET /spans` filters on span and resource attributes and keeps the last `limit`.

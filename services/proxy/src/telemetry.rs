@@ -11,11 +11,9 @@ use std::time::SystemTime;
 
 use aigw_llm::protocol::Protocol;
 use aigw_model::Provider;
-use aigw_telemetry::export::{Kind, SpanBuilder, SpanSource, Tracer};
-use aigw_telemetry::metrics::kv_str;
-use opentelemetry_proto::tonic::trace::v1::Span;
+use aigw_telemetry::export::{Kind, SpanBatch, SpanBuilder, SpanSource, Tracer};
 
-use crate::complete::Sink;
+use crate::complete::{OwningSink, Sink};
 use crate::metrics::Metrics;
 use crate::record::{Attempt, ErrorSource, Outcome, Record};
 
@@ -161,13 +159,14 @@ impl Sink for GenAiSink {
     }
 }
 
-/// Queues sampled requests for span export.
+/// Queues sampled requests' records for span export (the record itself is moved, not
+/// copied: this is the last thing done with it).
 pub struct SpanSink(pub Arc<Tracer>);
 
-impl Sink for SpanSink {
-    fn complete(&self, r: &Record) {
+impl OwningSink for SpanSink {
+    fn complete_owned(&self, r: Record) {
         if r.trace.sampled {
-            self.0.submit(Box::new(Sampled(r.clone())));
+            self.0.submit(Box::new(Sampled(r)));
         }
     }
 }
@@ -175,14 +174,14 @@ impl Sink for SpanSink {
 /// A sampled request's record, turned into spans on the exporter thread.
 struct Sampled(Record);
 
-fn host_port(authority: &str, origin: &str) -> (String, i64) {
+fn host_port<'a>(authority: &'a str, origin: &str) -> (&'a str, i64) {
     let default = if origin.starts_with("https://") { 443 } else { 80 };
     match authority.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => match p.parse() {
-            Ok(p) => (h.trim_start_matches('[').trim_end_matches(']').to_owned(), p),
-            Err(_) => (authority.to_owned(), default),
+            Ok(p) => (h.trim_start_matches('[').trim_end_matches(']'), p),
+            Err(_) => (authority, default),
         },
-        _ => (authority.to_owned(), default),
+        _ => (authority, default),
     }
 }
 
@@ -192,22 +191,23 @@ fn payload_event(b: &mut SpanBuilder, r: &Record, at: SystemTime) {
     if !r.logging().1 {
         return;
     }
-    let mut attrs = Vec::new();
-    if let Some(req) = &r.llm_request {
-        attrs.push(kv_str("gen_ai.input.messages", &req.to_string()));
-    }
-    if let Some(text) = &r.response_text {
-        let out = serde_json::json!([{"role": "assistant", "parts": [{"type": "text", "content": text}],
-            "finish_reason": r.finish_reason.as_deref().unwrap_or_default()}]);
-        attrs.push(kv_str("gen_ai.output.messages", &out.to_string()));
-    }
+    let input = r.llm_request.as_ref().map(|req| req.to_string());
+    let output = r.response_text.as_ref().map(|text| {
+        serde_json::json!([{"role": "assistant", "parts": [{"type": "text", "content": text}],
+            "finish_reason": r.finish_reason.as_deref().unwrap_or_default()}])
+        .to_string()
+    });
+    let attrs: Vec<(&str, &str)> = [("gen_ai.input.messages", input.as_deref()), ("gen_ai.output.messages", output.as_deref())]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v?)))
+        .collect();
     if !attrs.is_empty() {
-        b.event("gen_ai.client.inference.operation.details", at, attrs);
+        b.event("gen_ai.client.inference.operation.details", at, &attrs);
     }
 }
 
 impl SpanSource for Sampled {
-    fn spans(self: Box<Self>, out: &mut Vec<Span>) {
+    fn spans(self: Box<Self>, out: &mut SpanBatch) {
         let r = &self.0;
         let op = operation(r.client_protocol);
         let provider = r.provider.map(provider_name);
@@ -216,10 +216,10 @@ impl SpanSource for Sampled {
         // The SERVER span names the model the client asked for (else the one the gateway
         // chose); each CLIENT span the model its upstream was asked for.
         let server_model = if r.request_llm_model.is_empty() { r.llm_model.as_str() } else { r.request_llm_model.as_str() };
-        let name = match (ai, server_model.is_empty()) {
-            (false, _) => method.to_owned(),
-            (true, true) => op.to_owned(),
-            (true, false) => format!("{op} {server_model}"),
+        let name: &[&str] = match (ai, server_model.is_empty()) {
+            (false, _) => &[method],
+            (true, true) => &[op],
+            (true, false) => &[op, " ", server_model],
         };
         let end = r.start + r.request_time;
         let version = &r.config_version;
@@ -228,16 +228,16 @@ impl SpanSource for Sampled {
         let last = r.attempt.as_ref();
         let server_of = |a: &Attempt| r.target_of(a).map(|t| host_port(&t.target.authority, &t.target.origin));
 
-        // Attributes both spans carry (CONTRACT §10).
-        let genai = |b: &mut SpanBuilder, a: Option<&Attempt>, model: &str, full: bool| {
+        // Attributes both spans carry (CONTRACT §10). The SERVER span and the answering
+        // CLIENT span differ only in `gen_ai.request.model`: the rest is encoded once.
+        let genai = |b: &mut SpanBuilder, a: Option<&Attempt>, full: bool| {
             b.str("gen_ai.operation.name", op);
             if let Some(p) = provider {
                 b.str("gen_ai.provider.name", p);
             }
-            b.str_nonempty("gen_ai.request.model", model);
             b.bool("gen_ai.request.stream", r.stream);
             if let Some((h, p)) = a.and_then(server_of) {
-                b.str("server.address", &h).int("server.port", p);
+                b.str("server.address", h).int("server.port", p);
             }
             b.str_nonempty("aigw.route_id", &r.route_id).str_nonempty("aigw.config_version", version);
             b.str_nonempty("aigw.instance", &r.instance);
@@ -262,8 +262,11 @@ impl SpanSource for Sampled {
             }
         };
 
-        let mut server = SpanBuilder::new(r.trace.trace_id, r.trace.span_id, r.trace.parent_id, name.clone(), Kind::Server, r.start, end);
-        genai(&mut server, last, server_model, true);
+        let mut server = out.span(r.trace.trace_id, r.trace.span_id, r.trace.parent_id, name, Kind::Server, r.start, end);
+        server.str_nonempty("gen_ai.request.model", server_model);
+        let mark = server.mark();
+        genai(&mut server, last, true);
+        let shared = server.written_since(mark);
         server.str("http.request.method", method).int("http.response.status_code", r.status as i64);
         if let Some(path) = r.request_line.split(' ').nth(1) {
             server.str("url.path", path.split('?').next().unwrap_or(path));
@@ -277,43 +280,37 @@ impl SpanSource for Sampled {
             server.error(r.error.as_ref().map(|(_, m)| m.as_str()).unwrap_or(e));
         }
         payload_event(&mut server, r, end);
-        out.push(server.build());
+        server.end();
 
         for a in &r.earlier {
             let start = r.start + a.offset;
             let model = a.model.as_str();
-            let cname = if model.is_empty() { op.to_owned() } else { format!("{op} {model}") };
-            let mut c = SpanBuilder::new(
-                r.trace.trace_id,
-                a.span_id,
-                r.trace.span_id,
-                cname,
-                Kind::Client,
-                start,
-                start + a.duration.unwrap_or_default(),
-            );
-            genai(&mut c, Some(a), model, false);
+            let cname: &[&str] = if model.is_empty() { &[op] } else { &[op, " ", model] };
+            let end = start + a.duration.unwrap_or_default();
+            let mut c = out.span(r.trace.trace_id, a.span_id, r.trace.span_id, cname, Kind::Client, start, end);
+            c.str_nonempty("gen_ai.request.model", model);
+            genai(&mut c, Some(a), false);
             if let Some(s) = a.status {
                 c.int("http.response.status_code", s as i64);
             }
             if let Some(e) = a.error.or(a.status.map(status_str)) {
                 c.str("error.type", e).error(e);
             }
-            out.push(c.build());
+            c.end();
         }
         let Some(a) = last else { return };
         let start = r.start + a.offset;
         let dur = r.upstream_time.or(a.duration).unwrap_or_else(|| r.request_time.saturating_sub(a.offset));
         let model = if r.llm_model.is_empty() { server_model } else { r.llm_model.as_str() };
-        let cname = if model.is_empty() { op.to_owned() } else { format!("{op} {model}") };
-        let mut c = SpanBuilder::new(r.trace.trace_id, a.span_id, r.trace.span_id, cname, Kind::Client, start, start + dur);
-        genai(&mut c, Some(a), model, true);
+        let cname: &[&str] = if model.is_empty() { &[op] } else { &[op, " ", model] };
+        let mut c = out.span(r.trace.trace_id, a.span_id, r.trace.span_id, cname, Kind::Client, start, start + dur);
+        c.str_nonempty("gen_ai.request.model", model).write_encoded(&shared);
         if let Some(s) = a.status.or(r.upstream_status) {
             c.int("http.response.status_code", s as i64);
         }
         if let (true, Some(t)) = (r.stream, r.ttft) {
             c.double("gen_ai.response.time_to_first_chunk", t.as_secs_f64());
-            c.event("gen_ai.response.first_chunk", start + t, vec![]);
+            c.event("gen_ai.response.first_chunk", start + t, &[]);
         }
         if let Some(e) = attempt_error(r, a) {
             c.str("error.type", e);
@@ -324,6 +321,5 @@ impl SpanSource for Sampled {
             c.error(msg);
         }
         payload_event(&mut c, r, start + dur);
-        out.push(c.build());
     }
 }
