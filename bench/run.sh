@@ -279,11 +279,11 @@ if [ -n "$OPID" ]; then names="$names aigw-otel"; fi
     oc=$(col aigw-otel 32 7 | median); ac=$(col aigw 32 7 | median)
     cc=$(awk '$1=="aigw-otel" && $2==32 {print $3}' "$work/collector-cpu" 2>/dev/null | median)
     spans=$(curl -sf http://127.0.0.1:19318/spans | grep -o '"total":[0-9]*' | cut -d: -f2 || echo "?")
-    dropped=$(curl -sf http://127.0.0.1:19391/metrics | awk '/^aigw_telemetry_spans_(dropped|failed)_total/ {s += $2} END {print s + 0}')
+    dropped=$(curl -sf http://127.0.0.1:19391/metrics | awk '/^aigw_telemetry_spans_dropped_total/ {d = $2} /^aigw_telemetry_spans_failed_total/ {f = $2} END {printf "%d at the queue, %d failed", d, f}')
     echo "- OTLP exporter on (every request sampled, live collector): added p50 at c1 $(sub "$o1" "$d1") ms (plain $(sub "$a1" "$d1") ms);" \
       "throughput at c32 $(div "$o32" "$a32") × the plain proxy (bar ≥ 0.9); CPU/request at c32 ${oc} µs vs ${ac} µs" \
       "(the collector, on the same 2 cores, ${cc} µs more);" \
-      "spans received ${spans}, dropped or failed ${dropped}; RSS under load max $(( $(sort -n "$work/rss-otel" | tail -1) / 1024 )) MB"
+      "spans received ${spans}, lost ${dropped}; RSS under load max $(( $(sort -n "$work/rss-otel" | tail -1) / 1024 )) MB"
   fi
   if [ -n "$CG" ]; then
     echo

@@ -122,7 +122,8 @@ async fn spans_and_metrics_for_whole_and_streamed_chat_with_a_continued_trace() 
     let url = format!("{}/v1/chat/completions", p.data);
 
     // Whole answer, continuing the client's trace.
-    let r = http::post_json(&url, &[("traceparent", CLIENT_TP)], &chat(Some("gpt-4o-mini"), false)).await.unwrap();
+    let r =
+        http::post_json(&format!("{url}?api-version=1"), &[("traceparent", CLIENT_TP)], &chat(Some("gpt-4o-mini"), false)).await.unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     let (server, clients) = trace(&col, CLIENT_TRACE).await;
     assert_eq!(clients.len(), 1);
@@ -161,6 +162,14 @@ async fn spans_and_metrics_for_whole_and_streamed_chat_with_a_continued_trace() 
     assert!(client.attr("gen_ai.response.time_to_first_chunk").is_none(), "not a stream");
     assert!(client.span.events.is_empty() && server.span.events.is_empty(), "no payload events without logging.payloads");
     assert_eq!(server.str("aigw.request_id"), r.headers.get("x-aigw-request-id").and_then(|v| v.to_str().ok()));
+    assert_eq!(server.str("http.request.method"), Some("POST"));
+    assert_eq!(server.str("url.path"), Some("/v1/chat/completions"), "without the query");
+    assert_eq!(server.str("client.address"), Some("127.0.0.1"));
+    assert_eq!(server.int("http.response.status_code"), Some(200));
+    // Both spans carry the same GenAI attributes but the requested model.
+    for k in GENAI_KEYS.iter().filter(|k| **k != "gen_ai.request.model") {
+        assert_eq!(server.attr(k), client.attr(k), "{k}");
+    }
     assert!(server.span.start_time_unix_nano <= client.span.start_time_unix_nano);
     assert!(client.span.end_time_unix_nano <= server.span.end_time_unix_nano);
 

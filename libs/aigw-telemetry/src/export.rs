@@ -1,17 +1,21 @@
-//! The OTLP exporter: one background thread with its own single-threaded runtime, so
-//! encoding and sending never run on a request's worker thread.
+//! The OTLP exporter: spans are encoded where they end, sent from one background thread.
 //!
-//! * Spans: a request hands a [`SpanSource`] (plain data, no OTLP objects) to
-//!   [`Tracer::submit`], a non-blocking `try_send` into a bounded queue
-//!   (`OTEL_BSP_MAX_QUEUE_SIZE`). The thread turns sources into OTLP spans and sends them
-//!   in batches (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, or every `OTEL_BSP_SCHEDULE_DELAY`).
-//!   A full queue drops the span and counts it; a failed export drops the batch and
-//!   counts it. Nothing ever waits for the collector but this thread.
+//! * Spans: a request encodes its spans with [`Tracer::spans`] straight into OTLP protobuf
+//!   ([`crate::wire`]), into a batch of its own thread (an uncontended lock; nothing is
+//!   allocated, copied or handed to another thread per request). A batch that reaches
+//!   `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans is queued for the exporter thread with a
+//!   non-blocking `try_send` (`OTEL_BSP_MAX_QUEUE_SIZE` spans in queued batches; a full
+//!   queue drops the batch and counts it). Every `OTEL_BSP_SCHEDULE_DELAY` the exporter also
+//!   takes the threads' partial batches. It sends up to [`MAX_SPAN_EXPORTS_IN_FLIGHT`]
+//!   batches at once; a failed export drops its batch and counts it. Nothing ever waits
+//!   for the collector but this thread.
 //! * Metrics: every `OTEL_METRIC_EXPORT_INTERVAL` the [`Registry`] is read (atomics) and
 //!   pushed, cumulative, to the same collector.
 
-use std::sync::Arc;
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes};
@@ -30,24 +34,20 @@ use crate::metrics::{Registry, kv_str};
 use crate::sampler::Sampler;
 pub use crate::wire::{BatchHead, Kind, SpanBatch, SpanBuilder, Value};
 
-/// Plain data that becomes one or more spans on the exporter thread.
-pub trait SpanSource: Send + 'static {
-    fn spans(self: Box<Self>, out: &mut SpanBatch);
-}
+/// Span exports that may be on the wire at once: a collector slow to answer (on a busy
+/// machine, one not scheduled for a few milliseconds) does not stop the queue draining.
+const MAX_SPAN_EXPORTS_IN_FLIGHT: usize = 4;
 
-/// Span exports that may be on the wire at once: the next batch is encoded while one is
-/// waiting for the collector's answer, so a slow answer does not stop the queue draining.
-const MAX_SPAN_EXPORTS_IN_FLIGHT: usize = 2;
-
-/// How often the exporter thread takes what requests queued (at most; sooner when
-/// `OTEL_BSP_SCHEDULE_DELAY` is shorter).
+/// How often the exporter thread takes the full batches queued (at most; sooner when
+/// `OTEL_BSP_SCHEDULE_DELAY` is shorter). Polled, not awaited: awaiting the queue would wake
+/// the thread for every batch, a futex call on the request's thread.
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
 
 /// What the exporter did, for `/metrics` and OTLP (`aigw.telemetry.*`).
 #[derive(Debug, Default)]
 pub struct ExportStats {
     pub spans_exported: AtomicU64,
-    /// The queue was full: the span was never built.
+    /// The queue was full: the batch was dropped before it was sent.
     pub spans_dropped: AtomicU64,
     /// Built and sent, but the collector did not take them (down, refused, timeout).
     pub spans_failed: AtomicU64,
@@ -66,14 +66,79 @@ pub struct TraceStart {
     pub sampled: bool,
 }
 
+/// A full batch: its span count and its encoded `ExportTraceServiceRequest`.
+type FullBatch = (u64, Bytes);
+
+/// One thread's batch being filled.
+type Shard = Arc<Mutex<SpanBatch>>;
+
+/// Encoded spans on their way: the threads' batches being filled, and full batches queued
+/// for the exporter thread.
+struct Queue {
+    /// Which tracer a thread's shard belongs to (a process may have several: tests).
+    id: u64,
+    head: BatchHead,
+    max_batch: usize,
+    shards: Mutex<Vec<Shard>>,
+    full: mpsc::Sender<FullBatch>,
+}
+
+thread_local! {
+    /// This thread's shard of each live tracer.
+    static SHARDS: RefCell<Vec<(u64, Weak<Mutex<SpanBatch>>)>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Queue {
+    fn shard(&self) -> Shard {
+        SHARDS.with(|list| {
+            let mut list = list.borrow_mut();
+            if let Some(s) = list.iter().find(|(id, _)| *id == self.id).and_then(|(_, w)| w.upgrade()) {
+                return s;
+            }
+            list.retain(|(id, w)| *id != self.id && w.strong_count() > 0);
+            let s = Arc::new(Mutex::new(SpanBatch::new(self.head.clone())));
+            self.shards.lock().unwrap_or_else(|e| e.into_inner()).push(s.clone());
+            list.push((self.id, Arc::downgrade(&s)));
+            s
+        })
+    }
+
+    /// Every thread's partial batch.
+    fn take_partial(&self) -> Vec<FullBatch> {
+        let shards = self.shards.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut out = Vec::new();
+        for s in shards {
+            let mut b = s.lock().unwrap_or_else(|e| e.into_inner());
+            if !b.is_empty() {
+                out.push((b.len() as u64, b.take()));
+            }
+        }
+        out
+    }
+}
+
 /// The request side of the exporter.
 pub struct Tracer {
-    tx: mpsc::Sender<Box<dyn SpanSource>>,
     sampler: Sampler,
     stats: Arc<ExportStats>,
+    queue: Arc<Queue>,
 }
 
 impl Tracer {
+    fn new(
+        sampler: Sampler,
+        stats: Arc<ExportStats>,
+        head: BatchHead,
+        max_batch: usize,
+        max_queue: usize,
+    ) -> (Tracer, mpsc::Receiver<FullBatch>) {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let max_batch = max_batch.max(1);
+        let (full, rx) = mpsc::channel((max_queue / max_batch).max(1));
+        let queue = Queue { id: NEXT.fetch_add(1, Ordering::Relaxed), head, max_batch, shards: Mutex::default(), full };
+        (Tracer { sampler, stats, queue: Arc::new(queue) }, rx)
+    }
+
     /// Continues the client's `traceparent` when it is valid, else starts a new trace;
     /// the sampling decision is made here, once.
     pub fn start(&self, traceparent: Option<&[u8]>) -> TraceStart {
@@ -87,10 +152,19 @@ impl Tracer {
         }
     }
 
-    /// Queues finished work for export; never waits (a full queue drops it, counted).
-    pub fn submit(&self, s: Box<dyn SpanSource>) {
-        if self.tx.try_send(s).is_err() {
-            self.stats.spans_dropped.fetch_add(1, Ordering::Relaxed);
+    /// Encodes finished spans into this thread's batch; never waits (a batch that fills
+    /// while the queue is full is dropped, counted).
+    pub fn spans(&self, encode: impl FnOnce(&mut SpanBatch)) {
+        let shard = self.queue.shard();
+        let full = {
+            let mut b = shard.lock().unwrap_or_else(|e| e.into_inner());
+            encode(&mut b);
+            (b.len() >= self.queue.max_batch).then(|| (b.len() as u64, b.take()))
+        };
+        if let Some((n, bytes)) = full
+            && self.queue.full.try_send((n, bytes)).is_err()
+        {
+            self.stats.spans_dropped.fetch_add(n, Ordering::Relaxed);
         }
     }
 
@@ -98,10 +172,15 @@ impl Tracer {
         &self.stats
     }
 
-    /// A tracer whose queue goes nowhere (tests of span building).
-    pub fn detached(sampler: Sampler, capacity: usize) -> (Tracer, mpsc::Receiver<Box<dyn SpanSource>>) {
-        let (tx, rx) = mpsc::channel(capacity);
-        (Tracer { tx, sampler, stats: Arc::default() }, rx)
+    /// A tracer with no exporter (tests of span building): [`take`](Self::take) returns
+    /// what was encoded.
+    pub fn detached(sampler: Sampler) -> Tracer {
+        Tracer::new(sampler, Arc::default(), BatchHead::new(&[], "test", ""), usize::MAX, usize::MAX).0
+    }
+
+    /// Every batch encoded so far, on every thread (tests).
+    pub fn take(&self) -> Vec<Bytes> {
+        self.queue.take_partial().into_iter().map(|(_, b)| b).collect()
     }
 }
 
@@ -361,13 +440,14 @@ impl Exporter {
             let _guard = rt.enter();
             Transport::new(&cfg)?
         };
-        let (tx, rx) = mpsc::channel::<Box<dyn SpanSource>>(cfg.bsp_queue);
-        let tracer = transport.has_traces().then(|| Arc::new(Tracer { tx, sampler: cfg.sampler.clone(), stats: stats.clone() }));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let attrs = resource(&cfg, version);
         let pairs: Vec<(&str, &str)> = attrs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let head = BatchHead::new(&pairs, scope, version);
+        let (tracer, rx) = Tracer::new(cfg.sampler.clone(), stats.clone(), head, cfg.bsp_batch, cfg.bsp_queue);
+        let queue = tracer.queue.clone();
+        let tracer = transport.has_traces().then(|| Arc::new(tracer));
         let res = Resource { attributes: attrs.iter().map(|(k, v)| kv_str(k, v)).collect(), ..Default::default() };
         let scope = InstrumentationScope { name: scope.to_owned(), version: version.to_owned(), ..Default::default() };
         let summary = format!(
@@ -377,7 +457,7 @@ impl Exporter {
             cfg.metrics_endpoint.as_deref().unwrap_or("off"),
             cfg.service_name
         );
-        let worker = Worker { cfg, transport, registry, stats, head, res, scope, rx };
+        let worker = Worker { cfg, transport, registry, stats, queue, pending: VecDeque::new(), res, scope, rx };
         std::thread::Builder::new()
             .name("aigw-otlp".into())
             .spawn(move || {
@@ -417,30 +497,20 @@ struct Worker {
     transport: Transport,
     registry: Arc<Registry>,
     stats: Arc<ExportStats>,
-    /// Of span batches (encoded once).
-    head: BatchHead,
+    queue: Arc<Queue>,
+    /// Partial batches taken from the threads, waiting for an export slot.
+    pending: VecDeque<FullBatch>,
     /// Of metric exports.
     res: Resource,
     scope: InstrumentationScope,
-    rx: mpsc::Receiver<Box<dyn SpanSource>>,
+    rx: mpsc::Receiver<FullBatch>,
 }
 
 /// A span export's size and result (spans the collector rejected, or why it failed).
 type SpanSent = (u64, Result<u64, String>);
 
 impl Worker {
-    /// Every [`DRAIN_EVERY`] the queue is drained and its sources encoded (the request's
-    /// data is freed at once); a full batch, or whatever is there every
-    /// `OTEL_BSP_SCHEDULE_DELAY`, is sent while the next one fills. With
-    /// [`MAX_SPAN_EXPORTS_IN_FLIGHT`] exports unanswered and the next batch full, the
-    /// worker leaves sources in the queue, which fills (then drops, counted).
-    ///
-    /// The queue is polled, not awaited: awaiting it would wake this thread for every
-    /// request that ends (a futex call on the request's thread and a context switch here),
-    /// which under load costs more CPU than encoding the spans.
     async fn run(mut self, mut stop: tokio::sync::oneshot::Receiver<()>) {
-        let max = self.cfg.bsp_batch.max(1);
-        let mut batch = SpanBatch::new(self.head.clone());
         let mut sends: JoinSet<SpanSent> = JoinSet::new();
         let mut metric_sends: JoinSet<Result<u64, String>> = JoinSet::new();
         let start = tokio::time::Instant::now();
@@ -454,38 +524,30 @@ impl Worker {
         let mut failing = false;
         loop {
             tokio::select! {
-                Some(done) = sends.join_next(), if !sends.is_empty() => self.spans_done(done, &mut failing),
-                Some(done) = metric_sends.join_next(), if !metric_sends.is_empty() => self.metrics_done(done, &mut failing),
-                _ = drain_tick.tick() => {
-                    if self.drain(&mut batch, &mut sends, max) {
-                        break; // every sender is gone
-                    }
+                Some(done) = sends.join_next(), if !sends.is_empty() => {
+                    self.spans_done(done, &mut failing);
+                    self.pump(&mut sends);
                 }
+                Some(done) = metric_sends.join_next(), if !metric_sends.is_empty() => self.metrics_done(done, &mut failing),
+                _ = drain_tick.tick() => self.pump(&mut sends),
                 _ = span_tick.tick() => {
-                    self.drain(&mut batch, &mut sends, max);
-                    if !batch.is_empty() && sends.len() < MAX_SPAN_EXPORTS_IN_FLIGHT {
-                        self.send_spans(&mut batch, &mut sends);
-                    }
+                    self.take_partial();
+                    self.pump(&mut sends);
                 }
                 _ = metric_tick.tick() => self.send_metrics(&mut metric_sends),
                 _ = &mut stop => break,
             }
         }
-        // Stopping: everything queued is encoded and sent (within the caller's timeout).
+        // Stopping: everything encoded is sent (within the caller's timeout).
+        self.take_partial();
         loop {
-            while batch.len() < max {
-                let Ok(s) = self.rx.try_recv() else { break };
-                s.spans(&mut batch);
-            }
-            if batch.is_empty() {
+            self.pump(&mut sends);
+            if self.pending.is_empty() && self.rx.is_empty() {
                 break;
             }
-            while sends.len() >= MAX_SPAN_EXPORTS_IN_FLIGHT {
-                if let Some(done) = sends.join_next().await {
-                    self.spans_done(done, &mut failing);
-                }
+            if let Some(done) = sends.join_next().await {
+                self.spans_done(done, &mut failing);
             }
-            self.send_spans(&mut batch, &mut sends);
         }
         self.send_metrics(&mut metric_sends);
         while let Some(done) = sends.join_next().await {
@@ -496,21 +558,30 @@ impl Worker {
         }
     }
 
-    /// Encodes what is queued, sending each batch that fills while an export slot is
-    /// free. True when every sender is gone.
-    fn drain(&mut self, batch: &mut SpanBatch, sends: &mut JoinSet<SpanSent>, max: usize) -> bool {
-        loop {
-            if batch.len() >= max {
-                if sends.len() >= MAX_SPAN_EXPORTS_IN_FLIGHT {
-                    return false;
-                }
-                self.send_spans(batch, sends);
+    /// The threads' partial batches, behind the ones already waiting; with the collector
+    /// away, no more wait than the queue holds (the oldest are dropped, counted).
+    fn take_partial(&mut self) {
+        self.pending.extend(self.queue.take_partial());
+        let max = (self.cfg.bsp_queue / self.queue.max_batch).max(1) + self.queue.shards.lock().map_or(0, |s| s.len());
+        while self.pending.len() > max {
+            if let Some((n, _)) = self.pending.pop_front() {
+                self.stats.spans_dropped.fetch_add(n, Ordering::Relaxed);
             }
-            match self.rx.try_recv() {
-                Ok(s) => s.spans(batch),
-                Err(mpsc::error::TryRecvError::Empty) => return false,
-                Err(mpsc::error::TryRecvError::Disconnected) => return true,
-            }
+        }
+    }
+
+    /// Starts exports while a slot is free: waiting partial batches first, then full ones.
+    fn pump(&mut self, sends: &mut JoinSet<SpanSent>) {
+        while sends.len() < MAX_SPAN_EXPORTS_IN_FLIGHT {
+            let Some((n, body)) = self.pending.pop_front().or_else(|| self.rx.try_recv().ok()) else { break };
+            let (transport, timeout) = (self.transport.clone(), self.cfg.timeout);
+            sends.spawn(async move {
+                let r = match tokio::time::timeout(timeout, transport.send(Signal::Traces, body)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(format!("no answer within {timeout:?}")),
+                };
+                (n, r)
+            });
         }
     }
 
@@ -527,19 +598,6 @@ impl Worker {
             }
             _ => {}
         }
-    }
-
-    fn send_spans(&self, batch: &mut SpanBatch, sends: &mut JoinSet<SpanSent>) {
-        let n = batch.len() as u64;
-        let body = batch.take();
-        let (transport, timeout) = (self.transport.clone(), self.cfg.timeout);
-        sends.spawn(async move {
-            let r = match tokio::time::timeout(timeout, transport.send(Signal::Traces, body)).await {
-                Ok(r) => r,
-                Err(_) => Err(format!("no answer within {timeout:?}")),
-            };
-            (n, r)
-        });
     }
 
     fn spans_done(&self, done: Result<SpanSent, tokio::task::JoinError>, failing: &mut bool) {
@@ -595,6 +653,59 @@ mod tests {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess;
 
     use super::*;
+
+    fn one_span(t: &Tracer, id: u64) {
+        let now = std::time::SystemTime::now();
+        t.spans(|b| b.span(1, id, 0, &["s"], Kind::Internal, now, now).end());
+    }
+
+    fn span_ids(batch: &Bytes) -> Vec<Vec<u8>> {
+        let req: opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest =
+            prost::Message::decode(batch.clone()).unwrap();
+        req.resource_spans[0].scope_spans[0].spans.iter().map(|s| s.span_id.clone()).collect()
+    }
+
+    /// A thread's batch is queued when it reaches the batch size; a batch that fills while
+    /// the queue is full is dropped and counted; partial batches are taken from every thread.
+    #[test]
+    fn batches_fill_per_thread_and_a_full_queue_drops_counted() {
+        let (t, mut rx) = Tracer::new(Sampler::AlwaysOn, Arc::default(), BatchHead::new(&[], "t", ""), 2, 2);
+        let t = Arc::new(t);
+        one_span(&t, 1);
+        assert!(rx.try_recv().is_err(), "not full yet");
+        one_span(&t, 2);
+        let (n, first) = rx.try_recv().expect("a full batch is queued");
+        assert_eq!((n, span_ids(&first)), (2, vec![1u64.to_be_bytes().to_vec(), 2u64.to_be_bytes().to_vec()]));
+        for id in 3..=6 {
+            one_span(&t, id); // 3+4 queued (the queue holds one batch), 5+6 dropped
+        }
+        assert_eq!(t.stats().spans_dropped.load(Ordering::Relaxed), 2);
+        assert_eq!(rx.try_recv().map(|(n, _)| n).ok(), Some(2));
+        // Another thread has its own batch; both partial batches are taken.
+        one_span(&t, 7);
+        let t2 = t.clone();
+        std::thread::spawn(move || one_span(&t2, 8)).join().unwrap();
+        let mut partial: Vec<Vec<Vec<u8>>> = t.queue.take_partial().iter().map(|(_, b)| span_ids(b)).collect();
+        partial.sort();
+        assert_eq!(partial, vec![vec![7u64.to_be_bytes().to_vec()], vec![8u64.to_be_bytes().to_vec()]]);
+        assert!(t.queue.take_partial().is_empty());
+    }
+
+    /// Two tracers on one thread (two exporters in a process) keep their spans apart.
+    #[test]
+    fn tracers_on_one_thread_do_not_share_batches() {
+        let (a, b) = (Tracer::detached(Sampler::AlwaysOn), Tracer::detached(Sampler::AlwaysOn));
+        one_span(&a, 1);
+        one_span(&b, 2);
+        one_span(&a, 3);
+        let ids = |t: &Tracer| t.take().iter().flat_map(span_ids).collect::<Vec<_>>();
+        assert_eq!(ids(&a), vec![1u64.to_be_bytes().to_vec(), 3u64.to_be_bytes().to_vec()]);
+        assert_eq!(ids(&b), vec![2u64.to_be_bytes().to_vec()]);
+        drop(b);
+        let c = Tracer::detached(Sampler::AlwaysOn);
+        one_span(&c, 4);
+        assert_eq!(ids(&c).len(), 1);
+    }
 
     #[test]
     fn a_partial_success_counts_the_rejected_spans() {

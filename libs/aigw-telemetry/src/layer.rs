@@ -13,7 +13,7 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::export::{Kind, SpanBatch, SpanSource, Tracer};
+use crate::export::{Kind, SpanBatch, Tracer};
 
 pub struct OtlpLayer {
     tracer: Arc<Tracer>,
@@ -53,8 +53,8 @@ impl Visit for Fields<'_> {
     }
 }
 
-impl SpanSource for Data {
-    fn spans(self: Box<Self>, out: &mut SpanBatch) {
+impl Data {
+    fn encode(&self, out: &mut SpanBatch) {
         let kind = if self.server { Kind::Server } else { Kind::Internal };
         let mut b = out.span(self.trace_id, self.span_id, self.parent_id, &[self.name], kind, self.start, SystemTime::now());
         b.str("code.namespace", self.target);
@@ -114,7 +114,7 @@ where
         if let Some(d) = span.extensions_mut().remove::<Data>()
             && d.sampled
         {
-            self.tracer.submit(Box::new(d));
+            self.tracer.spans(|b| d.encode(b));
         }
     }
 }
@@ -126,20 +126,18 @@ mod tests {
 
     #[test]
     fn tracing_spans_become_otlp_spans_with_parents() {
-        let (tracer, mut rx) = Tracer::detached(crate::sampler::Sampler::AlwaysOn, 16);
-        let sub = tracing_subscriber::registry().with(OtlpLayer::new(Arc::new(tracer)));
+        let tracer = Arc::new(Tracer::detached(crate::sampler::Sampler::AlwaysOn));
+        let sub = tracing_subscriber::registry().with(OtlpLayer::new(tracer.clone()));
         tracing::subscriber::with_default(sub, || {
             let outer = tracing::info_span!("put_route", route_id = "r1", otel.kind = "server");
             let _g = outer.enter();
             let inner = tracing::info_span!("store.write", bytes = 10u64);
             drop(inner.enter());
         });
-        let mut batch = SpanBatch::new(crate::wire::BatchHead::new(&[], "test", ""));
-        while let Ok(s) = rx.try_recv() {
-            s.spans(&mut batch);
-        }
+        let batches = tracer.take();
+        assert_eq!(batches.len(), 1, "one thread, one batch");
         let req: opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest =
-            prost::Message::decode(batch.take()).expect("valid OTLP");
+            prost::Message::decode(batches[0].clone()).expect("valid OTLP");
         let spans = &req.resource_spans[0].scope_spans[0].spans;
         assert_eq!(spans.len(), 2);
         let (inner, outer) = (&spans[0], &spans[1]);

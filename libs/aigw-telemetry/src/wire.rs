@@ -131,6 +131,35 @@ fn kv_len(key: &str, v: &Value) -> usize {
 /// Writes a `KeyValue` as field `field` of the enclosing message.
 #[inline]
 fn put_kv(buf: &mut Vec<u8>, field: u32, key: &str, v: &Value) {
+    // The common case, a short attribute: every length is one byte (key < 64 and string
+    // < 58 bytes keep the KeyValue under 128), so no varint length is computed and the
+    // bytes around the key and the value are written as fixed groups.
+    if field < 16 && key.len() < 64 {
+        let tag = (field << 3 | LEN) as u8;
+        match *v {
+            Value::Str(s) if s.len() < 58 => {
+                let any = 2 + s.len();
+                let kv = 2 + key.len() + 2 + any;
+                buf.reserve(2 + kv);
+                buf.extend_from_slice(&[tag, kv as u8, 0x0a, key.len() as u8]);
+                buf.extend_from_slice(key.as_bytes());
+                buf.extend_from_slice(&[0x12, any as u8, 0x0a, s.len() as u8]);
+                buf.extend_from_slice(s.as_bytes());
+                return;
+            }
+            Value::Int(i) => {
+                let any = 1 + varint_len(i as u64);
+                let kv = 2 + key.len() + 2 + any;
+                buf.reserve(2 + kv);
+                buf.extend_from_slice(&[tag, kv as u8, 0x0a, key.len() as u8]);
+                buf.extend_from_slice(key.as_bytes());
+                buf.extend_from_slice(&[0x12, any as u8, 0x18]);
+                put_varint(buf, i as u64);
+                return;
+            }
+            _ => {}
+        }
+    }
     let any = any_len(v);
     let kv = len_field_len(1, key.len()) + len_field_len(2, any);
     buf.reserve(kv + 6);
@@ -532,6 +561,34 @@ mod tests {
         // Not only equal when decoded: the same bytes prost writes, but for the span
         // header's field order (flags, field 16, is written before the attributes).
         assert_eq!(bytes.len(), want.encoded_len());
+    }
+
+    /// Around the lengths where one-byte lengths end, the bytes are prost's.
+    #[test]
+    fn attribute_lengths_at_the_one_byte_boundaries() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1);
+        for klen in [0, 1, 62, 63, 64, 65, 120, 130] {
+            for vlen in [0, 1, 56, 57, 58, 59, 120, 126, 127, 128, 200, 20_000] {
+                let (k, v) = ("k".repeat(klen), "v".repeat(vlen));
+                for value in [Value::Str(&v), Value::Int(vlen as i64 - 100), Value::Int(i64::MIN)] {
+                    let mut batch = SpanBatch::new(BatchHead::new(&[], "", ""));
+                    batch.span(1, 2, 0, &[], Kind::Internal, t, t).attr(&k, value);
+                    let bytes = batch.take();
+                    let got = ExportTraceServiceRequest::decode(bytes.clone()).unwrap();
+                    let want = match value {
+                        Value::Str(v) => kv(&k, s(v)),
+                        Value::Int(i) => kv(&k, any_value::Value::IntValue(i)),
+                        _ => unreachable!(),
+                    };
+                    let attrs = &got.resource_spans[0].scope_spans[0].spans[0].attributes;
+                    assert_eq!(attrs, &vec![want], "key {klen}, value {vlen}");
+                    // (An empty key is written, where prost leaves a default field out.)
+                    if klen > 0 {
+                        assert_eq!(bytes.len(), got.encoded_len(), "key {klen}, value {vlen}: canonical");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

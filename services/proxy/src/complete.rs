@@ -14,16 +14,10 @@ pub trait Sink: Send + Sync {
     fn complete(&self, record: &Record);
 }
 
-/// A sink that keeps the record itself (span export): it runs last, after every [`Sink`].
-pub trait OwningSink: Send + Sync {
-    fn complete_owned(&self, record: Record);
-}
-
 /// The sinks of a node, in order, and what they need the request to note as it goes.
 #[derive(Default)]
 pub struct Sinks {
     list: Vec<Arc<dyn Sink>>,
-    owner: Option<Arc<dyn OwningSink>>,
     /// Set when spans are exported: requests start (or continue) a trace.
     pub tracer: Option<Arc<Tracer>>,
     /// A sink renders `$upstream_uri`.
@@ -32,7 +26,7 @@ pub struct Sinks {
 
 impl Sinks {
     pub fn new(list: Vec<Arc<dyn Sink>>) -> Sinks {
-        Sinks { list, owner: None, tracer: None, keep_upstream_uri: false }
+        Sinks { list, tracer: None, keep_upstream_uri: false }
     }
 
     /// Requests carry trace ids decided at their start, and sampled ones are exported.
@@ -41,24 +35,14 @@ impl Sinks {
         self
     }
 
-    /// The sink that takes each record last.
-    pub fn owned_by(mut self, owner: Option<Arc<dyn OwningSink>>) -> Sinks {
-        self.owner = owner;
-        self
-    }
-
     pub fn keeping_upstream_uri(mut self, keep: bool) -> Sinks {
         self.keep_upstream_uri = keep;
         self
     }
 
-    /// Hands `record` to every sink, then to the one that keeps it.
-    pub fn complete(&self, record: Record) {
+    pub fn complete(&self, record: &Record) {
         for s in &self.list {
-            s.complete(&record);
-        }
-        if let Some(o) = &self.owner {
-            o.complete_owned(record);
+            s.complete(record);
         }
     }
 }
@@ -97,7 +81,7 @@ impl Completion {
             tracing::debug!(request_id = %r.request_id, route = %r.route_id, bytes = body_bytes_sent, "client went away; upstream read cancelled");
         }
         r.outcome = outcome;
-        self.sinks.complete(self.record);
+        self.sinks.complete(&self.record);
     }
 }
 

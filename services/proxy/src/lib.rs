@@ -85,12 +85,13 @@ pub async fn run(
     let logger = Arc::new(http_logger::HttpLoggerSink::default());
     let mut sinks: Vec<Arc<dyn complete::Sink>> =
         vec![Arc::new(complete::MetricsSink(metrics.clone())), Arc::new(telemetry::GenAiSink(metrics.clone())), logger.clone()];
+    if let Some(t) = &cfg.telemetry.tracer {
+        sinks.push(Arc::new(telemetry::SpanSink(t.clone())));
+    }
     if access.enabled() {
         sinks.push(access.clone());
     }
-    let spans = cfg.telemetry.tracer.clone().map(|t| Arc::new(telemetry::SpanSink(t)) as Arc<dyn complete::OwningSink>);
-    let sinks =
-        complete::Sinks::new(sinks).with_tracer(cfg.telemetry.tracer.clone()).owned_by(spans).keeping_upstream_uri(keep_upstream_uri);
+    let sinks = complete::Sinks::new(sinks).with_tracer(cfg.telemetry.tracer.clone()).keeping_upstream_uri(keep_upstream_uri);
     let gcp = aigw_gcp_auth::GcpAuth::new(aigw_gcp_auth::GcpAuthOptions { token_cache: cfg.token_cache, ..Default::default() })?;
     let state = state::AppState::new(metrics, sinks, keep_headers, cfg.client_limits, gcp);
     let stats = logger.stats.clone();

@@ -3,17 +3,18 @@
 //!
 //! Spans are not objects that live through the request: the request carries ids decided
 //! when it started ([`Record::trace`], [`Record::attempt`]), and when it completes a
-//! sampled record is copied and queued; the OTLP exporter thread turns it into one
-//! SERVER span and one CLIENT span per upstream attempt, with explicit timestamps.
+//! sampled record is encoded, on its thread, as one SERVER span and one CLIENT span per
+//! upstream attempt with explicit timestamps, straight into OTLP protobuf; the exporter
+//! thread only sends the batches.
 
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use aigw_llm::protocol::Protocol;
 use aigw_model::Provider;
-use aigw_telemetry::export::{Kind, SpanBatch, SpanBuilder, SpanSource, Tracer};
+use aigw_telemetry::export::{Kind, SpanBatch, SpanBuilder, Tracer};
 
-use crate::complete::{OwningSink, Sink};
+use crate::complete::Sink;
 use crate::metrics::Metrics;
 use crate::record::{Attempt, ErrorSource, Outcome, Record};
 
@@ -159,20 +160,16 @@ impl Sink for GenAiSink {
     }
 }
 
-/// Queues sampled requests' records for span export (the record itself is moved, not
-/// copied: this is the last thing done with it).
+/// Encodes sampled requests' spans (on the request's thread, into its batch).
 pub struct SpanSink(pub Arc<Tracer>);
 
-impl OwningSink for SpanSink {
-    fn complete_owned(&self, r: Record) {
+impl Sink for SpanSink {
+    fn complete(&self, r: &Record) {
         if r.trace.sampled {
-            self.0.submit(Box::new(Sampled(r)));
+            self.0.spans(|b| spans(r, b));
         }
     }
 }
-
-/// A sampled request's record, turned into spans on the exporter thread.
-struct Sampled(Record);
 
 fn host_port<'a>(authority: &'a str, origin: &str) -> (&'a str, i64) {
     let default = if origin.starts_with("https://") { 443 } else { 80 };
@@ -183,6 +180,28 @@ fn host_port<'a>(authority: &'a str, origin: &str) -> (&'a str, i64) {
         },
         _ => (authority, default),
     }
+}
+
+/// `a.b.c.d` without the formatting machinery.
+fn ipv4_text(ip: std::net::Ipv4Addr, buf: &mut [u8; 15]) -> &str {
+    let mut n = 0;
+    for (i, o) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[n] = b'.';
+            n += 1;
+        }
+        if o >= 100 {
+            buf[n] = b'0' + o / 100;
+            n += 1;
+        }
+        if o >= 10 {
+            buf[n] = b'0' + o / 10 % 10;
+            n += 1;
+        }
+        buf[n] = b'0' + o % 10;
+        n += 1;
+    }
+    std::str::from_utf8(&buf[..n]).unwrap_or_default()
 }
 
 /// GenAI content events (only with `logging.payloads`): the client's messages and the
@@ -206,120 +225,138 @@ fn payload_event(b: &mut SpanBuilder, r: &Record, at: SystemTime) {
     }
 }
 
-impl SpanSource for Sampled {
-    fn spans(self: Box<Self>, out: &mut SpanBatch) {
-        let r = &self.0;
-        let op = operation(r.client_protocol);
-        let provider = r.provider.map(provider_name);
-        let method = r.request_line.split(' ').next().unwrap_or_default();
-        let ai = r.client_protocol.is_some() && provider.is_some();
-        // The SERVER span names the model the client asked for (else the one the gateway
-        // chose); each CLIENT span the model its upstream was asked for.
-        let server_model = if r.request_llm_model.is_empty() { r.llm_model.as_str() } else { r.request_llm_model.as_str() };
-        let name: &[&str] = match (ai, server_model.is_empty()) {
-            (false, _) => &[method],
-            (true, true) => &[op],
-            (true, false) => &[op, " ", server_model],
-        };
-        let end = r.start + r.request_time;
-        let version = &r.config_version;
-        let cut = !r.outcome.is_complete() && r.outcome != Outcome::ClientGone;
-        let finish: Vec<&str> = if cut { vec!["error"] } else { r.finish_reason.as_deref().into_iter().collect() };
-        let last = r.attempt.as_ref();
-        let server_of = |a: &Attempt| r.target_of(a).map(|t| host_port(&t.target.authority, &t.target.origin));
+/// A request's SERVER span and one CLIENT span per upstream attempt.
+fn spans(r: &Record, out: &mut SpanBatch) {
+    let op = operation(r.client_protocol);
+    let provider = r.provider.map(provider_name);
+    // "METHOD TARGET VERSION": byte searches (no char pattern machinery per request).
+    let line = r.request_line.as_str();
+    let word = |s: &str, b: u8| s.as_bytes().iter().position(|&c| c == b).unwrap_or(s.len());
+    let method = &line[..word(line, b' ')];
+    let target = line.get(method.len() + 1..).map(|t| &t[..word(t, b' ')]);
+    let ai = r.client_protocol.is_some() && provider.is_some();
+    // The SERVER span names the model the client asked for (else the one the gateway
+    // chose); each CLIENT span the model its upstream was asked for.
+    let server_model = if r.request_llm_model.is_empty() { r.llm_model.as_str() } else { r.request_llm_model.as_str() };
+    let name: &[&str] = match (ai, server_model.is_empty()) {
+        (false, _) => &[method],
+        (true, true) => &[op],
+        (true, false) => &[op, " ", server_model],
+    };
+    let end = r.start + r.request_time;
+    let version = &r.config_version;
+    let cut = !r.outcome.is_complete() && r.outcome != Outcome::ClientGone;
+    let finish: Vec<&str> = if cut { vec!["error"] } else { r.finish_reason.as_deref().into_iter().collect() };
+    let last = r.attempt.as_ref();
+    let server_of = |a: &Attempt| r.target_of(a).map(|t| host_port(&t.target.authority, &t.target.origin));
 
-        // Attributes both spans carry (CONTRACT §10). The SERVER span and the answering
-        // CLIENT span differ only in `gen_ai.request.model`: the rest is encoded once.
-        let genai = |b: &mut SpanBuilder, a: Option<&Attempt>, full: bool| {
-            b.str("gen_ai.operation.name", op);
-            if let Some(p) = provider {
-                b.str("gen_ai.provider.name", p);
-            }
-            b.bool("gen_ai.request.stream", r.stream);
-            if let Some((h, p)) = a.and_then(server_of) {
-                b.str("server.address", h).int("server.port", p);
-            }
-            b.str_nonempty("aigw.route_id", &r.route_id).str_nonempty("aigw.config_version", version);
-            b.str_nonempty("aigw.instance", &r.instance);
-            if !full {
-                return;
-            }
-            if let Some(m) = r.response_model.as_deref() {
-                b.str("gen_ai.response.model", m);
-            }
-            if let Some(id) = r.response_id.as_deref() {
-                b.str("gen_ai.response.id", id);
-            }
-            if !finish.is_empty() {
-                b.strs("gen_ai.response.finish_reasons", &finish);
-            }
-            let u = &r.usage;
-            if u.prompt + u.completion > 0 {
-                b.int("gen_ai.usage.input_tokens", u.prompt as i64).int("gen_ai.usage.output_tokens", u.completion as i64);
-                b.int("gen_ai.usage.cache_read.input_tokens", u.cache_read as i64);
-                b.int("gen_ai.usage.cache_write.input_tokens", u.cache_creation as i64);
-                b.int("gen_ai.usage.reasoning.output_tokens", u.reasoning as i64);
-            }
-        };
+    // Attributes both spans carry (CONTRACT §10). The SERVER span and the answering
+    // CLIENT span differ only in `gen_ai.request.model`: the rest is encoded once.
+    let genai = |b: &mut SpanBuilder, a: Option<&Attempt>, full: bool| {
+        b.str("gen_ai.operation.name", op);
+        if let Some(p) = provider {
+            b.str("gen_ai.provider.name", p);
+        }
+        b.bool("gen_ai.request.stream", r.stream);
+        if let Some((h, p)) = a.and_then(server_of) {
+            b.str("server.address", h).int("server.port", p);
+        }
+        b.str_nonempty("aigw.route_id", &r.route_id).str_nonempty("aigw.config_version", version);
+        b.str_nonempty("aigw.instance", &r.instance);
+        if !full {
+            return;
+        }
+        if let Some(m) = r.response_model.as_deref() {
+            b.str("gen_ai.response.model", m);
+        }
+        if let Some(id) = r.response_id.as_deref() {
+            b.str("gen_ai.response.id", id);
+        }
+        if !finish.is_empty() {
+            b.strs("gen_ai.response.finish_reasons", &finish);
+        }
+        let u = &r.usage;
+        if u.prompt + u.completion > 0 {
+            b.int("gen_ai.usage.input_tokens", u.prompt as i64).int("gen_ai.usage.output_tokens", u.completion as i64);
+            b.int("gen_ai.usage.cache_read.input_tokens", u.cache_read as i64);
+            b.int("gen_ai.usage.cache_write.input_tokens", u.cache_creation as i64);
+            b.int("gen_ai.usage.reasoning.output_tokens", u.reasoning as i64);
+        }
+    };
 
-        let mut server = out.span(r.trace.trace_id, r.trace.span_id, r.trace.parent_id, name, Kind::Server, r.start, end);
-        server.str_nonempty("gen_ai.request.model", server_model);
-        let mark = server.mark();
-        genai(&mut server, last, true);
-        let shared = server.written_since(mark);
-        server.str("http.request.method", method).int("http.response.status_code", r.status as i64);
-        if let Some(path) = r.request_line.split(' ').nth(1) {
-            server.str("url.path", path.split('?').next().unwrap_or(path));
-        }
-        server.str("client.address", &r.remote_addr.to_string()).str("aigw.request_id", &r.request_id);
-        if let (true, Some(t), Some(a)) = (r.stream, r.ttft, last) {
-            server.double("gen_ai.response.time_to_first_chunk", (a.offset + t).as_secs_f64());
-        }
-        if let Some(e) = request_error(r) {
-            server.str("error.type", e);
-            server.error(r.error.as_ref().map(|(_, m)| m.as_str()).unwrap_or(e));
-        }
-        payload_event(&mut server, r, end);
-        server.end();
+    let mut server = out.span(r.trace.trace_id, r.trace.span_id, r.trace.parent_id, name, Kind::Server, r.start, end);
+    server.str_nonempty("gen_ai.request.model", server_model);
+    let mark = server.mark();
+    genai(&mut server, last, true);
+    let shared = server.written_since(mark);
+    server.str("http.request.method", method).int("http.response.status_code", r.status as i64);
+    if let Some(t) = target {
+        server.str("url.path", &t[..word(t, b'?')]);
+    }
+    let mut ip = [0u8; 15];
+    match r.remote_addr {
+        std::net::IpAddr::V4(v4) => server.str("client.address", ipv4_text(v4, &mut ip)),
+        v6 => server.str("client.address", &v6.to_string()),
+    };
+    server.str("aigw.request_id", &r.request_id);
+    if let (true, Some(t), Some(a)) = (r.stream, r.ttft, last) {
+        server.double("gen_ai.response.time_to_first_chunk", (a.offset + t).as_secs_f64());
+    }
+    if let Some(e) = request_error(r) {
+        server.str("error.type", e);
+        server.error(r.error.as_ref().map(|(_, m)| m.as_str()).unwrap_or(e));
+    }
+    payload_event(&mut server, r, end);
+    server.end();
 
-        for a in &r.earlier {
-            let start = r.start + a.offset;
-            let model = a.model.as_str();
-            let cname: &[&str] = if model.is_empty() { &[op] } else { &[op, " ", model] };
-            let end = start + a.duration.unwrap_or_default();
-            let mut c = out.span(r.trace.trace_id, a.span_id, r.trace.span_id, cname, Kind::Client, start, end);
-            c.str_nonempty("gen_ai.request.model", model);
-            genai(&mut c, Some(a), false);
-            if let Some(s) = a.status {
-                c.int("http.response.status_code", s as i64);
-            }
-            if let Some(e) = a.error.or(a.status.map(status_str)) {
-                c.str("error.type", e).error(e);
-            }
-            c.end();
-        }
-        let Some(a) = last else { return };
+    for a in &r.earlier {
         let start = r.start + a.offset;
-        let dur = r.upstream_time.or(a.duration).unwrap_or_else(|| r.request_time.saturating_sub(a.offset));
-        let model = if r.llm_model.is_empty() { server_model } else { r.llm_model.as_str() };
+        let model = a.model.as_str();
         let cname: &[&str] = if model.is_empty() { &[op] } else { &[op, " ", model] };
-        let mut c = out.span(r.trace.trace_id, a.span_id, r.trace.span_id, cname, Kind::Client, start, start + dur);
-        c.str_nonempty("gen_ai.request.model", model).write_encoded(&shared);
-        if let Some(s) = a.status.or(r.upstream_status) {
+        let end = start + a.duration.unwrap_or_default();
+        let mut c = out.span(r.trace.trace_id, a.span_id, r.trace.span_id, cname, Kind::Client, start, end);
+        c.str_nonempty("gen_ai.request.model", model);
+        genai(&mut c, Some(a), false);
+        if let Some(s) = a.status {
             c.int("http.response.status_code", s as i64);
         }
-        if let (true, Some(t)) = (r.stream, r.ttft) {
-            c.double("gen_ai.response.time_to_first_chunk", t.as_secs_f64());
-            c.event("gen_ai.response.first_chunk", start + t, &[]);
+        if let Some(e) = a.error.or(a.status.map(status_str)) {
+            c.str("error.type", e).error(e);
         }
-        if let Some(e) = attempt_error(r, a) {
-            c.str("error.type", e);
-            let msg = match &r.outcome {
-                Outcome::UpstreamError(m) | Outcome::Corrupt(m) => m.as_str(),
-                _ => r.error.as_ref().map(|(_, m)| m.as_str()).unwrap_or(e),
-            };
-            c.error(msg);
+        c.end();
+    }
+    let Some(a) = last else { return };
+    let start = r.start + a.offset;
+    let dur = r.upstream_time.or(a.duration).unwrap_or_else(|| r.request_time.saturating_sub(a.offset));
+    let model = if r.llm_model.is_empty() { server_model } else { r.llm_model.as_str() };
+    let cname: &[&str] = if model.is_empty() { &[op] } else { &[op, " ", model] };
+    let mut c = out.span(r.trace.trace_id, a.span_id, r.trace.span_id, cname, Kind::Client, start, start + dur);
+    c.str_nonempty("gen_ai.request.model", model).write_encoded(&shared);
+    if let Some(s) = a.status.or(r.upstream_status) {
+        c.int("http.response.status_code", s as i64);
+    }
+    if let (true, Some(t)) = (r.stream, r.ttft) {
+        c.double("gen_ai.response.time_to_first_chunk", t.as_secs_f64());
+        c.event("gen_ai.response.first_chunk", start + t, &[]);
+    }
+    if let Some(e) = attempt_error(r, a) {
+        c.str("error.type", e);
+        let msg = match &r.outcome {
+            Outcome::UpstreamError(m) | Outcome::Corrupt(m) => m.as_str(),
+            _ => r.error.as_ref().map(|(_, m)| m.as_str()).unwrap_or(e),
+        };
+        c.error(msg);
+    }
+    payload_event(&mut c, r, start + dur);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ipv4_text_is_the_dotted_quad() {
+        for ip in ["0.0.0.0", "127.0.0.1", "10.20.30.40", "255.255.255.255", "1.100.99.109", "192.168.0.200"] {
+            let mut buf = [0u8; 15];
+            assert_eq!(super::ipv4_text(ip.parse().unwrap(), &mut buf), ip);
         }
-        payload_event(&mut c, r, start + dur);
     }
 }
