@@ -79,35 +79,29 @@ struct Queue {
     id: u64,
     head: BatchHead,
     max_batch: usize,
-    shards: Mutex<Vec<Shard>>,
+    /// Every thread's shard; a thread's own entry keeps it alive (see [`Local`]).
+    shards: Mutex<Vec<Weak<Mutex<SpanBatch>>>>,
     full: mpsc::Sender<FullBatch>,
-}
-
-thread_local! {
-    /// This thread's shard of each live tracer.
-    static SHARDS: RefCell<Vec<(u64, Weak<Mutex<SpanBatch>>)>> = const { RefCell::new(Vec::new()) };
+    stats: Arc<ExportStats>,
 }
 
 impl Queue {
-    fn shard(&self) -> Shard {
-        SHARDS.with(|list| {
-            let mut list = list.borrow_mut();
-            if let Some(s) = list.iter().find(|(id, _)| *id == self.id).and_then(|(_, w)| w.upgrade()) {
-                return s;
-            }
-            list.retain(|(id, w)| *id != self.id && w.strong_count() > 0);
-            let s = Arc::new(Mutex::new(SpanBatch::new(self.head.clone())));
-            self.shards.lock().unwrap_or_else(|e| e.into_inner()).push(s.clone());
-            list.push((self.id, Arc::downgrade(&s)));
-            s
-        })
+    /// Queues a full batch; never waits (a full queue drops it, counted).
+    fn push(&self, n: u64, bytes: Bytes) {
+        if self.full.try_send((n, bytes)).is_err() {
+            self.stats.spans_dropped.fetch_add(n, Ordering::Relaxed);
+        }
     }
 
-    /// Every thread's partial batch.
+    /// Every live thread's partial batch (shards of threads that ended are forgotten).
     fn take_partial(&self) -> Vec<FullBatch> {
-        let shards = self.shards.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let live: Vec<Shard> = {
+            let mut shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+            shards.retain(|w| w.strong_count() > 0);
+            shards.iter().filter_map(Weak::upgrade).collect()
+        };
         let mut out = Vec::new();
-        for s in shards {
+        for s in live {
             let mut b = s.lock().unwrap_or_else(|e| e.into_inner());
             if !b.is_empty() {
                 out.push((b.len() as u64, b.take()));
@@ -115,6 +109,28 @@ impl Queue {
         }
         out
     }
+}
+
+/// A thread's shards, one per live tracer. When the thread ends (a blocking-pool thread
+/// that idled out), what its batches hold is queued, and they are freed.
+#[derive(Default)]
+struct Local(Vec<(u64, Weak<Queue>, Shard)>);
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        for (_, queue, shard) in self.0.drain(..) {
+            let Some(q) = queue.upgrade() else { continue };
+            let mut b = shard.lock().unwrap_or_else(|e| e.into_inner());
+            if !b.is_empty() {
+                let n = b.len() as u64;
+                q.push(n, b.take());
+            }
+        }
+    }
+}
+
+thread_local! {
+    static LOCAL: RefCell<Local> = RefCell::default();
 }
 
 /// The request side of the exporter.
@@ -135,7 +151,8 @@ impl Tracer {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let max_batch = max_batch.max(1);
         let (full, rx) = mpsc::channel((max_queue / max_batch).max(1));
-        let queue = Queue { id: NEXT.fetch_add(1, Ordering::Relaxed), head, max_batch, shards: Mutex::default(), full };
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        let queue = Queue { id, head, max_batch, shards: Mutex::default(), full, stats: stats.clone() };
         (Tracer { sampler, stats, queue: Arc::new(queue) }, rx)
     }
 
@@ -155,17 +172,30 @@ impl Tracer {
     /// Encodes finished spans into this thread's batch; never waits (a batch that fills
     /// while the queue is full is dropped, counted).
     pub fn spans(&self, encode: impl FnOnce(&mut SpanBatch)) {
-        let shard = self.queue.shard();
-        let full = {
+        let q = &self.queue;
+        let full = LOCAL.try_with(|local| {
+            let shard = self.shard(&mut local.borrow_mut());
             let mut b = shard.lock().unwrap_or_else(|e| e.into_inner());
             encode(&mut b);
-            (b.len() >= self.queue.max_batch).then(|| (b.len() as u64, b.take()))
-        };
-        if let Some((n, bytes)) = full
-            && self.queue.full.try_send((n, bytes)).is_err()
-        {
-            self.stats.spans_dropped.fetch_add(n, Ordering::Relaxed);
+            (b.len() >= q.max_batch).then(|| (b.len() as u64, b.take()))
+        });
+        // (A thread that is ending has no shard any more: its spans are not recorded.)
+        if let Ok(Some((n, bytes))) = full {
+            q.push(n, bytes);
         }
+    }
+
+    /// This thread's shard of this tracer (made and registered on first use).
+    fn shard(&self, local: &mut Local) -> Shard {
+        let q = &self.queue;
+        if let Some((_, _, s)) = local.0.iter().find(|(id, _, _)| *id == q.id) {
+            return s.clone();
+        }
+        local.0.retain(|(_, queue, _)| queue.strong_count() > 0);
+        let s = Arc::new(Mutex::new(SpanBatch::new(q.head.clone())));
+        q.shards.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(&s));
+        local.0.push((q.id, Arc::downgrade(q), s.clone()));
+        s
     }
 
     pub fn stats(&self) -> &Arc<ExportStats> {
@@ -681,13 +711,16 @@ mod tests {
         }
         assert_eq!(t.stats().spans_dropped.load(Ordering::Relaxed), 2);
         assert_eq!(rx.try_recv().map(|(n, _)| n).ok(), Some(2));
-        // Another thread has its own batch; both partial batches are taken.
+        // Another thread has its own batch; when the thread ends, its partial batch is
+        // queued and its shard forgotten.
         one_span(&t, 7);
         let t2 = t.clone();
         std::thread::spawn(move || one_span(&t2, 8)).join().unwrap();
-        let mut partial: Vec<Vec<Vec<u8>>> = t.queue.take_partial().iter().map(|(_, b)| span_ids(b)).collect();
-        partial.sort();
-        assert_eq!(partial, vec![vec![7u64.to_be_bytes().to_vec()], vec![8u64.to_be_bytes().to_vec()]]);
+        let (n, ended) = rx.try_recv().expect("the ended thread's batch");
+        assert_eq!((n, span_ids(&ended)), (1, vec![8u64.to_be_bytes().to_vec()]));
+        let partial: Vec<Vec<Vec<u8>>> = t.queue.take_partial().iter().map(|(_, b)| span_ids(b)).collect();
+        assert_eq!(partial, vec![vec![7u64.to_be_bytes().to_vec()]]);
+        assert_eq!(t.queue.shards.lock().unwrap().len(), 1, "only the live thread's shard");
         assert!(t.queue.take_partial().is_empty());
     }
 
