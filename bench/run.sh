@@ -168,6 +168,8 @@ fi
 for _ in $(seq 100); do curl -sf -o /dev/null "http://$UP/v1/chat/completions" -d x && curl -sf -o /dev/null "http://$HOP/v1/chat/completions" -d x && break; sleep 0.1; done
 
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+max_mb() { sort -n "$1" | awk '{m = $1} END { if (NR == 0) print "-"; else printf "%d", m / 1024 }'; }
+: > "$work/collector-cpu"; : > "$work/rss"; : > "$work/rss-otel"
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK=$(getconf CLK_TCK)
 RSS_IDLE=$(rss_kb "$PID")
@@ -273,17 +275,17 @@ if [ -n "$OPID" ]; then names="$names aigw-otel"; fi
     echo "- baseline ($BASELINE_REV): added p50 at c1 pass-through $(sub "$b1" "$d1") ms, Anthropic $(sub "$bn1" "$d1") ms; c32 $(div "$b32" "$d32") × direct; this build / baseline throughput at c32: $(div "$a32" "$b32")"
   fi
   echo "- whole 26-event stream at c1: added $(sub "$sa" "$sd") ms (p50)"
-  echo "- RSS: idle $((RSS_IDLE / 1024)) MB, under load max $(( $(sort -n "$work/rss" | tail -1) / 1024 )) MB"
+  echo "- RSS: idle $((RSS_IDLE / 1024)) MB, under load max $(max_mb "$work/rss") MB"
   if [ -n "$OPID" ]; then
     o1=$(col aigw-otel 1 4 | to_ms | median); o32=$(col aigw-otel 32 3 | median)
     oc=$(col aigw-otel 32 7 | median); ac=$(col aigw 32 7 | median)
-    cc=$(awk '$1=="aigw-otel" && $2==32 {print $3}' "$work/collector-cpu" 2>/dev/null | median)
+    cc=$(awk '$1=="aigw-otel" && $2==32 {print $3}' "$work/collector-cpu" | median)
     spans=$(curl -sf http://127.0.0.1:19318/spans | grep -o '"total":[0-9]*' | cut -d: -f2 || echo "?")
     dropped=$(curl -sf http://127.0.0.1:19391/metrics | awk '/^aigw_telemetry_spans_dropped_total/ {d = $2} /^aigw_telemetry_spans_failed_total/ {f = $2} END {printf "%d at the queue, %d failed", d, f}')
     echo "- OTLP exporter on (every request sampled, live collector): added p50 at c1 $(sub "$o1" "$d1") ms (plain $(sub "$a1" "$d1") ms);" \
       "throughput at c32 $(div "$o32" "$a32") × the plain proxy (bar ≥ 0.9); CPU/request at c32 ${oc} µs vs ${ac} µs" \
       "(the collector, on the same 2 cores, ${cc} µs more);" \
-      "spans received ${spans}, lost ${dropped}; RSS under load max $(( $(sort -n "$work/rss-otel" | tail -1) / 1024 )) MB"
+      "spans received ${spans}, lost ${dropped}; RSS under load max $(max_mb "$work/rss-otel") MB"
   fi
   if [ -n "$CG" ]; then
     echo

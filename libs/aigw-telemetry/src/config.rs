@@ -38,7 +38,8 @@ pub struct OtelConfig {
     pub metric_interval: Duration,
     /// `OTEL_BSP_SCHEDULE_DELAY` (ms, default 5 s): the longest a finished span waits.
     pub bsp_delay: Duration,
-    /// `OTEL_BSP_MAX_QUEUE_SIZE` (default 2048): spans waiting beyond this are dropped (counted).
+    /// `OTEL_BSP_MAX_QUEUE_SIZE` (default 2048): spans in full batches waiting to be sent;
+    /// a batch beyond this is dropped (counted).
     pub bsp_queue: usize,
     /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` (default 512).
     pub bsp_batch: usize,

@@ -1,19 +1,20 @@
 //! The OTLP exporter: spans are encoded where they end, sent from one background thread.
 //!
 //! * Spans: a request encodes its spans with [`Tracer::spans`] straight into OTLP protobuf
-//!   ([`crate::wire`]), into a batch of its own thread (an uncontended lock; nothing is
-//!   allocated, copied or handed to another thread per request). A batch that reaches
-//!   `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans is queued for the exporter thread with a
-//!   non-blocking `try_send` (`OTEL_BSP_MAX_QUEUE_SIZE` spans in queued batches; a full
-//!   queue drops the batch and counts it). Every `OTEL_BSP_SCHEDULE_DELAY` the exporter also
-//!   takes the threads' partial batches. It sends up to [`MAX_SPAN_EXPORTS_IN_FLIGHT`]
+//!   ([`crate::wire`]), into a batch of its own thread (an uncontended lock; no span
+//!   object, box or queue operation, nothing handed to another thread per request). A
+//!   batch that reaches `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans (or [`MAX_BATCH_BYTES`]) is
+//!   queued for the exporter thread with a non-blocking `try_send` (`OTEL_BSP_MAX_QUEUE_SIZE`
+//!   spans in queued batches; a full queue drops the batch and counts it). Every
+//!   `OTEL_BSP_SCHEDULE_DELAY` the exporter also takes the threads' partial batches; a
+//!   thread that ends queues its own. It sends up to [`MAX_SPAN_EXPORTS_IN_FLIGHT`]
 //!   batches at once; a failed export drops its batch and counts it. Nothing ever waits
 //!   for the collector but this thread.
 //! * Metrics: every `OTEL_METRIC_EXPORT_INTERVAL` the [`Registry`] is read (atomics) and
 //!   pushed, cumulative, to the same collector.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -37,6 +38,11 @@ pub use crate::wire::{BatchHead, Kind, SpanBatch, SpanBuilder, Value};
 /// Span exports that may be on the wire at once: a collector slow to answer (on a busy
 /// machine, one not scheduled for a few milliseconds) does not stop the queue draining.
 const MAX_SPAN_EXPORTS_IN_FLIGHT: usize = 4;
+
+/// A thread's batch is queued at this size even before it has
+/// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans (payload events can be large; collectors refuse
+/// requests over 4 MiB by default).
+const MAX_BATCH_BYTES: usize = 1 << 20;
 
 /// How often the exporter thread takes the full batches queued (at most; sooner when
 /// `OTEL_BSP_SCHEDULE_DELAY` is shorter). Polled, not awaited: awaiting the queue would wake
@@ -173,14 +179,28 @@ impl Tracer {
     /// while the queue is full is dropped, counted).
     pub fn spans(&self, encode: impl FnOnce(&mut SpanBatch)) {
         let q = &self.queue;
-        let full = LOCAL.try_with(|local| {
+        let full = |b: &mut SpanBatch| (b.len() >= q.max_batch || b.bytes() >= MAX_BATCH_BYTES).then(|| (b.len() as u64, b.take()));
+        let mut encode = Some(encode);
+        let done = LOCAL.try_with(|local| {
             let shard = self.shard(&mut local.borrow_mut());
             let mut b = shard.lock().unwrap_or_else(|e| e.into_inner());
-            encode(&mut b);
-            (b.len() >= q.max_batch).then(|| (b.len() as u64, b.take()))
+            if let Some(f) = encode.take() {
+                f(&mut b);
+            }
+            full(&mut b)
         });
-        // (A thread that is ending has no shard any more: its spans are not recorded.)
-        if let Ok(Some((n, bytes))) = full {
+        let batch = match done {
+            Ok(batch) => batch,
+            // A thread past its thread-locals (ending): a batch of its own, queued at once.
+            Err(_) => {
+                let mut b = SpanBatch::new(q.head.clone());
+                if let Some(f) = encode.take() {
+                    f(&mut b);
+                }
+                (!b.is_empty()).then(|| (b.len() as u64, b.take()))
+            }
+        };
+        if let Some((n, bytes)) = batch {
             q.push(n, bytes);
         }
     }
@@ -487,7 +507,7 @@ impl Exporter {
             cfg.metrics_endpoint.as_deref().unwrap_or("off"),
             cfg.service_name
         );
-        let worker = Worker { cfg, transport, registry, stats, queue, pending: VecDeque::new(), res, scope, rx };
+        let worker = Worker { cfg, transport, registry, stats, queue, pending: VecDeque::new(), in_flight: HashMap::new(), res, scope, rx };
         std::thread::Builder::new()
             .name("aigw-otlp".into())
             .spawn(move || {
@@ -530,14 +550,17 @@ struct Worker {
     queue: Arc<Queue>,
     /// Partial batches taken from the threads, waiting for an export slot.
     pending: VecDeque<FullBatch>,
+    /// The span count of each export in flight (kept here, so that a task that fails
+    /// still counts its spans).
+    in_flight: HashMap<tokio::task::Id, u64>,
     /// Of metric exports.
     res: Resource,
     scope: InstrumentationScope,
     rx: mpsc::Receiver<FullBatch>,
 }
 
-/// A span export's size and result (spans the collector rejected, or why it failed).
-type SpanSent = (u64, Result<u64, String>);
+/// A span export's result: spans the collector rejected, or why it failed.
+type SpanSent = Result<u64, String>;
 
 impl Worker {
     async fn run(mut self, mut stop: tokio::sync::oneshot::Receiver<()>) {
@@ -554,7 +577,7 @@ impl Worker {
         let mut failing = false;
         loop {
             tokio::select! {
-                Some(done) = sends.join_next(), if !sends.is_empty() => {
+                Some(done) = sends.join_next_with_id(), if !sends.is_empty() => {
                     self.spans_done(done, &mut failing);
                     self.pump(&mut sends);
                 }
@@ -575,12 +598,12 @@ impl Worker {
             if self.pending.is_empty() && self.rx.is_empty() {
                 break;
             }
-            if let Some(done) = sends.join_next().await {
+            if let Some(done) = sends.join_next_with_id().await {
                 self.spans_done(done, &mut failing);
             }
         }
         self.send_metrics(&mut metric_sends);
-        while let Some(done) = sends.join_next().await {
+        while let Some(done) = sends.join_next_with_id().await {
             self.spans_done(done, &mut failing);
         }
         while let Some(done) = metric_sends.join_next().await {
@@ -605,13 +628,13 @@ impl Worker {
         while sends.len() < MAX_SPAN_EXPORTS_IN_FLIGHT {
             let Some((n, body)) = self.pending.pop_front().or_else(|| self.rx.try_recv().ok()) else { break };
             let (transport, timeout) = (self.transport.clone(), self.cfg.timeout);
-            sends.spawn(async move {
-                let r = match tokio::time::timeout(timeout, transport.send(Signal::Traces, body)).await {
+            let task = sends.spawn(async move {
+                match tokio::time::timeout(timeout, transport.send(Signal::Traces, body)).await {
                     Ok(r) => r,
                     Err(_) => Err(format!("no answer within {timeout:?}")),
-                };
-                (n, r)
+                }
             });
+            self.in_flight.insert(task.id(), n);
         }
     }
 
@@ -630,8 +653,12 @@ impl Worker {
         }
     }
 
-    fn spans_done(&self, done: Result<SpanSent, tokio::task::JoinError>, failing: &mut bool) {
-        let (n, r) = done.unwrap_or_else(|e| (0, Err(format!("export task failed: {e}"))));
+    fn spans_done(&mut self, done: Result<(tokio::task::Id, SpanSent), tokio::task::JoinError>, failing: &mut bool) {
+        let (id, r) = match done {
+            Ok((id, r)) => (id, r),
+            Err(e) => (e.id(), Err(format!("export task failed: {e}"))),
+        };
+        let n = self.in_flight.remove(&id).unwrap_or(0);
         match &r {
             Ok(rejected) => {
                 let rejected = (*rejected).min(n);
@@ -722,6 +749,22 @@ mod tests {
         assert_eq!(partial, vec![vec![7u64.to_be_bytes().to_vec()]]);
         assert_eq!(t.queue.shards.lock().unwrap().len(), 1, "only the live thread's shard");
         assert!(t.queue.take_partial().is_empty());
+    }
+
+    /// A batch is queued at MAX_BATCH_BYTES even with fewer spans than the batch size.
+    #[test]
+    fn a_large_batch_is_queued_before_it_has_its_span_count() {
+        let (t, mut rx) = Tracer::new(Sampler::AlwaysOn, Arc::default(), BatchHead::new(&[], "t", ""), 512, 2048);
+        let big = "x".repeat(MAX_BATCH_BYTES);
+        let now = std::time::SystemTime::now();
+        t.spans(|b| {
+            b.span(1, 1, 0, &["s"], Kind::Internal, now, now).str("gen_ai.input.messages", &big);
+        });
+        let (n, bytes) = rx.try_recv().expect("queued at once");
+        assert_eq!(n, 1);
+        assert!(bytes.len() > MAX_BATCH_BYTES);
+        one_span(&t, 2);
+        assert!(rx.try_recv().is_err(), "a small batch waits");
     }
 
     /// Two tracers on one thread (two exporters in a process) keep their spans apart.

@@ -10,9 +10,10 @@
 //! the spans are appended as they come, and the few wrapper bytes (resource, scope,
 //! lengths) are written in front of them when the batch is sent.
 //!
-//! The encoding is plain proto3 (canonical varints, fields in tag order within a span's
-//! header, empty fields omitted); the unit tests decode it with prost and compare it
-//! field by field with what the generated types would hold.
+//! The encoding is plain proto3 (canonical varints; a span's header fields, `flags` (16)
+//! included, before its attributes; empty fields omitted but an empty attribute key); the
+//! unit tests decode it with prost, compare it field by field with what the generated types
+//! would hold, and require the length of prost's own encoding.
 
 use std::time::SystemTime;
 
@@ -226,12 +227,14 @@ pub struct SpanBatch {
     /// `[room for the wrappers][ScopeSpans.spans entries…]`
     buf: Vec<u8>,
     scratch: Vec<u8>,
+    /// Span fields kept by [`SpanBuilder::save_since`].
+    saved: Vec<u8>,
     count: usize,
 }
 
 impl SpanBatch {
     pub fn new(head: BatchHead) -> SpanBatch {
-        let mut b = SpanBatch { head, buf: Vec::new(), scratch: Vec::with_capacity(2048), count: 0 };
+        let mut b = SpanBatch { head, buf: Vec::new(), scratch: Vec::with_capacity(2048), saved: Vec::new(), count: 0 };
         b.reset(0);
         b
     }
@@ -386,21 +389,25 @@ impl SpanBuilder<'_> {
         self
     }
 
-    /// Where the fields written from here on start (for [`written_since`](Self::written_since)).
+    /// Where the fields written from here on start (for [`save_since`](Self::save_since)).
     pub fn mark(&self) -> usize {
         self.batch.scratch.len()
     }
 
-    /// The span fields (attributes, events) written since `mark`, encoded: another span
-    /// that carries the same ones takes them with [`write_encoded`](Self::write_encoded)
-    /// instead of encoding them again.
-    pub fn written_since(&self, mark: usize) -> Vec<u8> {
-        self.batch.scratch.get(mark..).unwrap_or_default().to_vec()
+    /// Keeps the span fields (attributes, events) written since `mark`, encoded: the next
+    /// span of the batch that carries the same ones takes them with
+    /// [`write_saved`](Self::write_saved) instead of encoding them again.
+    pub fn save_since(&mut self, mark: usize) -> &mut Self {
+        let SpanBatch { scratch, saved, .. } = &mut *self.batch;
+        saved.clear();
+        saved.extend_from_slice(scratch.get(mark..).unwrap_or_default());
+        self
     }
 
-    /// Span fields from [`written_since`](Self::written_since).
-    pub fn write_encoded(&mut self, fields: &[u8]) -> &mut Self {
-        self.batch.scratch.extend_from_slice(fields);
+    /// The fields kept by [`save_since`](Self::save_since).
+    pub fn write_saved(&mut self) -> &mut Self {
+        let SpanBatch { scratch, saved, .. } = &mut *self.batch;
+        scratch.extend_from_slice(saved);
         self
     }
 
@@ -595,14 +602,14 @@ mod tests {
     fn fields_written_once_can_be_written_on_another_span() {
         let mut batch = SpanBatch::new(BatchHead::new(&[], "", ""));
         let t = SystemTime::now();
-        let shared = {
+        {
             let mut a = batch.span(1, 2, 0, &["a"], Kind::Server, t, t);
             a.str("only.a", "1");
             let mark = a.mark();
             a.str("k", "v").int("n", 7).event("e", t, &[("x", "y")]);
-            a.written_since(mark)
-        };
-        batch.span(1, 3, 2, &["b"], Kind::Client, t, t).str("only.b", "2").write_encoded(&shared);
+            a.save_since(mark);
+        }
+        batch.span(1, 3, 2, &["b"], Kind::Client, t, t).str("only.b", "2").write_saved();
         let got = ExportTraceServiceRequest::decode(batch.take()).unwrap();
         let spans = &got.resource_spans[0].scope_spans[0].spans;
         let keys = |s: &Span| s.attributes.iter().map(|a| a.key.clone()).collect::<Vec<_>>();

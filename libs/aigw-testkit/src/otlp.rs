@@ -314,6 +314,9 @@ pub fn count_spans(request: &[u8]) -> Option<usize> {
     fn fields(mut b: &[u8], mut f: impl FnMut(u64, &[u8]) -> Option<()>) -> Option<()> {
         while !b.is_empty() {
             let key = prost::encoding::decode_varint(&mut b).ok()?;
+            if key >> 3 == 0 {
+                return None; // field number 0 is invalid
+            }
             match key & 7 {
                 0 => {
                     prost::encoding::decode_varint(&mut b).ok()?;
@@ -383,6 +386,7 @@ async fn grpc_counting(store: Arc<Store>, req: Request<Incoming>) -> Result<Resp
         return Ok(grpc_reply(&[], 3, "content-type is not application/grpc"));
     }
     let Ok(body) = req.into_body().collect().await.map(|b| b.to_bytes()) else {
+        store.rejected.fetch_add(1, Ordering::Relaxed);
         return Ok(grpc_reply(&[], 13, "body"));
     };
     // One uncompressed message: flag 0, a 4-byte length, the message.
@@ -707,6 +711,7 @@ mod tests {
         assert_eq!(count_spans(&bytes[..bytes.len() - 1]), None, "cut short");
         assert_eq!(count_spans(&[0x0a, 0x05, 0x12]), None, "a length past the end");
         assert_eq!(count_spans(&[0x0b]), None, "wire type 3");
+        assert_eq!(count_spans(&[0x02, 0x00]), None, "field number 0");
     }
 
     /// The counting collector answers real OTLP/gRPC clients and refuses what is not an

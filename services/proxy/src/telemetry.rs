@@ -288,7 +288,7 @@ fn spans(r: &Record, out: &mut SpanBatch) {
     server.str_nonempty("gen_ai.request.model", server_model);
     let mark = server.mark();
     genai(&mut server, last, true);
-    let shared = server.written_since(mark);
+    server.save_since(mark);
     server.str("http.request.method", method).int("http.response.status_code", r.status as i64);
     if let Some(t) = target {
         server.str("url.path", &t[..word(t, b'?')]);
@@ -331,7 +331,7 @@ fn spans(r: &Record, out: &mut SpanBatch) {
     let model = if r.llm_model.is_empty() { server_model } else { r.llm_model.as_str() };
     let cname: &[&str] = if model.is_empty() { &[op] } else { &[op, " ", model] };
     let mut c = out.span(r.trace.trace_id, a.span_id, r.trace.span_id, cname, Kind::Client, start, start + dur);
-    c.str_nonempty("gen_ai.request.model", model).write_encoded(&shared);
+    c.str_nonempty("gen_ai.request.model", model).write_saved();
     if let Some(s) = a.status.or(r.upstream_status) {
         c.int("http.response.status_code", s as i64);
     }
