@@ -569,13 +569,64 @@ async fn config_and_token_cache_export_their_own_metrics() {
         &["--listen", "127.0.0.1:0", "--data-dir", dir.path().to_str().unwrap(), "--admin-key", ADMIN_KEY],
         &env,
     );
-    cfg.listen_addrs(&["admin"]).await;
+    let admin = cfg.listen_addrs(&["admin"]).await["admin"].clone();
     let mut tc = Proc::spawn("aigw-token-cache", &["--listen", "127.0.0.1:0", "--redis", "redis://127.0.0.1:1", "--node-token", "t"], &env);
-    tc.listen_addrs(&["grpc"]).await;
+    let tc_addr = tc.listen_addrs(&["grpc"]).await["grpc"].clone();
     for service in ["aigw-config", "aigw-token-cache"] {
         let m = wait_until(&format!("{service} metrics over OTLP/HTTP"), T, || async { col.metric(service, "process.memory.usage") }).await;
         assert!(m.number_points()[0].1 > 0.0, "{:#}", m.json());
         assert_eq!(m.metric.unit, "By");
     }
+    // Their own instruments (those of their /metrics) too: the config service's route
+    // count, and a token-cache call refused for its node token.
+    let put = http::send(
+        ::http::Method::PUT,
+        &format!("http://{admin}/apisix/admin/routes/r1"),
+        &[("X-API-KEY", ADMIN_KEY), ("content-type", "application/json")],
+        json!({"uri": "/r1", "plugins": {"ai-proxy": {"provider": "openai", "auth": {"header": {"Authorization": "Bearer k"}}}}})
+            .to_string(),
+    )
+    .await
+    .unwrap();
+    assert!(put.status.is_success(), "{}", put.text());
+    wait_until("aigw.config.routes over OTLP", T, || async {
+        let m = col.metric("aigw-config", "aigw.config.routes")?;
+        (m.number_points()[0].1 == 1.0).then_some(())
+    })
+    .await;
+    assert!(col.metric("aigw-config", "aigw.xds.nacks").is_some());
+    let mut client = aigw_proto::tokencache::v1::token_cache_service_client::TokenCacheServiceClient::connect(format!("http://{tc_addr}"))
+        .await
+        .unwrap();
+    let refused = client.get_access_token(aigw_proto::tokencache::v1::GetAccessTokenRequest::default()).await;
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::Unauthenticated, "no x-node-token");
+    let mut req = tonic::Request::new(aigw_proto::tokencache::v1::GetAccessTokenRequest::default());
+    req.metadata_mut().insert("x-node-token", "t".parse().unwrap());
+    let bad = client.get_access_token(req).await;
+    assert_eq!(bad.unwrap_err().code(), tonic::Code::InvalidArgument, "no credential");
+    // And their requests as SERVER spans.
+    let admin_span = col
+        .wait_spans("the config service's span of the PUT", T, |spans| {
+            spans
+                .iter()
+                .find(|s| s.service == "aigw-config" && s.name() == "admin_request" && s.str("http.request.method") == Some("PUT"))
+                .cloned()
+        })
+        .await;
+    assert_eq!(admin_span.kind(), "server");
+    assert_eq!(admin_span.str("url.path"), Some("/apisix/admin/routes/r1"));
+    assert_eq!(admin_span.str("http.response.status_code"), Some("201"));
+    let tc_span = col
+        .wait_spans("the token cache's span of GetAccessToken", T, |spans| {
+            spans.iter().find(|s| s.service == "aigw-token-cache" && s.name() == "GetAccessToken").cloned()
+        })
+        .await;
+    assert_eq!(tc_span.kind(), "server");
+    assert_eq!(tc_span.str("rpc.system"), Some("grpc"));
+    wait_until("aigw.token_cache.unauthenticated over OTLP", T, || async {
+        let m = col.metric("aigw-token-cache", "aigw.token_cache.unauthenticated")?;
+        (m.number_points()[0].1 >= 1.0).then_some(())
+    })
+    .await;
     assert_eq!(col.rejected(), 0);
 }

@@ -49,7 +49,12 @@ impl Visit for Fields<'_> {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.push((field.name(), format!("{value:?}")));
+        let v = format!("{value:?}");
+        // A field declared `Empty` and recorded later replaces its place.
+        match self.0.iter_mut().find(|(k, _)| *k == field.name()) {
+            Some(slot) => slot.1 = v,
+            None => self.0.push((field.name(), v)),
+        }
     }
 }
 

@@ -26,6 +26,8 @@ pub struct Config {
     pub data_key: Option<DataKey>,
     /// `--tls-cert/--tls-key`: gRPC and REST over TLS on the one port.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// With an OTLP exporter: the instruments of `/metrics` are exported too.
+    pub registry: Option<Arc<aigw_telemetry::metrics::Registry>>,
 }
 
 /// Serves until `shutdown` resolves, then drains for at most 5 s (discovery streams
@@ -65,7 +67,11 @@ pub async fn run(
         .add_service(DiscoveryServiceServer::new(xds.clone()))
         .prepare()
         .into_axum_router();
-    let rest = rest::router(rest::RestState { routes, admin_key, xds });
+    let state = rest::RestState { routes, admin_key, xds };
+    if let Some(r) = &cfg.registry {
+        rest::observe(r, state.clone());
+    }
+    let rest = rest::router(state);
     let app = grpc.merge(rest).fallback(not_found);
 
     let addr = listener.local_addr()?;

@@ -40,10 +40,11 @@ fn main() {
 
 fn real_main(args: Args) -> anyhow::Result<()> {
     // OTEL_*: with an endpoint, this process's spans (its `tracing` spans) and metrics
-    // (process CPU and memory, exporter counters) go to the collector.
+    // (process CPU and memory, exporter counters, the instruments of /metrics) go to the
+    // collector.
     let registry = aigw_telemetry::metrics::Registry::new();
     aigw_telemetry::observe_process(&registry);
-    let otel = aigw_telemetry::start_otel("aigw-config", env!("CARGO_PKG_VERSION"), registry)?;
+    let otel = aigw_telemetry::start_otel("aigw-config", env!("CARGO_PKG_VERSION"), registry.clone())?;
     args.log.init_with(otel.as_ref().and_then(|o| o.tracer()))?;
     if let Some(o) = &otel {
         o.log_start();
@@ -72,11 +73,12 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         (Some(c), Some(k)) => Some(aigw_net::server_tls(c, k)?),
         _ => None,
     };
+    let exported = otel.is_some().then_some(registry);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = rt.block_on(async move {
         let listener =
             tokio::net::TcpListener::bind(args.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
-        let cfg = aigw_config::Config { data_dir: args.data_dir, admin_key, node_token, data_key, tls };
+        let cfg = aigw_config::Config { data_dir: args.data_dir, admin_key, node_token, data_key, tls, registry: exported };
         aigw_config::run(cfg, listener, aigw_telemetry::shutdown_signal()).await
     });
     if let Some(o) = otel {

@@ -38,7 +38,24 @@ pub fn router(state: RestState) -> Router {
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(reject_oversized))
+        .layer(axum::middleware::from_fn(server_span))
         .with_state(state)
+}
+
+/// Each admin request in a `tracing` span (exported as an OTLP SERVER span when an
+/// exporter is configured): method, path (never the query) and the answer's status.
+async fn server_span(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use tracing::Instrument as _;
+    let span = tracing::info_span!(
+        "admin_request",
+        otel.kind = "server",
+        http.request.method = %req.method(),
+        url.path = %req.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    let resp = next.run(req).instrument(span.clone()).await;
+    span.record("http.response.status_code", resp.status().as_u16());
+    resp
 }
 
 /// A declared `Content-Length` over the limit gets its 413 before the body is touched,
@@ -169,31 +186,64 @@ async fn quarantine(State(s): State<RestState>, headers: HeaderMap) -> Result<Re
     Ok(axum::Json(json!({ "routes": routes })).into_response())
 }
 
-async fn metrics(State(s): State<RestState>) -> Response {
+/// Every instrument of `/metrics`: Prometheus name, OTLP name, help, counter or gauge, value.
+fn rows(s: &RestState) -> [(&'static str, &'static str, &'static str, bool, u64); 14] {
     let m = s.xds.metrics();
     let w = &s.routes.metrics;
-    let mut out = String::new();
-    for (name, help, kind, v) in [
-        ("aigw_config_routes", "Routes stored.", "gauge", s.routes.len() as u64),
-        ("aigw_config_quarantined_routes", "Stored routes left out of snapshots.", "gauge", s.routes.quarantine().len() as u64),
-        ("aigw_config_writes_total", "Route writes and deletes committed.", "counter", w.writes.load(Ordering::Relaxed)),
-        ("aigw_config_commits_total", "Group commits (each one new version).", "counter", w.commits.load(Ordering::Relaxed)),
-        ("aigw_xds_streams_active", "Open discovery streams.", "gauge", m.streams_active.load(Ordering::Relaxed)),
-        ("aigw_xds_responses_sent_total", "Updates sent (full sets and deltas).", "counter", m.responses_sent.load(Ordering::Relaxed)),
-        ("aigw_xds_full_responses_sent_total", "Full sets sent.", "counter", m.full_responses_sent.load(Ordering::Relaxed)),
-        ("aigw_xds_resources_sent_total", "Resources sent.", "counter", m.resources_sent.load(Ordering::Relaxed)),
-        ("aigw_xds_response_bytes_total", "gRPC message bytes of the updates sent.", "counter", m.response_bytes.load(Ordering::Relaxed)),
-        ("aigw_xds_acks_total", "Updates applied by proxies.", "counter", m.acks.load(Ordering::Relaxed)),
-        ("aigw_xds_nacks_total", "Updates rejected by proxies.", "counter", m.nacks.load(Ordering::Relaxed)),
-        ("aigw_xds_stale_nonces_total", "Requests ignored for a stale nonce.", "counter", m.stale_nonces.load(Ordering::Relaxed)),
-        ("aigw_xds_suppressed_resends_total", "Rejected versions not resent.", "counter", m.suppressed_resends.load(Ordering::Relaxed)),
+    let g = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    [
+        ("aigw_config_routes", "aigw.config.routes", "Routes stored.", false, s.routes.len() as u64),
+        (
+            "aigw_config_quarantined_routes",
+            "aigw.config.quarantined_routes",
+            "Stored routes left out of snapshots.",
+            false,
+            s.routes.quarantine().len() as u64,
+        ),
+        ("aigw_config_writes_total", "aigw.config.writes", "Route writes and deletes committed.", true, g(&w.writes)),
+        ("aigw_config_commits_total", "aigw.config.commits", "Group commits (each one new version).", true, g(&w.commits)),
+        ("aigw_xds_streams_active", "aigw.xds.streams_active", "Open discovery streams.", false, g(&m.streams_active)),
+        ("aigw_xds_responses_sent_total", "aigw.xds.responses_sent", "Updates sent (full sets and deltas).", true, g(&m.responses_sent)),
+        ("aigw_xds_full_responses_sent_total", "aigw.xds.full_responses_sent", "Full sets sent.", true, g(&m.full_responses_sent)),
+        ("aigw_xds_resources_sent_total", "aigw.xds.resources_sent", "Resources sent.", true, g(&m.resources_sent)),
+        ("aigw_xds_response_bytes_total", "aigw.xds.response_bytes", "gRPC message bytes of the updates sent.", true, g(&m.response_bytes)),
+        ("aigw_xds_acks_total", "aigw.xds.acks", "Updates applied by proxies.", true, g(&m.acks)),
+        ("aigw_xds_nacks_total", "aigw.xds.nacks", "Updates rejected by proxies.", true, g(&m.nacks)),
+        ("aigw_xds_stale_nonces_total", "aigw.xds.stale_nonces", "Requests ignored for a stale nonce.", true, g(&m.stale_nonces)),
+        (
+            "aigw_xds_suppressed_resends_total",
+            "aigw.xds.suppressed_resends",
+            "Rejected versions not resent.",
+            true,
+            g(&m.suppressed_resends),
+        ),
         (
             "aigw_xds_unauthenticated_total",
+            "aigw.xds.unauthenticated",
             "Discovery streams refused for a missing or wrong node token.",
-            "counter",
-            m.unauthenticated.load(Ordering::Relaxed),
+            true,
+            g(&m.unauthenticated),
         ),
-    ] {
+    ]
+}
+
+/// The instruments of `/metrics` over OTLP too (read at each export).
+pub fn observe(registry: &aigw_telemetry::metrics::Registry, state: RestState) {
+    registry.observe(move |o| {
+        for (_, name, help, counter, v) in rows(&state) {
+            if counter {
+                o.counter(name, "1", help, &[], v);
+            } else {
+                o.gauge(name, "1", help, &[], v as f64);
+            }
+        }
+    });
+}
+
+async fn metrics(State(s): State<RestState>) -> Response {
+    let mut out = String::new();
+    for (name, _, help, counter, v) in rows(&s) {
+        let kind = if counter { "counter" } else { "gauge" };
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
     }
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()

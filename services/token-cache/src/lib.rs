@@ -27,6 +27,8 @@ pub struct Config {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub mint_timeout: Duration,
     pub clock: Arc<dyn Clock>,
+    /// With an OTLP exporter: the counters of `/metrics` are exported too.
+    pub registry: Option<Arc<aigw_telemetry::metrics::Registry>>,
 }
 
 impl Config {
@@ -39,6 +41,7 @@ impl Config {
             tls: None,
             mint_timeout: aigw_gcp_auth::DEFAULT_MINT_TIMEOUT,
             clock: Arc::new(SystemClock),
+            registry: None,
         }
     }
 }
@@ -65,6 +68,9 @@ pub async fn run(
     }
     let store = store::Store::new(cfg.redis, cfg.key_prefix, cfg.data_key, metrics.clone(), cfg.clock.clone());
     let gcp = GcpAuth::new(GcpAuthOptions { token_cache: None, clock: cfg.clock.clone(), mint_timeout: cfg.mint_timeout })?;
+    if let Some(r) = &cfg.registry {
+        metrics::observe(r, metrics.clone(), gcp.stats().clone());
+    }
     let cache = Arc::new(service::TokenCache::new(store, gcp, metrics.clone(), cfg.clock));
 
     let reflection =

@@ -40,10 +40,11 @@ fn main() {
 
 fn real_main(args: Args) -> anyhow::Result<()> {
     // OTEL_*: with an endpoint, this process's spans (its `tracing` spans) and metrics
-    // (process CPU and memory, exporter counters) go to the collector.
+    // (process CPU and memory, exporter counters, the counters of /metrics) go to the
+    // collector.
     let registry = aigw_telemetry::metrics::Registry::new();
     aigw_telemetry::observe_process(&registry);
-    let otel = aigw_telemetry::start_otel("aigw-token-cache", env!("CARGO_PKG_VERSION"), registry)?;
+    let otel = aigw_telemetry::start_otel("aigw-token-cache", env!("CARGO_PKG_VERSION"), registry.clone())?;
     args.log.init_with(otel.as_ref().and_then(|o| o.tracer()))?;
     if let Some(o) = &otel {
         o.log_start();
@@ -63,6 +64,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             t
         }
     };
+    let exported = otel.is_some().then_some(registry);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = rt.block_on(async move {
         let listener =
@@ -71,6 +73,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         cfg.key_prefix = args.key_prefix;
         cfg.data_key = data_key;
         cfg.tls = tls;
+        cfg.registry = exported;
         aigw_token_cache::run(cfg, listener, aigw_telemetry::shutdown_signal()).await
     });
     if let Some(o) = otel {

@@ -30,10 +30,11 @@ pub fn inc(c: &AtomicU64) {
 }
 
 impl Metrics {
-    /// Prometheus text exposition; mints and mint failures come from the minting library.
-    pub fn render(&self, lib: &Stats) -> String {
+    /// Every counter: its name, help and value; mints and mint failures come from the
+    /// minting library.
+    fn rows(&self, lib: &Stats) -> [(&'static str, &'static str, u64); 11] {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let rows: [(&str, &str, u64); 11] = [
+        [
             ("requests", "GetAccessToken calls.", g(&self.requests)),
             ("hits", "Answered with a token found in Redis.", g(&self.hits)),
             ("misses", "No usable token in Redis.", g(&self.misses)),
@@ -45,14 +46,45 @@ impl Metrics {
             ("refresh_ahead", "Re-mints started before expiry while the old token kept serving.", g(&self.refresh_ahead)),
             ("invalidations", "InvalidateAccessToken calls.", g(&self.invalidations)),
             ("unauthenticated", "Calls refused for a missing or wrong x-node-token.", g(&self.unauthenticated)),
-        ];
+        ]
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self, lib: &Stats) -> String {
         let mut out = String::new();
-        for (name, help, v) in rows {
+        for (name, help, v) in self.rows(lib) {
             let _ = writeln!(out, "# HELP aigw_token_cache_{name}_total {help}");
             let _ = writeln!(out, "# TYPE aigw_token_cache_{name}_total counter");
             let _ = writeln!(out, "aigw_token_cache_{name}_total {v}");
         }
         out
+    }
+}
+
+/// The same counters over OTLP (`aigw.token_cache.<name>`), read at each export.
+pub fn observe(registry: &aigw_telemetry::metrics::Registry, metrics: std::sync::Arc<Metrics>, lib: std::sync::Arc<Stats>) {
+    registry.observe(move |o| {
+        for (name, help, v) in metrics.rows(&lib) {
+            o.counter(otlp_name(name), "1", help, &[], v);
+        }
+    });
+}
+
+/// `aigw.token_cache.<name>` for each counter name (static: instrument names are).
+fn otlp_name(name: &str) -> &'static str {
+    match name {
+        "requests" => "aigw.token_cache.requests",
+        "hits" => "aigw.token_cache.hits",
+        "misses" => "aigw.token_cache.misses",
+        "mints" => "aigw.token_cache.mints",
+        "mint_failures" => "aigw.token_cache.mint_failures",
+        "lock_waits" => "aigw.token_cache.lock_waits",
+        "redis_errors" => "aigw.token_cache.redis_errors",
+        "direct" => "aigw.token_cache.direct",
+        "refresh_ahead" => "aigw.token_cache.refresh_ahead",
+        "invalidations" => "aigw.token_cache.invalidations",
+        "unauthenticated" => "aigw.token_cache.unauthenticated",
+        _ => "aigw.token_cache.other",
     }
 }
 
@@ -65,6 +97,13 @@ pub fn parse(text: &str, name: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_counter_has_its_otlp_name() {
+        for (name, _, _) in Metrics::default().rows(&Stats::default()) {
+            assert_eq!(otlp_name(name), format!("aigw.token_cache.{name}"));
+        }
+    }
 
     #[test]
     fn renders_every_counter() {

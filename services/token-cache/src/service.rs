@@ -263,6 +263,7 @@ pub struct TokenCacheGrpc(pub Arc<TokenCache>);
 
 #[tonic::async_trait]
 impl TokenCacheService for TokenCacheGrpc {
+    #[tracing::instrument(name = "GetAccessToken", skip_all, fields(otel.kind = "server", rpc.system = "grpc", rpc.service = "aigw.tokencache.v1.TokenCacheService"))]
     async fn get_access_token(&self, request: Request<GetAccessTokenRequest>) -> Result<Response<GetAccessTokenResponse>, Status> {
         let tc = &self.0;
         inc(&tc.metrics.requests);
@@ -278,6 +279,7 @@ impl TokenCacheService for TokenCacheGrpc {
         }
     }
 
+    #[tracing::instrument(name = "InvalidateAccessToken", skip_all, fields(otel.kind = "server", rpc.system = "grpc", rpc.service = "aigw.tokencache.v1.TokenCacheService"))]
     async fn invalidate_access_token(
         &self,
         request: Request<InvalidateAccessTokenRequest>,
