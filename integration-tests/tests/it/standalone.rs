@@ -240,8 +240,10 @@ async fn sigterm_answers_every_connection_already_made() {
         let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
         let answer = String::from_utf8_lossy(&answer);
         assert!(read.is_ok_and(|r| r.is_ok()), "connection {i}: read failed or hung: {answer:?}");
+        // Answered, then closed by the proxy (read_to_end ended). Not necessarily with
+        // `connection: close`: SIGCONT and SIGTERM race, and a connection served before the
+        // stop is seen is answered as usual and closed when the drain reaches it.
         assert!(answer.starts_with("HTTP/1.1 200"), "connection {i}: {answer:?}");
-        assert!(answer.to_ascii_lowercase().contains("connection: close"), "connection {i}: {answer:?}");
         assert!(answer.contains("chat.completion"), "connection {i}: {answer:?}");
     }
     let mut rest = Vec::new();
