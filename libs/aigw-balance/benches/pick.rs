@@ -21,7 +21,14 @@ fn benches(c: &mut Criterion) {
     let chash = Balancer::new(specs(&[(1, 0), (3, 0), (2, 0), (5, 0)]), Algorithm::ConsistentHash, PassivePolicy::default());
     c.bench_function("pick/4 weighted (chash)", |b| b.iter(|| chash.pick(black_box(b"user-1234567890"), &[])));
     c.bench_function("report(success)", |b| b.iter(|| four.report(black_box(2), &Outcome::Status(200))));
-    let p = FallbackPolicy { on_429: true, on_5xx: true, statuses: vec![401], max_retries: Some(2), retry_within_ms: Some(1000) };
+    let p = FallbackPolicy {
+        on_429: true,
+        on_5xx: true,
+        on_rate_limit: false,
+        statuses: vec![401],
+        max_retries: Some(2),
+        retry_within_ms: Some(1000),
+    };
     let a = Attempt { outcome: Outcome::Status(503), sent_to_client: false, elapsed_ms: 20, attempts: 1 };
     c.bench_function("retry::decide", |b| b.iter(|| retry::decide(black_box(&p), black_box(&a))));
 }

@@ -29,6 +29,7 @@ pub fn fallback_policy(c: &AiProxyMultiConfig) -> FallbackPolicy {
     FallbackPolicy {
         on_429: s.is_some_and(|s| s.on_429()),
         on_5xx: s.is_some_and(|s| s.on_5xx()),
+        on_rate_limit: s.is_some_and(|s| s.rate_limiting()),
         statuses: c.fallback_statuses(),
         max_retries: c.max_retries,
         retry_within_ms: c.retry_on_failure_within_ms,
@@ -97,7 +98,14 @@ mod tests {
         assert_eq!(algorithm(&c), Algorithm::ConsistentHash);
         assert_eq!(
             fallback_policy(&c),
-            FallbackPolicy { on_429: false, on_5xx: true, statuses: vec![401], max_retries: Some(1), retry_within_ms: Some(200) }
+            FallbackPolicy {
+                on_429: false,
+                on_5xx: true,
+                on_rate_limit: false,
+                statuses: vec![401],
+                max_retries: Some(1),
+                retry_within_ms: Some(200)
+            }
         );
         let r = probe_rules(&c.instances[0].checks.as_ref().unwrap().active);
         assert_eq!((r.successes, r.unhealthy_statuses.as_slice(), r.healthy_statuses.as_slice()), (3, &[500u16][..], &[200u16, 302][..]));

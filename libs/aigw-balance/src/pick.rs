@@ -243,8 +243,9 @@ impl Balancer {
     /// Returns true when this report ejected the instance.
     pub fn report(&self, i: usize, outcome: &Outcome) -> bool {
         let Some(h) = self.health.get(i) else { return false };
+        let Some(signal) = outcome.health_signal() else { return false };
         h.attempt();
-        match outcome.health_signal() {
+        match signal {
             HealthSignal::Success => {
                 h.success();
                 false

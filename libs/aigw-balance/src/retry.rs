@@ -17,6 +17,12 @@ pub enum Outcome {
     TimeoutBeforeFirstByte,
     /// The response started, then stalled past the timeout (or broke off).
     TimeoutAfterBytes,
+    /// The upstream answered with something that is not HTTP (a protocol error): not a
+    /// fast failure another instance is known to avoid; never retried.
+    Malformed,
+    /// A policy refused this instance for this request before it was tried (an
+    /// `instances[].limit` of `ai-rate-limiting` spent): not the instance's failure.
+    Refused,
 }
 
 /// What an outcome says about the instance's health.
@@ -34,16 +40,18 @@ impl Outcome {
             Outcome::Status(s) => (500..600).contains(s),
             Outcome::ConnectRefused | Outcome::ConnectTimeout | Outcome::Reset | Outcome::Tls | Outcome::TimeoutBeforeFirstByte => true,
             // The upstream did the work (and charged for it): not a fast failure to fall back from.
-            Outcome::TimeoutAfterBytes => false,
+            Outcome::TimeoutAfterBytes | Outcome::Malformed | Outcome::Refused => false,
         }
     }
 
     /// Success for health: any answer below 500 except 429 (a 400 is the client's fault,
-    /// and says the instance is up). Failures: 429, 5xx, no answer, a broken answer.
-    pub fn health_signal(&self) -> HealthSignal {
+    /// and says the instance is up). Failures: 429, 5xx, no answer, a broken answer. None:
+    /// the instance was not tried (a refusal says nothing of its health).
+    pub fn health_signal(&self) -> Option<HealthSignal> {
         match self {
-            Outcome::Status(s) if *s < 500 && *s != 429 => HealthSignal::Success,
-            _ => HealthSignal::Failure,
+            Outcome::Refused => None,
+            Outcome::Status(s) if *s < 500 && *s != 429 => Some(HealthSignal::Success),
+            _ => Some(HealthSignal::Failure),
         }
     }
 
@@ -53,7 +61,9 @@ impl Outcome {
         match self {
             Outcome::Status(_) => None,
             Outcome::ConnectTimeout | Outcome::TimeoutBeforeFirstByte | Outcome::TimeoutAfterBytes => Some(504),
-            Outcome::ConnectRefused | Outcome::Reset | Outcome::Tls => Some(502),
+            Outcome::ConnectRefused | Outcome::Reset | Outcome::Tls | Outcome::Malformed => Some(502),
+            // The refusal is the answer (its own status, in the client's protocol).
+            Outcome::Refused => None,
         }
     }
 }
@@ -66,6 +76,9 @@ pub struct FallbackPolicy {
     pub on_429: bool,
     /// `http_5xx` in the strategy.
     pub on_5xx: bool,
+    /// `rate_limiting` in the strategy (or `instance_health_and_rate_limiting`): an
+    /// instance a policy refused ([`Outcome::Refused`]) is skipped for another.
+    pub on_rate_limit: bool,
     /// `fallback_http_statuses`: more statuses that fall back, whatever the strategy.
     pub statuses: Vec<u16>,
     /// Retries after the first attempt (attempts = 1 + max_retries); None: every instance
@@ -108,9 +121,15 @@ pub enum GiveUp {
     RetriesExhausted,
 }
 
-/// The retry decision. Order: a success is final; nothing is retried once the client has a
-/// byte; then the policy must cover the outcome; then time and count limits.
+/// The retry decision, the one place that says whether a request moves to another
+/// instance. Order: a success is final; nothing is retried once the client has a byte;
+/// then the policy must cover the outcome; then time and count limits. A refused
+/// instance was never tried: it moves on under `rate_limiting` whatever the limits
+/// (it is not a retry, as in APISIX, where such instances are left out of the pick).
 pub fn decide(p: &FallbackPolicy, a: &Attempt) -> Decision {
+    if a.outcome == Outcome::Refused {
+        return if p.on_rate_limit { Decision::Retry } else { Decision::GiveUp(GiveUp::NotRetryable) };
+    }
     if let Outcome::Status(s) = a.outcome
         && s < 400
     {
@@ -183,6 +202,13 @@ mod tests {
             ("http_5xx", &[], None, None, a(Tls, false, 5, 1), Retry),
             ("http_5xx", &[], None, None, a(TimeoutBeforeFirstByte, false, 5, 1), Retry),
             ("http_5xx", &[], None, None, a(TimeoutAfterBytes, false, 5, 1), G(NotRetryable)),
+            ("http_5xx", &[], None, None, a(Malformed, false, 5, 1), G(NotRetryable)),
+            ("[http_5xx,http_429]", &[502], None, None, a(Malformed, false, 5, 1), G(NotRetryable)),
+            // A refused instance moves on only under rate_limiting, and is not a retry.
+            ("[rate_limiting]", &[], None, None, a(Refused, false, 5, 1), Retry),
+            ("instance_health_and_rate_limiting", &[], Some(0), None, a(Refused, false, 5, 3), Retry),
+            ("[http_5xx,http_429]", &[], None, None, a(Refused, false, 5, 1), G(NotRetryable)),
+            ("", &[], None, None, a(Refused, false, 5, 1), G(NotRetryable)),
             ("http_429", &[], None, None, a(ConnectRefused, false, 5, 1), G(NotRetryable)),
             // Array form with both, and rate_limiting / instance_health_and_rate_limiting (pick-time only).
             ("[http_429,http_5xx]", &[], None, None, a(Status(429), false, 5, 1), Retry),
@@ -242,16 +268,18 @@ mod tests {
     #[test]
     fn outcome_classes() {
         for (o, five, health, gw) in [
-            (Status(200), false, HealthSignal::Success, None),
-            (Status(400), false, HealthSignal::Success, None),
-            (Status(429), false, HealthSignal::Failure, None),
-            (Status(500), true, HealthSignal::Failure, None),
-            (ConnectRefused, true, HealthSignal::Failure, Some(502)),
-            (ConnectTimeout, true, HealthSignal::Failure, Some(504)),
-            (Reset, true, HealthSignal::Failure, Some(502)),
-            (Tls, true, HealthSignal::Failure, Some(502)),
-            (TimeoutBeforeFirstByte, true, HealthSignal::Failure, Some(504)),
-            (TimeoutAfterBytes, false, HealthSignal::Failure, Some(504)),
+            (Status(200), false, Some(HealthSignal::Success), None),
+            (Status(400), false, Some(HealthSignal::Success), None),
+            (Status(429), false, Some(HealthSignal::Failure), None),
+            (Status(500), true, Some(HealthSignal::Failure), None),
+            (ConnectRefused, true, Some(HealthSignal::Failure), Some(502)),
+            (ConnectTimeout, true, Some(HealthSignal::Failure), Some(504)),
+            (Reset, true, Some(HealthSignal::Failure), Some(502)),
+            (Tls, true, Some(HealthSignal::Failure), Some(502)),
+            (TimeoutBeforeFirstByte, true, Some(HealthSignal::Failure), Some(504)),
+            (TimeoutAfterBytes, false, Some(HealthSignal::Failure), Some(504)),
+            (Malformed, false, Some(HealthSignal::Failure), Some(502)),
+            (Refused, false, None, None),
         ] {
             assert_eq!((o.is_5xx_class(), o.health_signal(), o.gateway_status()), (five, health, gw), "{o:?}");
         }

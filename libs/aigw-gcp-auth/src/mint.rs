@@ -7,8 +7,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::Value;
 
 use crate::account::ServiceAccount;
@@ -16,27 +14,16 @@ use crate::credential::Credential;
 use crate::error::{GcpAuthError, chain, endpoint_label, sanitize};
 use crate::token::{AccessToken, Clock, DEFAULT_EXPIRES_IN, TtlPolicy};
 
-pub(crate) type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub(crate) type HttpClient = aigw_net::client::HttpsClient<Full<Bytes>>;
 
 /// Largest token-endpoint / metadata answer read.
 const MAX_ANSWER: usize = 64 * 1024;
 const GRANT_TYPE: &str = "urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer";
 
 pub(crate) fn http_client() -> HttpClient {
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(Duration::from_secs(5)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(provider)
+    // Only a TLS library that cannot do TLS 1.2/1.3 with ring fails here.
+    aigw_net::client::https(&aigw_net::client::Options::default().idle_timeout(Duration::from_secs(60)).max_idle_per_host(2))
         .expect("ring supports the default TLS versions")
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    let mut b = Client::builder(hyper_util::rt::TokioExecutor::new());
-    b.pool_timer(hyper_util::rt::TokioTimer::new()).pool_idle_timeout(Duration::from_secs(60)).pool_max_idle_per_host(2);
-    b.build(https)
 }
 
 /// Mints one token for `cred` with `scopes`, its lifetime from the answer's `expires_in`

@@ -14,8 +14,6 @@ use std::time::Duration;
 use aigw_proto::tokencache::v1::token_cache_service_client::TokenCacheServiceClient;
 use aigw_proto::tokencache::v1::{GetAccessTokenRequest, InvalidateAccessTokenRequest};
 use futures_util::future::BoxFuture;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use tokio::sync::OnceCell;
 use tonic::transport::{Channel, Endpoint};
 
@@ -57,8 +55,8 @@ impl std::fmt::Debug for TokenCacheOptions {
 pub struct RemoteClient {
     url: String,
     endpoint: Endpoint,
-    /// None: the webpki (Mozilla) roots.
-    tls: Option<rustls::ClientConfig>,
+    /// Trusts `--control-plane-ca`, else the webpki (Mozilla) roots; h2 (gRPC).
+    connector: aigw_net::client::HttpsConnector,
     node_token: Option<tonic::metadata::AsciiMetadataValue>,
     channel: OnceCell<Channel>,
     up: AtomicBool,
@@ -80,10 +78,8 @@ impl RemoteClient {
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(CALL_TIMEOUT)
             .tcp_nodelay(true);
-        let tls = match &opts.ca_pem {
-            Some(pem) => Some(tls_with_ca(pem)?),
-            None => None,
-        };
+        let connector = aigw_net::grpc_connector_named(opts.ca_pem.as_deref(), "control-plane CA bundle", CONNECT_TIMEOUT)
+            .map_err(|e| GcpAuthError::Config(e.to_string()))?;
         let node_token = match &opts.node_token {
             Some(t) => Some(t.parse().map_err(|_| GcpAuthError::Config("--node-token must be printable ASCII".into()))?),
             None => None,
@@ -91,7 +87,7 @@ impl RemoteClient {
         Ok(RemoteClient {
             url,
             endpoint,
-            tls,
+            connector,
             node_token,
             channel: OnceCell::new(),
             up: AtomicBool::new(true),
@@ -111,22 +107,7 @@ impl RemoteClient {
     }
 
     async fn client(&self) -> TokenCacheServiceClient<Channel> {
-        let ch = self
-            .channel
-            .get_or_init(|| async {
-                let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-                http.enforce_http(false);
-                http.set_nodelay(true);
-                let builder = match &self.tls {
-                    Some(tls) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls.clone()),
-                    None => hyper_rustls::HttpsConnectorBuilder::new()
-                        .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))
-                        .expect("ring supports the default TLS versions"),
-                };
-                let https = builder.https_or_http().enable_http2().wrap_connector(http);
-                self.endpoint.connect_with_connector_lazy(https)
-            })
-            .await;
+        let ch = self.channel.get_or_init(|| async { self.endpoint.connect_with_connector_lazy(self.connector.clone()) }).await;
         TokenCacheServiceClient::new(ch.clone())
     }
 
@@ -192,25 +173,6 @@ impl RemoteClient {
             Err(_) => self.mark_down("invalidate timed out"),
         }
     }
-}
-
-/// A TLS client config trusting exactly the certificates of a PEM bundle.
-fn tls_with_ca(pem: &[u8]) -> Result<rustls::ClientConfig, GcpAuthError> {
-    let bad = |e: String| GcpAuthError::Config(format!("control-plane CA bundle: {e}"));
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(pem).collect::<Result<_, _>>().map_err(|e| bad(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(bad("holds no certificate".into()));
-    }
-    let mut roots = rustls::RootCertStore::empty();
-    for c in certs {
-        roots.add(c).map_err(|e| bad(e.to_string()))?;
-    }
-    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| GcpAuthError::Config(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
 }
 
 /// The service's answers that mean "minting failed" (the token endpoint's verdict) or

@@ -440,7 +440,7 @@ pub fn response_from_openai(resp: &Value, fallback_model: &str, names: &ToolName
 /// Any upstream error body (OpenAI-shaped, or not JSON at all) → Anthropic's envelope.
 pub fn error_from_openai(status: u16, body: &[u8]) -> Vec<u8> {
     let message = envelope::message_of(status, body);
-    envelope::json(Envelope::Anthropic, &envelope::Error { status, kind: None, code: "upstream_error", message: &message })
+    envelope::json(Envelope::Anthropic, &envelope::Error { status, kind: None, code: "upstream_error", message: &message, class: None })
 }
 
 /// Encodes one Anthropic SSE event.

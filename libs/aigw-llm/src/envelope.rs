@@ -105,31 +105,87 @@ fn bedrock_stream_type(status: u16) -> &'static str {
     }
 }
 
+/// What a refusal made by a policy means, whatever status the operator chose for it
+/// (`rejected_code` may be 503 for a rate limit): each protocol names it its own way, so
+/// an SDK raises the right exception.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// No or an unknown credential (key-auth).
+    Auth,
+    /// A known caller that may not use this route (consumer-restriction).
+    Permission,
+    /// A token rate limit is spent (ai-rate-limiting).
+    RateLimit,
+    /// A spend budget is used up (ai-budget).
+    Quota,
+}
+
+impl Class {
+    /// OpenAI's `type` (OpenAI itself answers an unknown key with `invalid_request_error`,
+    /// a spent quota with `insufficient_quota`).
+    pub fn openai(self) -> &'static str {
+        match self {
+            Class::Auth => "invalid_request_error",
+            Class::Permission => "permission_error",
+            Class::RateLimit => "rate_limit_exceeded",
+            Class::Quota => "insufficient_quota",
+        }
+    }
+
+    pub fn anthropic(self) -> &'static str {
+        match self {
+            Class::Auth => "authentication_error",
+            Class::Permission => "permission_error",
+            Class::RateLimit | Class::Quota => "rate_limit_error",
+        }
+    }
+
+    /// Bedrock's exception name (whole errors; streams never carry a refusal).
+    pub fn bedrock(self) -> &'static str {
+        match self {
+            Class::Auth => "UnrecognizedClientException",
+            Class::Permission => "AccessDeniedException",
+            Class::RateLimit | Class::Quota => "ThrottlingException",
+        }
+    }
+}
+
 /// One error: the status it maps to, OpenAI's `type` and `code`, and the message.
 #[derive(Debug, Clone, Copy)]
 pub struct Error<'a> {
     pub status: u16,
-    /// OpenAI `type`; None: derived from the status.
+    /// OpenAI `type`; None: derived from the status (or from `class`).
     pub kind: Option<&'a str>,
     /// Machine-readable code (OpenAI `code`, Responses `code`).
     pub code: &'a str,
     pub message: &'a str,
+    /// A policy refusal: every protocol's type comes from it rather than the status.
+    pub class: Option<Class>,
 }
 
 impl Error<'_> {
     fn openai_kind(&self) -> &str {
-        self.kind.unwrap_or_else(|| openai_type(self.status))
+        self.kind.or(self.class.map(Class::openai)).unwrap_or_else(|| openai_type(self.status))
+    }
+
+    fn anthropic_kind(&self) -> &'static str {
+        self.class.map_or_else(|| anthropic_type(self.status), Class::anthropic)
+    }
+
+    /// The `x-amzn-errortype` of this error as a whole Bedrock answer.
+    pub fn bedrock_kind(&self) -> &'static str {
+        self.class.map_or_else(|| bedrock_type(self.status), Class::bedrock)
     }
 }
 
 /// A whole error body (`Content-Type: application/json`). For [`Envelope::Bedrock`] the
-/// caller also sets `x-amzn-errortype: `[`bedrock_type`]`(status)`.
+/// caller also sets `x-amzn-errortype: `[`Error::bedrock_kind`].
 pub fn json(env: Envelope, e: &Error<'_>) -> Vec<u8> {
     let v = match env {
         Envelope::OpenAi | Envelope::Responses => {
             json!({"error": {"message": e.message, "type": e.openai_kind(), "param": null, "code": e.code}})
         }
-        Envelope::Anthropic => json!({"type": "error", "error": {"type": anthropic_type(e.status), "message": e.message}}),
+        Envelope::Anthropic => json!({"type": "error", "error": {"type": e.anthropic_kind(), "message": e.message}}),
         // CONTRACT §7: gateway errors are OpenAI-shaped unless the client is Anthropic;
         // boto3 also finds its `message` at the top level (and its exception name in the
         // `x-amzn-errortype` header).
@@ -149,11 +205,10 @@ pub fn stream(client: Protocol, e: &Error<'_>) -> Vec<u8> {
             json!({"type": "error", "code": e.code, "message": e.message, "param": null, "sequence_number": 0})
         )
         .into_bytes(),
-        Envelope::Anthropic => format!(
-            "event: error\ndata: {}\n\n",
-            json!({"type": "error", "error": {"type": anthropic_type(e.status), "message": e.message}})
-        )
-        .into_bytes(),
+        Envelope::Anthropic => {
+            format!("event: error\ndata: {}\n\n", json!({"type": "error", "error": {"type": e.anthropic_kind(), "message": e.message}}))
+                .into_bytes()
+        }
         Envelope::Bedrock => eventstream::exception(bedrock_stream_type(e.status), e.message),
         Envelope::OpenAi => {
             format!("data: {}\n\n", json!({"error": {"message": e.message, "type": e.openai_kind(), "param": null, "code": e.code}}))
@@ -183,7 +238,7 @@ mod tests {
     use serde_json::Value;
 
     fn err(status: u16) -> Error<'static> {
-        Error { status, kind: None, code: "c", message: "boom \"quoted\"\nline" }
+        Error { status, kind: None, code: "c", message: "boom \"quoted\"\nline", class: None }
     }
 
     /// Every status × envelope gives well-formed JSON with the table's type.
@@ -215,9 +270,28 @@ mod tests {
             assert_eq!((&v["message"], &v["error"]["message"]), (&json!(e.message), &json!(e.message)));
             assert_eq!(bedrock_type(status), bedrock, "{status}");
         }
-        let explicit = Error { status: 400, kind: Some("invalid_request_error"), code: "route_not_found", message: "m" };
+        let explicit = Error { status: 400, kind: Some("invalid_request_error"), code: "route_not_found", message: "m", class: None };
         let v: Value = serde_json::from_slice(&json(Envelope::OpenAi, &explicit)).unwrap();
         assert_eq!(v["error"]["code"], "route_not_found");
+    }
+
+    /// A policy refusal keeps its meaning whatever status the operator gave it.
+    #[test]
+    fn refusal_classes_name_each_protocols_type() {
+        for (class, status, openai, anthropic, bedrock) in [
+            (Class::Auth, 401, "invalid_request_error", "authentication_error", "UnrecognizedClientException"),
+            (Class::Permission, 403, "permission_error", "permission_error", "AccessDeniedException"),
+            (Class::RateLimit, 503, "rate_limit_exceeded", "rate_limit_error", "ThrottlingException"),
+            (Class::RateLimit, 429, "rate_limit_exceeded", "rate_limit_error", "ThrottlingException"),
+            (Class::Quota, 429, "insufficient_quota", "rate_limit_error", "ThrottlingException"),
+        ] {
+            let e = Error { status, kind: None, code: "x", message: "m", class: Some(class) };
+            let v: Value = serde_json::from_slice(&json(Envelope::OpenAi, &e)).unwrap();
+            assert_eq!(v["error"]["type"], openai, "{class:?}");
+            let v: Value = serde_json::from_slice(&json(Envelope::Anthropic, &e)).unwrap();
+            assert_eq!(v["error"]["type"], anthropic, "{class:?}");
+            assert_eq!(e.bedrock_kind(), bedrock, "{class:?}");
+        }
     }
 
     /// Each stream terminator is exactly one whole event that parses back.

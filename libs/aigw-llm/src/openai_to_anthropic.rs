@@ -618,19 +618,6 @@ pub fn response_to_openai(resp: &Value, names: &ToolNames, created: u64, fallbac
     }))
 }
 
-/// OpenAI's error `type` for an HTTP status.
-pub fn openai_error_type(status: u16) -> &'static str {
-    match status {
-        400 | 413 | 422 => "invalid_request_error",
-        401 => "authentication_error",
-        402 => "insufficient_quota",
-        403 => "permission_error",
-        404 => "not_found_error",
-        429 => "rate_limit_error",
-        _ => "server_error",
-    }
-}
-
 /// Any upstream error body (Anthropic-shaped, or not JSON) → OpenAI's envelope
 /// `{"error": {message, type, param, code}}`. `type` follows the status; `code` keeps
 /// Anthropic's error type (`overloaded_error`, …). The caller keeps the status and
@@ -645,7 +632,7 @@ pub fn error_to_openai(status: u16, body: &[u8]) -> Value {
         .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(2048)]).trim().to_owned());
     let message = if message.is_empty() { format!("upstream returned status {status}") } else { message };
     let code = e.and_then(|e| e.get("type")).and_then(Value::as_str).map_or(Value::Null, |t| Value::String(t.to_owned()));
-    json!({"error": {"message": message, "type": openai_error_type(status), "param": null, "code": code}})
+    json!({"error": {"message": message, "type": crate::envelope::openai_type(status), "param": null, "code": code}})
 }
 
 /// Anthropic SSE events → OpenAI `chat.completion.chunk` JSON strings. Feed each upstream
@@ -834,7 +821,7 @@ impl StreamToOpenAi {
                 let e = v.get("error").cloned().unwrap_or(Value::Null);
                 let msg = e.get("message").and_then(Value::as_str).unwrap_or("upstream stream error").to_owned();
                 let code = e.get("type").and_then(Value::as_str).map_or(Value::Null, |t| Value::String(t.to_owned()));
-                let kind = if code == "rate_limit_error" { "rate_limit_error" } else { "server_error" };
+                let kind = crate::envelope::openai_type(if code == "rate_limit_error" { 429 } else { 502 });
                 self.fail(&msg, kind, code, out);
             }
             // ping and anything new.
@@ -851,9 +838,19 @@ impl StreamToOpenAi {
         if self.stopped {
             self.complete(out);
         } else if self.started {
-            self.fail("the Anthropic stream ended before message_stop", "server_error", json!("upstream_stream_truncated"), out);
+            self.fail(
+                "the Anthropic stream ended before message_stop",
+                crate::envelope::openai_type(502),
+                json!("upstream_stream_truncated"),
+                out,
+            );
         } else {
-            self.fail("the upstream stream ended without producing any output", "server_error", json!("upstream_stream_empty"), out);
+            self.fail(
+                "the upstream stream ended without producing any output",
+                crate::envelope::openai_type(502),
+                json!("upstream_stream_empty"),
+                out,
+            );
         }
     }
 }
@@ -1268,7 +1265,7 @@ mod tests {
             json!({"error": {"message": "Number of request tokens has exceeded your per-minute rate limit", "type": "rate_limit_error", "param": null, "code": "rate_limit_error"}})
         );
         let e = error_to_openai(529, br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#);
-        assert_eq!((e["error"]["type"].as_str(), e["error"]["code"].as_str()), (Some("server_error"), Some("overloaded_error")));
+        assert_eq!((e["error"]["type"].as_str(), e["error"]["code"].as_str()), (Some("api_error"), Some("overloaded_error")));
         assert_eq!(error_to_openai(401, b"")["error"]["message"], "upstream returned status 401");
         assert_eq!(error_to_openai(401, b"")["error"]["type"], "authentication_error");
         assert_eq!(error_to_openai(502, b"<html>bad gateway</html>")["error"]["message"], "<html>bad gateway</html>");

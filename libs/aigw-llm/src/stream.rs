@@ -368,11 +368,13 @@ impl Pipe {
                 c.fail(status, message, &mut s);
                 s.into_bytes()
             }
-            Out::OpenAiSse => envelope::stream(Protocol::OpenAiChat, &envelope::Error { status, kind: None, code, message }),
+            Out::OpenAiSse => envelope::stream(Protocol::OpenAiChat, &envelope::Error { status, kind: None, code, message, class: None }),
             // The converter already ended the stream with its own error chunk.
             Out::FromAnthropic(c) if c.is_finished() => Vec::new(),
-            Out::FromAnthropic(_) => envelope::stream(Protocol::OpenAiChat, &envelope::Error { status, kind: None, code, message }),
-            Out::Raw => envelope::stream(self.client, &envelope::Error { status, kind: None, code, message }),
+            Out::FromAnthropic(_) => {
+                envelope::stream(Protocol::OpenAiChat, &envelope::Error { status, kind: None, code, message, class: None })
+            }
+            Out::Raw => envelope::stream(self.client, &envelope::Error { status, kind: None, code, message, class: None }),
         }
     }
 }

@@ -5,11 +5,14 @@
 
 pub mod gcp;
 pub mod multi;
+pub mod plugins;
 pub mod proto_json;
 pub mod route;
 pub mod secrets;
 pub mod snapshot;
+pub mod spec;
 pub mod strict;
 pub mod vars;
 
-pub use route::{AiProxyConfig, Provider, Route, RouteSpec, ValidationError};
+pub use route::{AiProxyConfig, Provider, Route, ValidationError};
+pub use spec::RouteSpec;

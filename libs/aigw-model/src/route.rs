@@ -1,4 +1,5 @@
-//! The route object (CONTRACT §2) and the `ai-proxy` / `http-logger` plugin schemas.
+//! The route object (CONTRACT §2) and the `ai-proxy` / `http-logger` plugin schemas (the
+//! other plugins' in [`crate::plugins`]).
 //!
 //! Parsing is two steps: serde with `deny_unknown_fields` (so typos such as
 //! `auth.headers` are rejected, unlike APISIX) wrapped in `serde_path_to_error` so
@@ -7,12 +8,9 @@
 //! the path of the offending field.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-
-use crate::vars::Expr;
 
 /// A configuration error, naming the JSON path of the offending field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -317,23 +315,7 @@ fn d_retry_delay() -> u64 {
     1
 }
 
-/// A validated route: the stored JSON, the typed plugin configs and compiled `vars`.
-#[derive(Debug, Clone)]
-pub struct RouteSpec {
-    pub route: Route,
-    /// The route-level LLM settings (timeouts, limits, keepalive, `logging`), whichever of
-    /// the two plugins the route carries. For `ai-proxy` this is the plugin's config. For
-    /// `ai-proxy-multi` it is the first instance as an `ai-proxy` config carrying the
-    /// route-wide settings, which are the same for every instance; per-instance fields
-    /// (`provider`, `auth`, `options`, `override`, `provider_conf`) are in [`Self::multi`].
-    pub ai_proxy: Arc<AiProxyConfig>,
-    /// `ai-proxy-multi`, when the route carries it (CONTRACT §9).
-    pub multi: Option<Arc<crate::multi::AiProxyMultiConfig>>,
-    pub http_logger: Option<HttpLoggerConfig>,
-    pub vars: Option<Expr>,
-}
-
-const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "PURGE"];
+pub(crate) const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "PURGE"];
 
 /// Route ids become file names and URL segments: keep them to a safe alphabet.
 pub fn validate_id(id: &str) -> Result<(), ValidationError> {
@@ -342,100 +324,6 @@ pub fn validate_id(id: &str) -> Result<(), ValidationError> {
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         && !id.bytes().all(|b| b == b'.');
     if ok { Ok(()) } else { Err(ValidationError::new("id", "must be 1..64 characters of [a-zA-Z0-9._-] and not only dots")) }
-}
-
-impl RouteSpec {
-    /// Parse and fully validate one route object.
-    pub fn from_json(value: &Value) -> Result<RouteSpec, ValidationError> {
-        if !value.is_object() {
-            return Err(ValidationError::new("(root)", "a route must be a JSON object"));
-        }
-        let route: Route = from_value_at("", value)?;
-        Self::from_route(route)
-    }
-
-    pub fn from_route(route: Route) -> Result<RouteSpec, ValidationError> {
-        validate_id(&route.id)?;
-        if route.uri.is_empty() && route.uris.is_empty() {
-            return Err(ValidationError::new("uri", "one of uri or uris is required"));
-        }
-        if !route.uri.is_empty() {
-            check_uri("uri", &route.uri)?;
-        }
-        for (i, u) in route.uris.iter().enumerate() {
-            check_uri(&format!("uris[{i}]"), u)?;
-        }
-        for (i, m) in route.methods.iter().enumerate() {
-            if !METHODS.contains(&m.as_str()) {
-                return Err(ValidationError::new(
-                    format!("methods[{i}]"),
-                    format!("unknown method {m:?}, expected one of {}", METHODS.join(", ")),
-                ));
-            }
-        }
-        if !route.host.is_empty() {
-            check_host("host", &route.host)?;
-        }
-        for (i, h) in route.hosts.iter().enumerate() {
-            check_host(&format!("hosts[{i}]"), h)?;
-        }
-        if let Some(s) = route.status
-            && s > 1
-        {
-            return Err(ValidationError::new("status", "must be 0 (disabled) or 1 (enabled)"));
-        }
-        let vars = match &route.vars {
-            None => None,
-            Some(v) => Some(Expr::compile(v).map_err(|e| ValidationError::new(format!("vars{}", e.path), e.message))?),
-        };
-        crate::multi::check_exclusive(&route.plugins)?;
-        let mut ai_proxy = None;
-        let mut multi = None;
-        let mut http_logger = None;
-        for (name, conf) in &route.plugins {
-            let path = format!("plugins.{name}");
-            match name.as_str() {
-                "ai-proxy" => {
-                    let c: AiProxyConfig = from_value_at(&path, conf)?;
-                    validate_ai_proxy(&c)?;
-                    ai_proxy = Some(Arc::new(c));
-                }
-                crate::multi::PLUGIN => {
-                    let c = crate::multi::validate_ai_proxy_multi(&path, conf)?;
-                    ai_proxy = c.instance_config(0).map(Arc::new);
-                    multi = Some(Arc::new(c));
-                }
-                "http-logger" => {
-                    let c: HttpLoggerConfig = from_value_at(&path, conf)?;
-                    validate_http_logger(&c)?;
-                    http_logger = Some(c);
-                }
-                other => {
-                    return Err(ValidationError::new(
-                        path,
-                        format!("unknown plugin {other:?}, supported plugins: ai-proxy, ai-proxy-multi, http-logger"),
-                    ));
-                }
-            }
-        }
-        let ai_proxy = ai_proxy.ok_or_else(|| {
-            ValidationError::new(
-                "plugins",
-                "the ai-proxy or ai-proxy-multi plugin is required (aigw routes always proxy to an LLM provider)",
-            )
-        })?;
-        Ok(RouteSpec { route, ai_proxy, multi, http_logger, vars })
-    }
-
-    /// Request paths of this route (`uri` and `uris`).
-    pub fn paths(&self) -> impl Iterator<Item = &str> {
-        std::iter::once(self.route.uri.as_str()).filter(|u| !u.is_empty()).chain(self.route.uris.iter().map(String::as_str))
-    }
-
-    /// Hosts of this route (`host` and `hosts`).
-    pub fn hosts(&self) -> impl Iterator<Item = &str> {
-        std::iter::once(self.route.host.as_str()).filter(|u| !u.is_empty()).chain(self.route.hosts.iter().map(String::as_str))
-    }
 }
 
 /// A route URI is a UTF-8 path (multibyte characters are matched as sent); control
@@ -453,7 +341,7 @@ pub fn check_uri(path: &str, uri: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
-fn check_host(path: &str, host: &str) -> Result<(), ValidationError> {
+pub(crate) fn check_host(path: &str, host: &str) -> Result<(), ValidationError> {
     let body = host.strip_prefix("*.").unwrap_or(host);
     let ok = !body.is_empty() && body.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':'));
     if ok { Ok(()) } else { Err(ValidationError::new(path, format!("invalid host {host:?}"))) }
@@ -593,7 +481,7 @@ fn check_endpoint(ep: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
-fn validate_http_logger(c: &HttpLoggerConfig) -> Result<(), ValidationError> {
+pub(crate) fn validate_http_logger(c: &HttpLoggerConfig) -> Result<(), ValidationError> {
     let p = "plugins.http-logger";
     let uri: http::Uri = c.uri.parse().map_err(|e| ValidationError::new(format!("{p}.uri"), format!("invalid URL: {e}")))?;
     if !matches!(uri.scheme_str(), Some("http") | Some("https")) || uri.host().is_none() {
@@ -620,6 +508,7 @@ fn validate_http_logger(c: &HttpLoggerConfig) -> Result<(), ValidationError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::RouteSpec;
     use serde_json::json;
 
     fn base() -> Value {

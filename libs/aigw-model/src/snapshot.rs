@@ -3,7 +3,8 @@
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::route::{RouteSpec, ValidationError};
+use crate::route::ValidationError;
+use crate::spec::RouteSpec;
 
 /// Content hash of a route set: the same routes give the same version on every
 /// replica and after every restart (xDS versions must not collide).
@@ -81,6 +82,16 @@ pub enum FileError {
 /// Parses a routes file (`{routes: [Route…]}`, YAML or JSON), replaces `${VAR}` and
 /// `${VAR:=default}` in string values from `env`, and validates every route.
 pub fn parse_routes_file(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Value>, FileError> {
+    parse_routes_file_with(text, env, &|_| false)
+}
+
+/// [`parse_routes_file`], accepting the plugin names `extra` accepts (a node's own
+/// plugins, see [`RouteSpec::from_json_with`]).
+pub fn parse_routes_file_with(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    extra: &dyn Fn(&str) -> bool,
+) -> Result<Vec<Value>, FileError> {
     let doc: Value = if text.trim_start().starts_with('{') {
         serde_json::from_str(text).map_err(|e| FileError::Parse(e.to_string()))?
     } else {
@@ -103,7 +114,7 @@ pub fn parse_routes_file(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Re
     let mut seen = std::collections::HashSet::new();
     for (index, r) in routes.iter().enumerate() {
         let id = r.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
-        RouteSpec::from_json(r).map_err(|err| FileError::Route { index, id: id.clone(), err })?;
+        RouteSpec::from_json_with(r, extra).map_err(|err| FileError::Route { index, id: id.clone(), err })?;
         if !seen.insert(id.clone()) {
             return Err(FileError::Invalid(format!("routes[{index}]: duplicate route id {id:?}")));
         }

@@ -25,6 +25,8 @@ pub enum TlsError {
     Config(String),
 }
 
+pub mod client;
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -90,18 +92,14 @@ pub fn grpc_connector_named(
     what: &str,
     connect_timeout: Duration,
 ) -> Result<hyper_rustls::HttpsConnector<HttpConnector>, TlsError> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_keepalive(Some(Duration::from_secs(30)));
-    let builder = match ca_pem {
-        Some(pem) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(client_tls(pem, what)?),
-        None => hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(provider())
-            .map_err(|e| TlsError::Config(e.to_string()))?,
-    };
-    Ok(builder.https_or_http().enable_http2().wrap_connector(http))
+    let roots = ca_pem.map_or(client::Roots::Webpki, |pem| client::Roots::Pem { pem, what });
+    client::connector(
+        &client::Options::default()
+            .roots(roots)
+            .alpn(client::Alpn::H2)
+            .connect_timeout(connect_timeout)
+            .tcp_keepalive(Duration::from_secs(30)),
+    )
 }
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

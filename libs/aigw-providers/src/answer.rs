@@ -31,10 +31,10 @@ pub fn convert(plan: &Plan, status: u16, amzn_error_type: Option<&str>, body: &[
         let bytes = if plan.target == Protocol::BedrockConverse {
             let (kind, message) = bedrock::error_message(amzn_error_type, body);
             let message = if client == Envelope::Anthropic { format!("{kind}: {message}") } else { message };
-            envelope::json(client, &envelope::Error { status, kind: Some(&kind), code: &kind, message: &message })
+            envelope::json(client, &envelope::Error { status, kind: Some(&kind), code: &kind, message: &message, class: None })
         } else {
             let message = envelope::message_of(status, body);
-            envelope::json(client, &envelope::Error { status, kind: None, code: "upstream_error", message: &message })
+            envelope::json(client, &envelope::Error { status, kind: None, code: "upstream_error", message: &message, class: None })
         };
         return Some(Ok(bytes));
     }
@@ -201,7 +201,7 @@ mod tests {
         let e = v(convert(&p, 529, None, br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#, "x")
             .unwrap()
             .unwrap());
-        assert_eq!(e, json!({"error": {"message": "Overloaded", "type": "server_error", "param": null, "code": "overloaded_error"}}));
+        assert_eq!(e, json!({"error": {"message": "Overloaded", "type": "api_error", "param": null, "code": "overloaded_error"}}));
         let e = v(convert(&p, 429, None, b"slow down", "x").unwrap().unwrap());
         assert_eq!((e["error"]["type"].as_str(), e["error"]["message"].as_str()), (Some("rate_limit_error"), Some("slow down")));
         assert!(convert(&p, 200, None, b"<html>", "x").unwrap().unwrap_err().0.contains("not JSON"));

@@ -8,6 +8,7 @@
 //! (formats, converters, framing), which several providers share.
 
 pub mod answer;
+pub mod encode;
 pub mod plan;
 pub mod shaping;
 pub mod sigv4;

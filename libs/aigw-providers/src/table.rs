@@ -60,7 +60,7 @@ fn vertex_location(pc: &ProviderConf) -> Option<String> {
 /// percent-encoded path segment).
 pub fn vertex_predict_path(pc: Option<&ProviderConf>, model: &str) -> Option<String> {
     let model = model.strip_prefix("google/").unwrap_or(model);
-    let model = crate::target::encode_component(model).replace("%40", "@");
+    let model = crate::encode::encode_component(model).replace("%40", "@");
     Some(format!("{}/publishers/google/models/{model}:predict", vertex_location(pc?)?))
 }
 

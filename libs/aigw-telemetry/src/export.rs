@@ -242,10 +242,7 @@ pub struct Exporter {
     summary: String,
 }
 
-type HttpClient = hyper_util::client::legacy::Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-    http_body_util::Full<Bytes>,
->;
+type HttpClient = aigw_net::client::HttpsClient<http_body_util::Full<Bytes>>;
 
 #[derive(Clone)]
 enum Transport {
@@ -357,19 +354,10 @@ impl Transport {
                 })
             }
             Protocol::HttpProtobuf => {
-                let provider = Arc::new(rustls::crypto::ring::default_provider());
-                let mut conn = hyper_util::client::legacy::connect::HttpConnector::new();
-                conn.enforce_http(false);
-                conn.set_connect_timeout(Some(cfg.timeout));
-                let builder = match cfg.ca_pem.as_deref() {
-                    Some(pem) => hyper_rustls::HttpsConnectorBuilder::new()
-                        .with_tls_config(aigw_net::client_tls(pem, CA_VAR).map_err(|e| e.to_string())?),
-                    None => hyper_rustls::HttpsConnectorBuilder::new()
-                        .with_provider_and_webpki_roots(provider)
-                        .map_err(|e| format!("OTLP TLS: {e}"))?,
-                };
-                let https = builder.https_or_http().enable_http1().wrap_connector(conn);
-                let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
+                let roots =
+                    cfg.ca_pem.as_deref().map_or(aigw_net::client::Roots::Webpki, |pem| aigw_net::client::Roots::Pem { pem, what: CA_VAR });
+                let client = aigw_net::client::https(&aigw_net::client::Options::default().roots(roots).connect_timeout(cfg.timeout))
+                    .map_err(|e| format!("OTLP TLS: {e}"))?;
                 let uri = |u: &Option<String>| {
                     u.as_deref().map(|u| u.parse::<http::Uri>().map_err(|e| format!("OTLP endpoint {u:?}: {e}"))).transpose()
                 };

@@ -234,7 +234,7 @@ fn remote_user(e: &Record) -> String {
 /// `scheme://authority` of the upstream that answered (the last attempt's target).
 fn upstream_origin(e: &Record) -> Option<&str> {
     let a = e.attempt.as_ref()?;
-    Some(e.target_of(a)?.target.origin.as_str())
+    Some(a.server.as_ref()?.origin.as_str())
 }
 
 /// nginx's `$upstream_host`: the host without its port.
@@ -424,10 +424,10 @@ mod tests {
             (http::header::HOST, "gw.example.com".parse().unwrap()),
             (http::header::AUTHORIZATION, "Basic YWxpY2U6czNjcjN0".parse().unwrap()),
         ]));
-        e.set_route(&route, &HeaderMap::new());
+        e.set_route(route.id(), route.needs, false, &HeaderMap::new());
         e.keep_upstream_uri = true;
         let t = &route.targets[0];
-        e.begin_attempt(t, "https://api.example.com:8443/v1/chat/completions?api-version=1");
+        e.begin_attempt(&t.server, "https://api.example.com:8443/v1/chat/completions?api-version=1");
         assert_eq!(
             f.render(&e),
             "127.0.0.1 - alice [21/Mar/2025:04:28:03 +0000] gw.example.com \"POST /anything HTTP/1.1\" 200 804 2.858 \"-\" \"curl/8.6.0\" \

@@ -50,13 +50,22 @@ impl std::fmt::Debug for UpstreamAuth {
     }
 }
 
+/// Credentials that cannot be used as given (a header value, a service account).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct AuthError(pub String);
+
 impl UpstreamAuth {
     /// Compiles a provider configuration's `auth` (secrets already revealed). `auth.gcp`
     /// resolves its credential now (explicit JSON, `GCP_SERVICE_ACCOUNT`,
     /// `GOOGLE_APPLICATION_CREDENTIALS`, else the metadata server, read through `env`) and
     /// takes its token source from `gcp`; a credential that does not resolve rejects the
     /// config.
-    pub fn compile(ap: &AiProxyConfig, gcp: &GcpAuth, env: Env<'_>) -> Result<UpstreamAuth, String> {
+    pub fn compile(ap: &AiProxyConfig, gcp: &GcpAuth, env: Env<'_>) -> Result<UpstreamAuth, AuthError> {
+        Self::compile_inner(ap, gcp, env).map_err(AuthError)
+    }
+
+    fn compile_inner(ap: &AiProxyConfig, gcp: &GcpAuth, env: Env<'_>) -> Result<UpstreamAuth, String> {
         if let Some(a) = &ap.auth.aws {
             let region = ap.provider_conf.as_ref().and_then(|p| p.region.clone()).unwrap_or_else(|| "us-east-1".into());
             return Ok(UpstreamAuth::SigV4 {
@@ -196,7 +205,7 @@ mod tests {
 
     fn compile_with(v: serde_json::Value, gcp: &GcpAuth, env: Env<'_>) -> Result<UpstreamAuth, String> {
         let ap: AiProxyConfig = serde_json::from_value(v).unwrap();
-        UpstreamAuth::compile(&ap, gcp, env)
+        UpstreamAuth::compile(&ap, gcp, env).map_err(|e| e.0)
     }
 
     fn auth(v: serde_json::Value) -> UpstreamAuth {

@@ -20,6 +20,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
 use crate::authorize::UpstreamAuth;
+use crate::phases::{Plugin, PluginEnv, Registry, Resources, Scope};
+use crate::record::{Needs, Server, TEXT_CAP};
 use crate::upstream::{ClientKey, Upstream, Upstreams};
 
 /// Non-streamed answers are read under this cap unless `max_response_bytes` is set.
@@ -35,6 +37,8 @@ pub struct CompiledTarget {
     pub target: Target,
     pub auth: UpstreamAuth,
     pub upstream: Arc<Upstream>,
+    /// The upstream as the record names it.
+    pub server: Arc<Server>,
 }
 
 #[derive(Debug)]
@@ -51,6 +55,10 @@ pub struct CompiledRoute {
     pub max_event: usize,
     /// `ai-proxy-multi`: how `targets` are picked and retried. None for `ai-proxy`.
     pub multi: Option<MultiRoute>,
+    /// The route's plugins in the order they run (`crate::phases`); empty for most routes.
+    pub plugins: Arc<[Arc<dyn Plugin>]>,
+    /// What the request path keeps for the plugins and `logging`.
+    pub needs: Needs,
 }
 
 /// The `ai-proxy-multi` part of a compiled route. `targets[i]` is instance `i`.
@@ -310,21 +318,51 @@ pub struct CompileCtx<'a> {
     /// The node's GCP token sources (`auth.gcp`): one per distinct credential and TTL
     /// settings, shared across routes and snapshots.
     pub gcp: &'a GcpAuth,
+    /// The plugins this node can compile, and what they share.
+    pub plugins: &'a Registry,
+    pub resources: &'a Resources,
 }
 
 impl<'a> CompileCtx<'a> {
-    /// No data key, an empty environment, in-process GCP tokens: for tests and benches.
+    /// No data key, an empty environment, in-process GCP tokens, the built-in plugins:
+    /// for tests and benches.
     pub fn bare(upstreams: &'a Upstreams) -> CompileCtx<'a> {
         static GCP: std::sync::OnceLock<GcpAuth> = std::sync::OnceLock::new();
+        static PLUGINS: std::sync::OnceLock<(Registry, Resources)> = std::sync::OnceLock::new();
         let gcp = GCP.get_or_init(|| GcpAuth::new(Default::default()).expect("default gcp auth options are valid"));
-        CompileCtx { key: None, env: &|_| None, upstreams, gcp }
+        let (plugins, resources) = PLUGINS.get_or_init(|| (crate::plugins::builtin(), Resources::default()));
+        CompileCtx { key: None, env: &|_| None, upstreams, gcp, plugins, resources }
     }
 }
 
-pub fn compile_route(v: &Value, ctx: &CompileCtx<'_>) -> Result<CompiledRoute, String> {
+/// Why a route (or one of its parts) does not compile.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error(transparent)]
+    Secret(#[from] secrets::SecretError),
+    #[error(transparent)]
+    Invalid(#[from] aigw_model::ValidationError),
+    #[error(transparent)]
+    Plugin(#[from] crate::phases::PluginError),
+    #[error(transparent)]
+    Target(#[from] aigw_providers::target::TargetError),
+    #[error(transparent)]
+    Auth(#[from] crate::authorize::AuthError),
+    #[error("instance '{instance}': {error}")]
+    Instance { instance: String, error: Box<CompileError> },
+}
+
+pub fn compile_route(v: &Value, ctx: &CompileCtx<'_>) -> Result<CompiledRoute, CompileError> {
     let mut clear = v.clone();
-    secrets::reveal_route(&mut clear, ctx.key, ctx.env).map_err(|e| e.to_string())?;
-    let spec = RouteSpec::from_json(&clear).map_err(|e| e.to_string())?;
+    secrets::reveal_route(&mut clear, ctx.key, ctx.env)?;
+    let spec = RouteSpec::from_json_with(&clear, &|n| ctx.plugins.knows(n))?;
+    let plugins = ctx.plugins.compile_all(
+        &spec.route.plugins,
+        &PluginEnv { scope: Scope::Route(&spec.route.id), route: Some(&spec), resources: ctx.resources },
+    )?;
+    let payloads = spec.ai_proxy.logging.as_ref().is_some_and(|l| l.payloads);
+    let logging = Needs { request_messages: payloads, response_text: payloads.then_some(TEXT_CAP), ..Needs::default() };
+    let needs = plugins.iter().fold(logging, |n, p| n.union(p.needs()));
     // Route-wide settings: the same for every instance of an ai-proxy-multi route.
     let ap = spec.ai_proxy.clone();
     let (targets, multi) = match spec.multi.clone() {
@@ -332,8 +370,12 @@ pub fn compile_route(v: &Value, ctx: &CompileCtx<'_>) -> Result<CompiledRoute, S
         Some(m) => {
             let mut targets = Vec::with_capacity(m.instances.len());
             for (i, ins) in m.instances.iter().enumerate() {
-                let conf = m.instance_config(i).map(Arc::new).ok_or("instance out of range")?;
-                targets.push(compile_target(ins.name.clone(), conf, ctx).map_err(|e| format!("instance '{}': {e}", ins.name))?);
+                let instance = |error| CompileError::Instance { instance: ins.name.clone(), error: Box::new(error) };
+                let conf = m
+                    .instance_config(i)
+                    .map(Arc::new)
+                    .ok_or_else(|| instance(crate::authorize::AuthError("instance out of range".into()).into()))?;
+                targets.push(compile_target(ins.name.clone(), conf, ctx).map_err(instance)?);
             }
             let multi = compile_multi(&spec.route.id, &m, &targets, ctx);
             (targets, Some(multi))
@@ -347,13 +389,15 @@ pub fn compile_route(v: &Value, ctx: &CompileCtx<'_>) -> Result<CompiledRoute, S
         spec,
         targets,
         multi,
+        plugins: Arc::from(plugins),
+        needs,
     })
 }
 
 /// One provider configuration (the `ai-proxy` plugin, or one instance) as a target.
-fn compile_target(name: String, conf: Arc<AiProxyConfig>, ctx: &CompileCtx<'_>) -> Result<CompiledTarget, String> {
+fn compile_target(name: String, conf: Arc<AiProxyConfig>, ctx: &CompileCtx<'_>) -> Result<CompiledTarget, CompileError> {
     let auth = UpstreamAuth::compile(&conf, ctx.gcp, ctx.env)?;
-    let target = Target::compile(conf.clone(), auth.has_credentials()).map_err(|e| e.to_string())?;
+    let target = Target::compile(conf.clone(), auth.has_credentials())?;
     let upstream = ctx.upstreams.get(&ClientKey {
         origin: target.origin.clone(),
         ssl_verify: conf.ssl_verify,
@@ -362,7 +406,8 @@ fn compile_target(name: String, conf: Arc<AiProxyConfig>, ctx: &CompileCtx<'_>) 
         keepalive_pool: conf.keepalive_pool,
         connect_timeout_ms: conf.timeout,
     });
-    Ok(CompiledTarget { name, target, auth, upstream })
+    let server = Arc::new(Server { origin: target.origin.clone(), authority: target.authority.clone() });
+    Ok(CompiledTarget { name, target, auth, upstream, server })
 }
 
 fn compile_multi(route_id: &str, m: &AiProxyMultiConfig, targets: &[CompiledTarget], ctx: &CompileCtx<'_>) -> MultiRoute {
@@ -451,11 +496,12 @@ mod tests {
         assert_eq!((c.response_cap, c.max_event), (DEFAULT_RESPONSE_CAP, aigw_llm::sse::DEFAULT_MAX_EVENT));
         let e = compile_route(&route(json!({"provider": "openai-compatible", "auth": {}})), &CompileCtx::bare(&Upstreams::default()));
         let e = e.unwrap_err();
-        assert!(e.contains("override.endpoint"), "{e}");
+        assert!(e.to_string().contains("override.endpoint"), "{e}");
     }
 
     fn multi_route(plugin: Value) -> Result<CompiledRoute, String> {
         compile_route(&json!({"id": "m", "uri": "/x", "plugins": {"ai-proxy-multi": plugin}}), &CompileCtx::bare(&Upstreams::default()))
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -567,8 +613,7 @@ mod tests {
     #[test]
     fn example_multi_routes_file_compiles() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/multi.yaml");
-        let cfg = crate::sources::load_file(&path, None, &Upstreams::default(), &aigw_gcp_auth::GcpAuth::new(Default::default()).unwrap())
-            .unwrap();
+        let cfg = crate::sources::load_file(&path, &CompileCtx::bare(&Upstreams::default())).unwrap();
         let r = &cfg.routes[0];
         assert_eq!(r.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["openai-main", "openai-spare", "claude"]);
         let m = r.multi.as_ref().unwrap();

@@ -1,15 +1,18 @@
-//! The complete stage: one [`Record`] per request, handed once to every sink when the
-//! response has ended (or the client went away). A sink is small and never blocks the
-//! data path: the access log queues a line, metrics add to atomics, spans and the
-//! http-logger queue plain data for their background senders.
+//! The complete stage: one [`Record`] per request, finished once when the response has
+//! ended (or the client went away): first the route's plugins see it (their completion
+//! phase, `crate::phases`: http-logger, limiter charges), then every node-wide sink. A
+//! sink is small and never blocks the data path: the access log queues a line, metrics
+//! add to atomics, spans and the http-logger queue plain data for background senders.
 
 use std::sync::Arc;
 
 use aigw_telemetry::export::Tracer;
 
 use crate::metrics::Metrics;
+use crate::phases::Chain;
 use crate::record::{ErrorSource, Outcome, Record};
 
+/// A node-wide observer of completed requests (the completion phase for the whole node).
 pub trait Sink: Send + Sync {
     fn complete(&self, record: &Record);
 }
@@ -52,11 +55,13 @@ impl Sinks {
 pub struct Completion {
     record: Record,
     sinks: Arc<Sinks>,
+    /// The request's plugins and their state.
+    chain: Chain,
 }
 
 impl Completion {
-    pub fn new(record: Record, sinks: Arc<Sinks>) -> Completion {
-        Completion { record, sinks }
+    pub fn new(record: Record, sinks: Arc<Sinks>, chain: Chain) -> Completion {
+        Completion { record, sinks, chain }
     }
 
     pub fn record(&self) -> &Record {
@@ -81,6 +86,7 @@ impl Completion {
             tracing::debug!(request_id = %r.request_id, route = %r.route_id, bytes = body_bytes_sent, "client went away; upstream read cancelled");
         }
         r.outcome = outcome;
+        self.chain.complete(r);
         self.sinks.complete(&self.record);
     }
 }

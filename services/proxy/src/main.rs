@@ -152,7 +152,16 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.status_listen))?;
         let client_limits = aigw_proxy::ClientLimits { header_timeout: args.client_header_timeout, body_timeout: args.client_body_timeout };
-        let cfg = aigw_proxy::Config { source, data_key, access_log, client_limits, token_cache, telemetry, control_plane_ca };
+        let cfg = aigw_proxy::Config {
+            source,
+            data_key,
+            access_log,
+            client_limits,
+            token_cache,
+            telemetry,
+            control_plane_ca,
+            plugins: aigw_proxy::plugins::builtin(),
+        };
         aigw_proxy::run(cfg, data, status, aigw_telemetry::shutdown_signal()).await
     });
     if let Some(o) = otel {

@@ -37,6 +37,7 @@ use crate::compiled::{CompiledRoute, CompiledTarget, MultiRoute};
 use crate::complete::Completion;
 use crate::errors::{GatewayError, error_response};
 use crate::metrics::Metrics;
+use crate::phases::Chain;
 use crate::read::read_body;
 use crate::record::Record;
 use crate::respond::{AnswerBody, Payload, respond};
@@ -80,10 +81,13 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, remote: Socket
             rec.config_version.clone_from(&cfg.version);
         }
     }
-    let mut resp = match proxy(&state, &cfg, req, remote, &mut rec).await {
-        Ok(answer) => {
+    // The route's plugins, once routing found it (`crate::phases`).
+    let mut chain = Chain::empty();
+    let mut resp = match proxy(&state, &cfg, req, remote, &mut rec, &mut chain).await {
+        Ok(mut answer) => {
             rec.status = answer.parts.status.as_u16();
-            let completion = Completion::new(rec, state.sinks.clone());
+            chain.response_head(answer.parts.status, &mut answer.parts.headers, &rec);
+            let completion = Completion::new(rec, state.sinks.clone(), chain);
             let hold: Box<dyn Send> = Box::new((cfg, answer.hold));
             let body = match answer.payload {
                 Payload::Whole(b) => AnswerBody::whole(b, completion, hold),
@@ -93,11 +97,12 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, remote: Socket
         }
         Err(e) => {
             tracing::debug!(request_id = %rid, status = e.status.as_u16(), error = %e.message, "gateway error");
-            let (parts, bytes) = error_response(env, &e).into_parts();
             rec.status = e.status.as_u16();
             rec.error_code = e.code;
-            rec.error = Some((e.source, e.message));
-            let completion = Completion::new(rec, state.sinks.clone());
+            rec.error = Some((e.source, e.message.clone()));
+            let (mut parts, bytes) = error_response(env, e).into_parts();
+            chain.response_head(parts.status, &mut parts.headers, &rec);
+            let completion = Completion::new(rec, state.sinks.clone(), chain);
             Response::from_parts(parts, AnswerBody::whole(bytes, completion, Box::new(())).boxed_unsync())
         }
     };
@@ -113,17 +118,17 @@ async fn proxy(
     req: Request<Incoming>,
     remote: SocketAddr,
     rec: &mut Record,
+    chain: &mut Chain,
 ) -> Result<crate::respond::Answer, GatewayError> {
-    let (parts, body) = req.into_parts();
-    let path = parts.uri.path();
+    let (mut parts, body) = req.into_parts();
 
     // read: bounded by the largest body a candidate route accepts.
-    let limit = body_limit(cfg, &parts).ok_or_else(|| GatewayError::no_route(path))?;
+    let limit = body_limit(cfg, &parts).ok_or_else(|| GatewayError::no_route(parts.uri.path()))?;
     let client = read_body(&parts, body, limit, state.client_limits.body_timeout).await?;
 
     // route
-    let route = find_route(cfg, &parts, rec.remote_addr, &client).ok_or_else(|| GatewayError::no_route(path))?;
-    rec.set_route(&route, &parts.headers);
+    let route = find_route(cfg, &parts, rec.remote_addr, &client).ok_or_else(|| GatewayError::no_route(parts.uri.path()))?;
+    rec.set_route(route.id(), route.needs, route.spec.ai_proxy.logging.as_ref().is_some_and(|l| l.payloads), &parts.headers);
     let ap = &route.spec.ai_proxy;
     rec.provider = Some(ap.provider);
     if client.bytes.len() as u64 > ap.max_req_body_size {
@@ -145,17 +150,24 @@ async fn proxy(
             return Err(GatewayError::bad_request(format!("could not parse JSON request body: {e}")));
         }
     };
-    let proto =
-        aigw_llm::protocol::detect(path, &json).ok_or_else(|| GatewayError::bad_request("no matching AI protocol for the request"))?;
+    let proto = aigw_llm::protocol::detect(parts.uri.path(), &json)
+        .ok_or_else(|| GatewayError::bad_request("no matching AI protocol for the request"))?;
     rec.client_protocol = Some(proto);
     let facts = request_facts(proto, &json);
     rec.tool_count = facts.tool_count;
     rec.end_user_id = facts.end_user;
     rec.note_request(&client.bytes, proto, &json);
 
+    // access: the route's plugins (and the caller's, once one identifies it).
+    if !route.plugins.is_empty() {
+        *chain = Chain::new(route.plugins.clone());
+        chain.access(&mut parts, remote, &route.spec, &cfg.consumers, proto, &json, rec).await?;
+    }
+
+    let path = parts.uri.path();
     let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or(path);
     let creq = ClientRequest { method: &parts.method, path, path_and_query, headers: &parts.headers, body: &client.bytes, protocol: proto };
-    let (plan, sent) = upstream(&route, &creq, &parts, remote, json, rec).await?;
+    let (plan, sent) = upstream(&route, &creq, &parts, remote, json, rec, chain).await?;
 
     // respond (complete follows when the body ends)
     respond(sent, &plan, &route, rec).await
@@ -175,6 +187,7 @@ async fn upstream(
     remote: SocketAddr,
     json: serde_json::Value,
     rec: &mut Record,
+    chain: &mut Chain,
 ) -> Result<(Plan, Sent), GatewayError> {
     let multi = route.multi.as_ref();
     let key = multi.map(|m| {
@@ -187,7 +200,9 @@ async fn upstream(
         Some(m) => m.balancer.pick(key, &[]).ok_or_else(no_instance)?,
     };
     let mut first_body = Some(json);
+    // Instances left out of the pick (tried or refused), and upstream attempts made.
     let mut tried: Vec<usize> = Vec::new();
+    let mut attempts = 0u32;
     loop {
         let t = &route.targets[i];
         let json = match first_body.take() {
@@ -197,56 +212,61 @@ async fn upstream(
         };
         // Only a retry decision needs the attempt's duration.
         let started = multi.is_some().then(Instant::now);
-        let result = attempt(route, t, creq, json, rec).await;
+        let result = attempt(route, t, i, creq, json, rec, chain).await;
         // (GCP credentials: a 401 here re-mints the token and retries this target once.)
-        let Some(m) = multi else { return result.map_err(AttemptError::into_gateway_error) };
         let outcome = match &result {
             Ok((_, sent)) => AttemptOutcome::Status(sent.response.status().as_u16()),
-            Err(AttemptError::Send(e)) => attempt_outcome(e),
+            Err(AttemptError::Send(e)) => e.outcome(),
+            Err(AttemptError::Refused(_)) => AttemptOutcome::Refused,
             // The request cannot be planned or authorized for this instance: not its failure.
             Err(AttemptError::Gateway(_)) => return result.map_err(AttemptError::into_gateway_error),
         };
+        let Some(m) = multi else { return result.map_err(AttemptError::into_gateway_error) };
+        let refused = outcome == AttemptOutcome::Refused;
+        if !refused {
+            attempts += 1;
+        }
         m.balancer.report(i, &outcome);
-        let next = match next_instance(m, &outcome, &result, started, &mut tried, i, key) {
+        let next = match next_instance(m, &outcome, started, &mut tried, attempts, i, key) {
             Some(j) => j,
             None => return result.map_err(AttemptError::into_gateway_error),
         };
-        m.balancer.note_fallback(i);
-        if let Ok((_, sent)) = &result {
-            rec.end_attempt(Some(sent.response.status().as_u16()), None);
+        let (from, to) = (&t.name, &route.targets[next].name);
+        if refused {
+            tracing::debug!(route = %rec.route_id, request_id = %rec.request_id, "ai instance {from} refused by a policy, trying {to}");
+        } else {
+            m.balancer.note_fallback(i);
+            if let Ok((_, sent)) = &result {
+                rec.end_attempt(Some(sent.response.status().as_u16()), None);
+            }
+            // APISIX's line (without the upstream body, which is never read).
+            let status = outcome_status(&outcome);
+            let error = result.as_ref().err().map(tracing::field::display);
+            tracing::warn!(route = %rec.route_id, request_id = %rec.request_id, error, "ai instance {from} returned status {status}, falling back to {to}");
         }
-        // APISIX's line (without the upstream body, which is never read).
-        let (from, to, status) = (&t.name, &route.targets[next].name, outcome_status(&outcome));
-        let error = result.as_ref().err().map(tracing::field::display);
-        tracing::warn!(route = %rec.route_id, request_id = %rec.request_id, error, "ai instance {from} returned status {status}, falling back to {to}");
         // The failed answer goes unread: dropping it closes its connection now.
         drop(result);
         i = next;
     }
 }
 
-/// Where a failed attempt on instance `i` goes next, if anywhere: the fallback policy's
-/// decision, then a pick among the instances not tried yet.
+/// Where a failed (or refused) attempt on instance `i` goes next, if anywhere: the one
+/// retry decision ([`retry::decide`]), then a pick among the instances not tried yet.
 fn next_instance(
     m: &MultiRoute,
     outcome: &AttemptOutcome,
-    result: &Result<(Plan, Sent), AttemptError>,
     started: Option<Instant>,
     tried: &mut Vec<usize>,
+    attempts: u32,
     i: usize,
     key: &[u8],
 ) -> Option<usize> {
-    // A send failure that produced something unexpected (not a connect/reset/timeout) is
-    // not retried on another instance.
-    if matches!(result, Err(AttemptError::Send(e)) if !e.retryable()) {
-        return None;
-    }
     let a = Attempt {
         outcome: *outcome,
         // Structurally false: this loop runs before `respond` gives the client a body.
         sent_to_client: false,
         elapsed_ms: started.map_or(0, |s| s.elapsed().as_millis() as u64),
-        attempts: tried.len() as u32 + 1,
+        attempts: attempts.max(1),
     };
     if retry::decide(&m.policy, &a) != Decision::Retry {
         return None;
@@ -256,7 +276,7 @@ fn next_instance(
 }
 
 fn no_instance() -> GatewayError {
-    GatewayError::upstream(http::StatusCode::BAD_GATEWAY, "no_instance", false, "no ai instance is available")
+    GatewayError::upstream(http::StatusCode::BAD_GATEWAY, "no_instance", "no ai instance is available")
 }
 
 /// The status an attempt's outcome shows in logs: the upstream's, or the one the client
@@ -268,22 +288,13 @@ fn outcome_status(o: &AttemptOutcome) -> u16 {
     }
 }
 
-/// A send failure as the balancer and the retry decision see it.
-pub fn attempt_outcome(e: &SendError) -> AttemptOutcome {
-    match e {
-        SendError::ConnectRefused(_) | SendError::Connect(_) => AttemptOutcome::ConnectRefused,
-        SendError::ConnectTimeout(_) | SendError::PoolTimeout(_) => AttemptOutcome::ConnectTimeout,
-        SendError::Tls(_) => AttemptOutcome::Tls,
-        SendError::Reset(_) | SendError::Other(_) => AttemptOutcome::Reset,
-        SendError::Timeout(_) => AttemptOutcome::TimeoutBeforeFirstByte,
-    }
-}
-
 /// Why one attempt produced no upstream answer.
 #[derive(Debug)]
 enum AttemptError {
     /// The upstream could not be reached or did not answer (another instance may).
     Send(SendError),
+    /// A plugin's before-attempt phase refused this target (its instance limit is spent).
+    Refused(GatewayError),
     /// The request cannot be planned or authorized for this target.
     Gateway(GatewayError),
 }
@@ -292,7 +303,7 @@ impl std::fmt::Display for AttemptError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             AttemptError::Send(e) => write!(f, "{}", e.kind()),
-            AttemptError::Gateway(e) => write!(f, "{}", e.message),
+            AttemptError::Refused(e) | AttemptError::Gateway(e) => write!(f, "{}", e.message),
         }
     }
 }
@@ -301,7 +312,7 @@ impl AttemptError {
     fn into_gateway_error(self) -> GatewayError {
         match self {
             AttemptError::Send(e) => e.into_gateway_error(),
-            AttemptError::Gateway(e) => e,
+            AttemptError::Refused(e) | AttemptError::Gateway(e) => e,
         }
     }
 }
@@ -312,15 +323,18 @@ impl From<GatewayError> for AttemptError {
     }
 }
 
-/// One upstream attempt: plan → authorize → send, for one target of the route. The
-/// client's request is planned afresh for every attempt (its own protocol, shaping and
-/// credentials), so an attempt on another target is a call of this function.
+/// One upstream attempt: plan → (before-attempt phases) → authorize → send, for one
+/// target of the route. The client's request is planned afresh for every attempt (its own
+/// protocol, shaping and credentials), so an attempt on another target is a call of this
+/// function.
 async fn attempt(
     route: &CompiledRoute,
     t: &CompiledTarget,
+    index: usize,
     creq: &ClientRequest<'_>,
     json: serde_json::Value,
     rec: &mut Record,
+    chain: &mut Chain,
 ) -> Result<(Plan, Sent), AttemptError> {
     // The record names the attempt's instance; the last attempt's facts stay.
     rec.instance.clone_from(&t.name);
@@ -333,10 +347,13 @@ async fn attempt(
     rec.stream = plan.stream;
     rec.request_llm_model = plan.request_model.clone().unwrap_or_default();
     rec.llm_model = plan.model.clone().unwrap_or_default();
+    if !chain.is_empty() {
+        chain.before_attempt(&t.name, index, &t.target, &plan, rec).map_err(AttemptError::Refused)?;
+    }
 
     // authorize
     let bearer = t.auth.authorize(&mut plan, &t.target.authority).await?;
-    if let Some(tp) = rec.begin_attempt(t, &plan.url) {
+    if let Some(tp) = rec.begin_attempt(&t.server, &plan.url) {
         plan.headers.insert(HeaderName::from_static("traceparent"), tp);
     }
 
@@ -394,10 +411,6 @@ mod tests {
             .unwrap()
     }
 
-    fn refused() -> Result<(Plan, Sent), AttemptError> {
-        Err(AttemptError::Send(SendError::ConnectRefused("refused".into())))
-    }
-
     /// The loop's decisions: the policy, `max_retries`, the instances left, and send
     /// failures that are not retried.
     #[test]
@@ -419,10 +432,10 @@ mod tests {
             let mut got = Vec::new();
             while let Some(j) = next_instance(
                 m,
-                &attempt_outcome(&SendError::ConnectRefused(String::new())),
-                &refused(),
+                &SendError::ConnectRefused(String::new()).outcome(),
                 Some(Instant::now()),
                 &mut tried,
+                got.len() as u32 + 1,
                 i,
                 b"",
             ) {
@@ -434,22 +447,32 @@ mod tests {
         // A 429 under http_429 goes to the next priority.
         let r = multi(json!({"fallback_strategy": "http_429"}));
         let m = r.multi.as_ref().unwrap();
-        assert_eq!(next_instance(m, &AttemptOutcome::Status(429), &refused(), Some(Instant::now()), &mut Vec::new(), 0, b""), Some(1));
+        assert_eq!(next_instance(m, &AttemptOutcome::Status(429), Some(Instant::now()), &mut Vec::new(), 1, 0, b""), Some(1));
         // fallback_http_statuses adds statuses whatever the strategy.
         let r = multi(json!({"fallback_http_statuses": [401]}));
         let m = r.multi.as_ref().unwrap();
-        assert_eq!(next_instance(m, &AttemptOutcome::Status(401), &refused(), Some(Instant::now()), &mut Vec::new(), 0, b""), Some(1));
+        assert_eq!(next_instance(m, &AttemptOutcome::Status(401), Some(Instant::now()), &mut Vec::new(), 1, 0, b""), Some(1));
         // retry_on_failure_within_ms: a slow failure is not retried.
         let r = multi(json!({"fallback_strategy": "http_5xx", "retry_on_failure_within_ms": 1}));
         let m = r.multi.as_ref().unwrap();
         let long_ago = Instant::now() - Duration::from_millis(50);
-        assert_eq!(next_instance(m, &AttemptOutcome::TimeoutBeforeFirstByte, &refused(), Some(long_ago), &mut Vec::new(), 0, b""), None);
-        assert_eq!(next_instance(m, &AttemptOutcome::Status(502), &refused(), Some(Instant::now()), &mut Vec::new(), 0, b""), Some(1));
+        assert_eq!(next_instance(m, &AttemptOutcome::TimeoutBeforeFirstByte, Some(long_ago), &mut Vec::new(), 1, 0, b""), None);
+        assert_eq!(next_instance(m, &AttemptOutcome::Status(502), Some(Instant::now()), &mut Vec::new(), 1, 0, b""), Some(1));
         // A malformed answer (not a connect/reset/timeout) is not retried.
-        let other = Err(AttemptError::Send(SendError::Other("bad".into())));
         let r = multi(json!({"fallback_strategy": "http_5xx"}));
         let m = r.multi.as_ref().unwrap();
-        assert_eq!(next_instance(m, &AttemptOutcome::Reset, &other, Some(Instant::now()), &mut Vec::new(), 0, b""), None);
+        let other = SendError::Other("bad".into()).outcome();
+        assert_eq!(next_instance(m, &other, Some(Instant::now()), &mut Vec::new(), 1, 0, b""), None);
+        // A refused instance moves on under rate_limiting, even with no retries left.
+        let r = multi(json!({"fallback_strategy": ["rate_limiting"], "max_retries": 0}));
+        let m = r.multi.as_ref().unwrap();
+        let mut tried = Vec::new();
+        assert_eq!(next_instance(m, &AttemptOutcome::Refused, Some(Instant::now()), &mut tried, 0, 0, b""), Some(1));
+        assert_eq!(next_instance(m, &AttemptOutcome::Refused, Some(Instant::now()), &mut tried, 0, 1, b""), Some(2));
+        assert_eq!(next_instance(m, &AttemptOutcome::Refused, Some(Instant::now()), &mut tried, 0, 2, b""), None, "all refused");
+        let r = multi(json!({"fallback_strategy": "http_5xx"}));
+        let m = r.multi.as_ref().unwrap();
+        assert_eq!(next_instance(m, &AttemptOutcome::Refused, Some(Instant::now()), &mut Vec::new(), 0, 0, b""), None);
     }
 
     #[test]
@@ -463,7 +486,7 @@ mod tests {
             (SendError::Reset(String::new()), AttemptOutcome::Reset, 502),
             (SendError::Timeout(Duration::ZERO), AttemptOutcome::TimeoutBeforeFirstByte, 504),
         ] {
-            let o = attempt_outcome(&e);
+            let o = e.outcome();
             assert_eq!(o, want, "{e:?}");
             assert!(o.is_5xx_class(), "{e:?}");
             assert_eq!(outcome_status(&o), status, "{e:?}");

@@ -17,19 +17,66 @@ use aigw_telemetry::export::TraceStart;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 
-use crate::compiled::{CompiledRoute, CompiledTarget};
-
 /// The most answer text kept for `logging.payloads` (`llm_response_text`, span events).
 pub const TEXT_CAP: usize = 256 * 1024;
 /// How much of a streamed answer `http-logger.include_resp_body` keeps (APISIX's
 /// `max_resp_body_bytes` default, 512 KiB).
 pub const STREAM_BODY_CAP: usize = 512 * 1024;
 
+/// An upstream a route can send to, as the sinks name it (`server.address`,
+/// `$upstream_scheme`, `$upstream_host`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Server {
+    /// `scheme://host[:port]`.
+    pub origin: String,
+    /// `host[:port]`.
+    pub authority: String,
+}
+
+/// What the request path keeps in the record for a route's plugins and `logging`.
+/// Declared once, at compile time (`crate::phases::Plugin::needs`); a route's needs are
+/// the union of its plugins' and its `logging`'s.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// The client's request headers.
+    pub request_headers: bool,
+    /// The client's body as sent (`http-logger.include_req_body`).
+    pub request_body: bool,
+    /// The client's messages, parsed (`logging.payloads`).
+    pub request_messages: bool,
+    /// The answer's text, up to this many bytes (`logging.payloads`).
+    pub response_text: Option<usize>,
+    /// A whole answer's body, and up to this many bytes of a streamed one as the client
+    /// got it (`http-logger.include_resp_body`).
+    pub response_body: Option<usize>,
+}
+
+impl Needs {
+    pub fn union(self, o: Needs) -> Needs {
+        Needs {
+            request_headers: self.request_headers || o.request_headers,
+            request_body: self.request_body || o.request_body,
+            request_messages: self.request_messages || o.request_messages,
+            response_text: self.response_text.max(o.response_text),
+            response_body: self.response_body.max(o.response_body),
+        }
+    }
+}
+
+/// Who made the request (a consumer, CONTRACT §12): what logs, spans and metrics show.
+/// Never a key or any part of one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub name: Arc<str>,
+    /// The consumer's `group_id`.
+    pub group: Option<Arc<str>>,
+}
+
 /// One upstream attempt (one CLIENT span).
 #[derive(Debug, Clone, Default)]
 pub struct Attempt {
-    /// Index of the target in the route's `targets`.
-    pub target: usize,
+    /// The upstream it went to.
+    pub server: Option<Arc<Server>>,
     /// The CLIENT span's id (0 when tracing is off).
     pub span_id: u64,
     /// From the request's start to this attempt's start.
@@ -123,8 +170,10 @@ pub struct Record {
     pub error_code: &'static str,
     /// The trace this request belongs to (all zero when tracing is off).
     pub trace: TraceStart,
-    /// The matched route (its targets name the upstreams of the attempts).
-    pub route: Option<Arc<CompiledRoute>>,
+    /// What the matched route keeps for its plugins and `logging`.
+    pub needs: Needs,
+    /// The matched route's `logging.payloads`.
+    pub payloads: bool,
     /// The applied config's version (kept for sampled requests: `aigw.config_version`).
     pub config_version: String,
     /// The current (or last) upstream attempt.
@@ -148,6 +197,8 @@ pub struct Record {
     /// `http-logger.include_resp_body`: a whole answer's body as the upstream sent it; of
     /// a stream, what the client was sent, up to [`STREAM_BODY_CAP`].
     pub response_body: Option<Bytes>,
+    /// Who made the request (set by an access phase: key-auth), when known.
+    pub consumer: Option<Identity>,
 }
 
 impl Record {
@@ -184,7 +235,8 @@ impl Record {
             error: None,
             error_code: "",
             trace: TraceStart::default(),
-            route: None,
+            needs: Needs::default(),
+            payloads: false,
             config_version: String::new(),
             attempt: None,
             earlier: Vec::new(),
@@ -196,53 +248,36 @@ impl Record {
             response_text: None,
             request_body: None,
             response_body: None,
+            consumer: None,
         }
     }
 
-    /// The route stage matched `route`: what the completion sinks need of it.
-    pub fn set_route(&mut self, route: &Arc<CompiledRoute>, headers: &HeaderMap) {
-        self.route_id = route.id().to_owned();
-        if route.spec.http_logger.is_some() && self.headers.is_none() {
+    /// The route stage matched route `id`: what the completion sinks need of it.
+    pub fn set_route(&mut self, id: &str, needs: Needs, payloads: bool, headers: &HeaderMap) {
+        self.route_id = id.to_owned();
+        if needs.request_headers && self.headers.is_none() {
             self.headers = Some(headers.clone());
         }
-        self.route = Some(route.clone());
-    }
-
-    /// `(summaries, payloads)` of the matched route's `logging`.
-    pub fn logging(&self) -> (bool, bool) {
-        self.route.as_ref().and_then(|r| r.spec.ai_proxy.logging.as_ref()).map_or((false, false), |l| (l.summaries, l.payloads))
-    }
-
-    /// How much answer text to collect (`logging.payloads`), if any.
-    pub fn text_cap(&self) -> Option<usize> {
-        self.logging().1.then_some(TEXT_CAP)
-    }
-
-    /// How much of a streamed answer to keep for `http-logger.include_resp_body`, if any.
-    pub fn stream_body_cap(&self) -> Option<usize> {
-        self.include_bodies().1.then_some(STREAM_BODY_CAP)
-    }
-
-    fn include_bodies(&self) -> (bool, bool) {
-        self.route.as_ref().and_then(|r| r.spec.http_logger.as_ref()).map_or((false, false), |h| (h.include_req_body, h.include_resp_body))
+        self.needs = needs;
+        self.payloads = payloads;
     }
 
     /// The client's request, parsed: kept for `logging.payloads` and
     /// `http-logger.include_req_body` only when the route asks.
     pub fn note_request(&mut self, body: &Bytes, proto: Protocol, json: &serde_json::Value) {
-        if self.logging().1 {
+        let needs = self.needs;
+        if needs.request_messages {
             self.llm_request = Some(aigw_llm::usage::request_messages(proto, json));
         }
-        if self.include_bodies().0 {
+        if needs.request_body {
             self.request_body = Some(body.clone());
         }
     }
 
-    /// An upstream attempt on `t` (a target of the matched route) starts now: returns
-    /// the `traceparent` the upstream request carries (its CLIENT span) when tracing is on.
-    pub fn begin_attempt(&mut self, t: &CompiledTarget, url: &str) -> Option<HeaderValue> {
+    /// An upstream attempt on `server` starts now: returns the `traceparent` the upstream
+    /// request carries (its CLIENT span) when tracing is on.
+    pub fn begin_attempt(&mut self, server: &Arc<Server>, url: &str) -> Option<HeaderValue> {
         self.attempts += 1;
-        let target = self.route.as_ref().and_then(|r| r.targets.iter().position(|x| std::ptr::eq(x, t))).unwrap_or(0);
         if let Some(mut prev) = self.attempt.take() {
             prev.model = std::mem::take(&mut self.llm_model);
             prev.duration.get_or_insert_with(|| self.started.elapsed().saturating_sub(prev.offset));
@@ -255,7 +290,7 @@ impl Record {
         }
         let on = self.trace.trace_id != 0;
         let span_id = if on { aigw_telemetry::ids::span_id() } else { 0 };
-        self.attempt = Some(Attempt { target, span_id, offset: self.started.elapsed(), ..Attempt::default() });
+        self.attempt = Some(Attempt { server: Some(server.clone()), span_id, offset: self.started.elapsed(), ..Attempt::default() });
         on.then(|| {
             let v = aigw_telemetry::ids::TraceParent::format(self.trace.trace_id, span_id, self.trace.sampled);
             HeaderValue::from_bytes(&v).unwrap_or(HeaderValue::from_static(""))
@@ -288,16 +323,12 @@ impl Record {
     /// A whole answer's body: its text for `logging.payloads`, the body itself for
     /// `http-logger.include_resp_body` (only when the route asks).
     pub fn observe_body(&mut self, body: &Bytes) {
-        if let Some(cap) = self.text_cap() {
+        let needs = self.needs;
+        if let Some(cap) = needs.response_text {
             self.response_text = aigw_llm::usage::answer_text(body, cap);
         }
-        if self.include_bodies().1 {
+        if needs.response_body.is_some() {
             self.response_body = Some(body.clone());
         }
-    }
-
-    /// The target an attempt went to.
-    pub fn target_of(&self, a: &Attempt) -> Option<&CompiledTarget> {
-        self.route.as_ref()?.targets.get(a.target)
     }
 }

@@ -80,7 +80,8 @@ pub async fn respond(sent: Sent, plan: &Plan, route: &CompiledRoute, rec: &mut R
         let client = if streaming { plan.client } else { plan.target };
         let model = plan.model.as_deref().unwrap_or_default();
         let mut pipe = Pipe::new(plan.target, client, plan.names.clone(), model, &rec.request_id, route.max_event, plan.include_usage);
-        if let Some(cap) = rec.text_cap() {
+        let needs = route.needs;
+        if let Some(cap) = needs.response_text {
             pipe.obs_mut().collect_text(cap);
         }
         if pipe.converting() {
@@ -94,7 +95,7 @@ pub async fn respond(sent: Sent, plan: &Plan, route: &CompiledRoute, rec: &mut R
             ap.max_stream_duration_ms.map(Duration::from_millis),
             ap.max_response_bytes,
             sent_at,
-            rec.stream_body_cap(),
+            needs.response_body,
         );
         return Ok(Answer { parts, payload: Payload::Stream(Box::new(state)), hold: Box::new(permit) });
     }
@@ -119,7 +120,6 @@ pub async fn respond(sent: Sent, plan: &Plan, route: &CompiledRoute, rec: &mut R
             return Err(GatewayError::upstream(
                 http::StatusCode::GATEWAY_TIMEOUT,
                 "upstream_timeout",
-                false,
                 format!("no data from the upstream for {} ms", route.timeout.as_millis()),
             ));
         }

@@ -12,6 +12,7 @@ use aigw_model::snapshot::resource_version;
 use serde_json::Value;
 
 use crate::compiled::{CompileCtx, CompiledRoute, compile_route};
+use crate::phases::Consumers;
 use crate::router::Router;
 
 /// One route as received.
@@ -34,11 +35,19 @@ pub struct RuntimeConfig {
     pub routes: Vec<Arc<CompiledRoute>>,
     /// Every route received, by id.
     pub entries: BTreeMap<Arc<str>, Arc<Entry>>,
+    /// Consumers (CONTRACT §12), compiled with their plugins.
+    pub consumers: Arc<Consumers>,
 }
 
 impl RuntimeConfig {
     pub fn empty() -> RuntimeConfig {
-        RuntimeConfig { version: String::new(), router: Router::default(), routes: Vec::new(), entries: BTreeMap::new() }
+        RuntimeConfig {
+            version: String::new(),
+            router: Router::default(),
+            routes: Vec::new(),
+            entries: BTreeMap::new(),
+            consumers: Arc::default(),
+        }
     }
 
     /// Routes for `/config_dump`: secrets redacted whatever their form.
@@ -129,7 +138,7 @@ pub fn apply(
     }
     let routes: Vec<Arc<CompiledRoute>> = entries.values().filter_map(|e| e.compiled.clone()).collect();
     let router = Router::build(&routes);
-    Ok((RuntimeConfig { version: version.to_owned(), router, routes, entries }, stats))
+    Ok((RuntimeConfig { version: version.to_owned(), router, routes, entries, consumers: prev.consumers.clone() }, stats))
 }
 
 /// Drops what a compiled route no longer needs once compiled: the JSON of its plugin

@@ -1,12 +1,12 @@
 //! The send stage: wait for a connection permit (`keepalive_pool`), send the upstream
-//! request, and wait for its response head within `timeout`. Failures are typed and say
-//! whether another upstream could take the request: nothing reached the client yet, so
-//! connect failures, resets and timeouts before the first byte are all retryable, as are
-//! answers with status 429 or 5xx ([`retryable_status`]).
+//! request, and wait for its response head within `timeout`. Failures are typed; each
+//! becomes an attempt [`Outcome`] ([`SendError::outcome`]), from which
+//! [`aigw_balance::retry::decide`] alone says whether another upstream is tried.
 
 use std::error::Error as StdError;
 use std::time::{Duration, Instant};
 
+use aigw_balance::Outcome;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
@@ -50,10 +50,16 @@ pub enum SendError {
 }
 
 impl SendError {
-    /// Whether another upstream may be tried: true for all of them, since none of these
-    /// produced anything the client saw.
-    pub fn retryable(&self) -> bool {
-        !matches!(self, SendError::Other(_))
+    /// The failure as the balancer and the retry decision see it.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            SendError::ConnectRefused(_) | SendError::Connect(_) => Outcome::ConnectRefused,
+            SendError::ConnectTimeout(_) | SendError::PoolTimeout(_) => Outcome::ConnectTimeout,
+            SendError::Tls(_) => Outcome::Tls,
+            SendError::Reset(_) => Outcome::Reset,
+            SendError::Timeout(_) => Outcome::TimeoutBeforeFirstByte,
+            SendError::Other(_) => Outcome::Malformed,
+        }
     }
 
     pub fn kind(&self) -> &'static str {
@@ -70,36 +76,23 @@ impl SendError {
     }
 
     pub fn into_gateway_error(self) -> GatewayError {
-        let retryable = self.retryable();
         match self {
             SendError::PoolTimeout(d) => GatewayError::upstream(
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream_timeout",
-                retryable,
                 format!("no upstream connection became free within {} ms (keepalive_pool)", d.as_millis()),
             ),
             SendError::Timeout(d) => GatewayError::upstream(
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream_timeout",
-                retryable,
                 format!("upstream did not answer within {} ms", d.as_millis()),
             ),
-            SendError::ConnectTimeout(m) => GatewayError::upstream(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", retryable, m),
+            SendError::ConnectTimeout(m) => GatewayError::upstream(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", m),
             SendError::ConnectRefused(m) | SendError::Tls(m) | SendError::Connect(m) | SendError::Reset(m) | SendError::Other(m) => {
-                GatewayError::upstream(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_unreachable",
-                    retryable,
-                    format!("cannot reach the upstream: {m}"),
-                )
+                GatewayError::upstream(StatusCode::BAD_GATEWAY, "upstream_unreachable", format!("cannot reach the upstream: {m}"))
             }
         }
     }
-}
-
-/// Whether an upstream answer with this status may be retried on another upstream.
-pub fn retryable_status(status: StatusCode) -> bool {
-    status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
 }
 
 /// The whole cause chain as one line (names the cause without any secret).
@@ -260,7 +253,8 @@ mod tests {
         addr
     }
 
-    /// Each failure kind, produced by a real socket, is classified and marked retryable.
+    /// Each failure kind, produced by a real socket, is classified; the client's status
+    /// for it agrees with the outcome's.
     #[tokio::test]
     async fn failure_kinds_are_classified() {
         // Refused: a port nobody listens on.
@@ -303,19 +297,6 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(e, SendError::Timeout(Duration::from_millis(100)));
-        for e in [
-            SendError::ConnectRefused(String::new()),
-            SendError::Reset(String::new()),
-            SendError::Tls(String::new()),
-            SendError::Timeout(Duration::ZERO),
-            SendError::ConnectTimeout(String::new()),
-            SendError::PoolTimeout(Duration::ZERO),
-        ] {
-            assert!(e.retryable(), "{e:?}");
-            let g = e.clone().into_gateway_error();
-            assert!(g.retryable && g.status.is_server_error(), "{e:?}");
-        }
-        assert!(!SendError::Other(String::new()).retryable());
         assert_eq!(SendError::Timeout(Duration::ZERO).into_gateway_error().status, StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(SendError::ConnectRefused(String::new()).into_gateway_error().status, StatusCode::BAD_GATEWAY);
     }
@@ -324,15 +305,6 @@ mod tests {
     fn addresses_as_text() {
         for a in ["127.0.0.1:8080", "0.0.0.0:0", "255.255.255.255:65535", "10.2.30.4:443", "[::1]:9000"] {
             assert_eq!(addr_text(a.parse().unwrap()), a);
-        }
-    }
-
-    #[test]
-    fn retryable_statuses() {
-        for (s, want) in
-            [(200, false), (400, false), (401, false), (404, false), (429, true), (500, true), (502, true), (503, true), (504, true)]
-        {
-            assert_eq!(retryable_status(StatusCode::from_u16(s).unwrap()), want, "{s}");
         }
     }
 }

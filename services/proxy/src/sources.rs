@@ -5,10 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aigw_gcp_auth::GcpAuth;
 use aigw_model::proto_json::route_from_proto;
 use aigw_model::secrets::DataKey;
-use aigw_model::snapshot::{ROUTE_TYPE_URL, parse_routes_file, resource_version, version_of};
+use aigw_model::snapshot::{ROUTE_TYPE_URL, parse_routes_file_with, resource_version, version_of};
 use aigw_proto::config::v1::Route as PbRoute;
 use aigw_proto::discovery::v1::Resource;
 use prost::Message as _;
@@ -17,23 +16,28 @@ use serde_json::Value;
 use crate::compiled::CompileCtx;
 use crate::runtime::{self, Change, RuntimeConfig};
 use crate::state::AppState;
-use crate::upstream::Upstreams;
 
 fn env_lookup(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
-fn ctx<'a>(key: Option<&'a DataKey>, upstreams: &'a Upstreams, gcp: &'a GcpAuth) -> CompileCtx<'a> {
-    CompileCtx { key, env: &env_lookup, upstreams, gcp }
+fn ctx<'a>(key: Option<&'a DataKey>, state: &'a AppState) -> CompileCtx<'a> {
+    CompileCtx { key, env: &env_lookup, upstreams: &state.upstreams, gcp: &state.gcp, plugins: &state.plugins, resources: &state.resources }
 }
 
-/// Loads, validates and compiles a routes file.
-pub fn load_file(path: &Path, key: Option<&DataKey>, upstreams: &Upstreams, gcp: &GcpAuth) -> Result<RuntimeConfig, String> {
+/// Loads, validates and compiles a routes file (its plugins: those `ctx` knows).
+pub fn load_file(path: &Path, ctx: &CompileCtx<'_>) -> Result<RuntimeConfig, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut routes = parse_routes_file(&text, &env_lookup).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut routes =
+        parse_routes_file_with(&text, &env_lookup, &|n| ctx.plugins.knows(n)).map_err(|e| format!("{}: {e}", path.display()))?;
     routes.sort_by(|a, b| a.get("id").and_then(Value::as_str).cmp(&b.get("id").and_then(Value::as_str)));
     let version = version_of(&routes);
-    runtime::compile(&version, routes, &ctx(key, upstreams, gcp)).map_err(|e| format!("{}: {e}", path.display()))
+    runtime::compile(&version, routes, ctx).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// [`load_file`] with the node's compile context.
+pub fn load_file_for(path: &Path, key: Option<&DataKey>, state: &AppState) -> Result<RuntimeConfig, String> {
+    load_file(path, &ctx(key, state))
 }
 
 /// Polls the routes file and re-applies it on change. Polling (not inotify) also sees
@@ -49,7 +53,7 @@ pub async fn watch_file(path: PathBuf, key: Option<DataKey>, state: Arc<AppState
         }
         last = bytes;
         let (p, k, st) = (path.clone(), key.clone(), state.clone());
-        match tokio::task::spawn_blocking(move || load_file(&p, k.as_ref(), &st.upstreams, &st.gcp)).await {
+        match tokio::task::spawn_blocking(move || load_file_for(&p, k.as_ref(), &st)).await {
             Ok(Ok(cfg)) => {
                 if cfg.version != state.config.load().version {
                     state.apply(cfg);
@@ -181,7 +185,7 @@ pub async fn run_xds(src: XdsSource, state: Arc<AppState>, shutdown: impl std::f
                 let id = c.route["id"].as_str().unwrap_or_default().to_owned();
                 Ok(Change::Upsert { id, version: c.version, route: c.route })
             });
-            match runtime::apply(&RuntimeConfig::empty(), &version, true, changes, &ctx(src.key.as_ref(), &state.upstreams, &state.gcp)) {
+            match runtime::apply(&RuntimeConfig::empty(), &version, true, changes, &ctx(src.key.as_ref(), &state)) {
                 Ok((cfg, _)) => {
                     tracing::info!(version = %version, file = %cache.path.display(), "serving cached snapshot until the config service answers");
                     state.apply(cfg);
@@ -210,7 +214,7 @@ pub async fn run_xds(src: XdsSource, state: Arc<AppState>, shutdown: impl std::f
         });
         let changes = update.resources.into_iter().map(route_change).chain(removed);
         let prev = st.config.load_full();
-        match runtime::apply(&prev, &update.version, update.full_state, changes, &ctx(key.as_ref(), &st.upstreams, &st.gcp)) {
+        match runtime::apply(&prev, &update.version, update.full_state, changes, &ctx(key.as_ref(), &st)) {
             Ok((compiled, stats)) => {
                 tracing::debug!(compiled = stats.compiled, reused = stats.reused, removed = stats.removed, "update compiled");
                 let compiled = Arc::new(compiled);
@@ -230,13 +234,14 @@ pub async fn run_xds(src: XdsSource, state: Arc<AppState>, shutdown: impl std::f
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::Upstreams;
     use serde_json::json;
 
     /// The quickstart's routes file must always load, with no environment set.
     #[test]
     fn example_routes_file_compiles() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/routes.yaml");
-        let cfg = load_file(&path, None, &Upstreams::default(), &aigw_gcp_auth::GcpAuth::new(Default::default()).unwrap()).unwrap();
+        let cfg = load_file(&path, &CompileCtx::bare(&Upstreams::default())).unwrap();
         assert_eq!(cfg.routes.len(), 5);
     }
 

@@ -12,6 +12,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 
 use crate::complete::Sinks;
 use crate::metrics::Metrics;
+use crate::phases::{Registry, Resources};
 use crate::runtime::RuntimeConfig;
 use crate::upstream::Upstreams;
 
@@ -45,10 +46,21 @@ pub struct AppState {
     pub client_limits: ClientLimits,
     /// GCP token sources for `auth.gcp` (through aigw-token-cache with `--token-cache`).
     pub gcp: GcpAuth,
+    /// The plugins routes may use, and the resources they share.
+    pub plugins: Registry,
+    pub resources: Resources,
 }
 
 impl AppState {
-    pub fn new(metrics: Arc<Metrics>, sinks: Sinks, keep_headers: bool, client_limits: ClientLimits, gcp: GcpAuth) -> Arc<AppState> {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        sinks: Sinks,
+        keep_headers: bool,
+        client_limits: ClientLimits,
+        gcp: GcpAuth,
+        plugins: Registry,
+        resources: Resources,
+    ) -> Arc<AppState> {
         Arc::new(AppState {
             config: ArcSwap::from_pointee(RuntimeConfig::empty()),
             ready: AtomicBool::new(false),
@@ -59,6 +71,8 @@ impl AppState {
             keep_headers,
             client_limits,
             gcp,
+            plugins,
+            resources,
         })
     }
 

@@ -207,7 +207,7 @@ fn ipv4_text(ip: std::net::Ipv4Addr, buf: &mut [u8; 15]) -> &str {
 /// GenAI content events (only with `logging.payloads`): the client's messages and the
 /// answer's text as JSON strings.
 fn payload_event(b: &mut SpanBuilder, r: &Record, at: SystemTime) {
-    if !r.logging().1 {
+    if !r.payloads {
         return;
     }
     let input = r.llm_request.as_ref().map(|req| req.to_string());
@@ -248,7 +248,9 @@ fn spans(r: &Record, out: &mut SpanBatch) {
     let cut = !r.outcome.is_complete() && r.outcome != Outcome::ClientGone;
     let finish: Vec<&str> = if cut { vec!["error"] } else { r.finish_reason.as_deref().into_iter().collect() };
     let last = r.attempt.as_ref();
-    let server_of = |a: &Attempt| r.target_of(a).map(|t| host_port(&t.target.authority, &t.target.origin));
+    fn server_of(a: &Attempt) -> Option<(&str, i64)> {
+        a.server.as_ref().map(|s| host_port(&s.authority, &s.origin))
+    }
 
     // Attributes both spans carry (CONTRACT §10). The SERVER span and the answering
     // CLIENT span differ only in `gen_ai.request.model`: the rest is encoded once.

@@ -1,5 +1,5 @@
 //! The `http-logger` route plugin (APISIX's schema subset) with `logging.summaries` /
-//! `logging.payloads` (`apisix-behaviour.md` §8).
+//! `logging.payloads` (`apisix-behaviour.md` §8), on the completion phase.
 //!
 //! A completed request of a route with `http-logger` becomes one JSON entry, serialized
 //! at once (no copies of the record) and pushed onto that logger's bounded queue; a
@@ -21,19 +21,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use aigw_model::route::HttpLoggerConfig;
+use aigw_model::route::{HttpLoggerConfig, from_value_at};
 use aigw_model::secrets::REDACTED;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue};
 use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::Notify;
 
-use crate::complete::Sink;
-use crate::record::Record;
+use crate::phases::{CompleteCx, Needs, Plugin, PluginEnv, PluginError};
+use crate::record::{Record, STREAM_BODY_CAP};
 
 /// Entries a logger keeps waiting at most (beyond: the oldest is dropped).
 pub const QUEUE_CAP: usize = 10_000;
@@ -51,7 +49,7 @@ pub struct LoggerStats {
     pub failed: AtomicU64,
 }
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpsClient = aigw_net::client::HttpsClient<Full<Bytes>>;
 
 struct Logger {
     conf: HttpLoggerConfig,
@@ -171,34 +169,20 @@ fn redacted_uri(uri: &str) -> &str {
 }
 
 fn client() -> HttpsClient {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(Duration::from_secs(5)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(provider)
-        .expect("ring supports the default TLS versions")
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Client::builder(hyper_util::rt::TokioExecutor::new()).pool_max_idle_per_host(4).build(https)
+    // Only a TLS library that cannot do TLS 1.2/1.3 with ring fails here.
+    aigw_net::client::https(&aigw_net::client::Options::default().max_idle_per_host(4)).expect("ring supports the default TLS versions")
 }
 
-/// The completion sink: entries of routes with `http-logger`, one logger (queue and
-/// sending task) per distinct configuration, kept across config swaps.
+/// The node's loggers: one (queue and sending task) per distinct configuration, shared
+/// by the routes that use it and kept across config swaps.
 #[derive(Default)]
-pub struct HttpLoggerSink {
+pub struct Loggers {
     loggers: RwLock<HashMap<String, Arc<Logger>>>,
-    client: OnceClient,
+    client: std::sync::OnceLock<HttpsClient>,
     pub stats: Arc<LoggerStats>,
 }
 
-/// The HTTP client, built the first time a route needs it.
-#[derive(Default)]
-struct OnceClient(std::sync::OnceLock<HttpsClient>);
-
-impl HttpLoggerSink {
+impl Loggers {
     fn logger(&self, conf: &HttpLoggerConfig) -> Option<Arc<Logger>> {
         let key = serde_json::to_string(conf).unwrap_or_default();
         if let Some(l) = self.loggers.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
@@ -211,18 +195,88 @@ impl HttpLoggerSink {
             return Some(l.clone());
         }
         let l = Arc::new(Logger { conf: conf.clone(), queue: Mutex::default(), wake: Notify::new(), stats: self.stats.clone() });
-        let c = self.client.0.get_or_init(client).clone();
+        let c = self.client.get_or_init(client).clone();
         rt.spawn(l.clone().run(c));
         map.insert(key, l.clone());
         Some(l)
     }
 }
 
-impl Sink for HttpLoggerSink {
-    fn complete(&self, r: &Record) {
-        let Some(conf) = r.route.as_ref().and_then(|route| route.spec.http_logger.as_ref()) else { return };
-        let Some(logger) = self.logger(conf) else { return };
-        logger.push(entry(r));
+/// `http-logger` on one route.
+pub struct HttpLogger {
+    conf: HttpLoggerConfig,
+    loggers: Arc<Loggers>,
+    /// Found on the first completion (the sending task starts on the proxy's runtime).
+    logger: std::sync::OnceLock<Arc<Logger>>,
+    /// The route's `logging.summaries` / `logging.payloads`.
+    summaries: bool,
+    payloads: bool,
+    /// Header and query names whose values are credentials: the fixed lists plus the
+    /// route's own `auth.header` / `auth.query`, of every instance.
+    secret_headers: Vec<String>,
+    secret_query: Vec<String>,
+}
+
+impl std::fmt::Debug for HttpLogger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpLogger").field("uri", &redacted_uri(&self.conf.uri)).finish()
+    }
+}
+
+/// Compiles `http-logger` for a route (validated by `aigw_model`).
+pub fn factory(conf: &Value, env: &PluginEnv<'_>) -> Result<Arc<dyn Plugin>, PluginError> {
+    let conf: HttpLoggerConfig = from_value_at("plugins.http-logger", conf).map_err(|e| PluginError::new("http-logger", e.message))?;
+    let mut secret_headers: Vec<String> = CREDENTIAL_HEADERS.iter().map(|s| (*s).to_owned()).collect();
+    let mut secret_query: Vec<String> = CREDENTIAL_QUERY.iter().map(|s| (*s).to_owned()).collect();
+    let (mut summaries, mut payloads) = (false, false);
+    if let Some(spec) = env.route {
+        if let Some(l) = &spec.ai_proxy.logging {
+            (summaries, payloads) = (l.summaries, l.payloads);
+        }
+        let auths = std::iter::once(&spec.ai_proxy.auth).chain(spec.multi.iter().flat_map(|m| m.instances.iter().map(|i| &i.auth)));
+        for auth in auths {
+            secret_headers.extend(auth.header.iter().flatten().map(|(k, _)| k.to_ascii_lowercase()));
+            secret_query.extend(auth.query.iter().flatten().map(|(k, _)| k.clone()));
+        }
+    }
+    Ok(Arc::new(HttpLogger {
+        conf,
+        loggers: env.resources.get::<Loggers>(),
+        logger: std::sync::OnceLock::new(),
+        summaries,
+        payloads,
+        secret_headers,
+        secret_query,
+    }))
+}
+
+impl Plugin for HttpLogger {
+    fn name(&self) -> &str {
+        "http-logger"
+    }
+
+    fn priority(&self) -> i32 {
+        410
+    }
+
+    fn needs(&self) -> Needs {
+        Needs {
+            request_headers: true,
+            request_body: self.conf.include_req_body,
+            response_body: self.conf.include_resp_body.then_some(STREAM_BODY_CAP),
+            ..Needs::default()
+        }
+    }
+
+    fn complete(&self, cx: &mut CompleteCx<'_>) {
+        let logger = match self.logger.get() {
+            Some(l) => l,
+            None => match self.loggers.logger(&self.conf) {
+                Some(l) => self.logger.get_or_init(|| l),
+                None => return,
+            },
+        };
+        logger.push(self.entry(cx.rec));
     }
 }
 
@@ -292,18 +346,6 @@ fn summary(r: &Record) -> Value {
     })
 }
 
-/// Names whose values are credentials: the fixed lists plus the route's own.
-fn secret_names(r: &Record) -> (Vec<String>, Vec<String>) {
-    let mut headers: Vec<String> = CREDENTIAL_HEADERS.iter().map(|s| (*s).to_owned()).collect();
-    let mut query: Vec<String> = CREDENTIAL_QUERY.iter().map(|s| (*s).to_owned()).collect();
-    if let Some(route) = &r.route {
-        let auth = &route.spec.ai_proxy.auth;
-        headers.extend(auth.header.iter().flatten().map(|(k, _)| k.to_ascii_lowercase()));
-        query.extend(auth.query.iter().flatten().map(|(k, _)| k.clone()));
-    }
-    (headers, query)
-}
-
 fn redact_query(q: &str, secret: &[String]) -> (String, Map<String, Value>) {
     let mut out = Vec::new();
     let mut map = Map::new();
@@ -317,58 +359,60 @@ fn redact_query(q: &str, secret: &[String]) -> (String, Map<String, Value>) {
     (out.join("&"), map)
 }
 
-/// One log entry as JSON bytes.
-pub fn entry(r: &Record) -> Vec<u8> {
-    let (secret_headers, secret_query) = secret_names(r);
-    let mut parts = r.request_line.split(' ');
-    let method = parts.next().unwrap_or_default();
-    let target = parts.next().unwrap_or("/");
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let (q, querystring) = redact_query(query, &secret_query);
-    let uri = if q.is_empty() { path.to_owned() } else { format!("{path}?{q}") };
-    let mut headers = Map::new();
-    let mut host = String::new();
-    if let Some(h) = &r.headers {
-        for (k, v) in h {
-            let name = k.as_str();
-            let shown = if secret_headers.iter().any(|s| s == name) {
-                REDACTED.to_owned()
-            } else {
-                String::from_utf8_lossy(v.as_bytes()).into_owned()
-            };
-            if name == "host" {
-                host.clone_from(&shown);
+impl HttpLogger {
+    /// One log entry as JSON bytes.
+    pub fn entry(&self, r: &Record) -> Vec<u8> {
+        let (secret_headers, secret_query) = (&self.secret_headers, &self.secret_query);
+        let mut parts = r.request_line.split(' ');
+        let method = parts.next().unwrap_or_default();
+        let target = parts.next().unwrap_or("/");
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let (q, querystring) = redact_query(query, secret_query);
+        let uri = if q.is_empty() { path.to_owned() } else { format!("{path}?{q}") };
+        let mut headers = Map::new();
+        let mut host = String::new();
+        if let Some(h) = &r.headers {
+            for (k, v) in h {
+                let name = k.as_str();
+                let shown = if secret_headers.iter().any(|s| s == name) {
+                    REDACTED.to_owned()
+                } else {
+                    String::from_utf8_lossy(v.as_bytes()).into_owned()
+                };
+                if name == "host" {
+                    host.clone_from(&shown);
+                }
+                headers.insert(name.to_owned(), Value::String(shown));
             }
-            headers.insert(name.to_owned(), Value::String(shown));
         }
+        let (summaries, payloads) = (self.summaries, self.payloads);
+        let e = Entry {
+            route_id: &r.route_id,
+            request_id: &r.request_id,
+            client_ip: r.remote_addr.to_string(),
+            start_time: r.start.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+            latency: r.request_time.as_secs_f64() * 1000.0,
+            upstream_latency: r.upstream_time.map(|d| d.as_millis() as u64),
+            upstream: &r.upstream_addr,
+            upstream_status: r.upstream_status,
+            request: Request {
+                method,
+                url: format!("http://{}{uri}", if host.is_empty() { "localhost" } else { &host }),
+                uri,
+                headers,
+                querystring,
+                size: r.request_body.as_ref().map_or(0, |b| b.len()),
+                body: r.request_body.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()),
+            },
+            response: Response {
+                status: r.status,
+                size: r.body_bytes_sent,
+                body: r.response_body.as_ref().map(|b| String::from_utf8_lossy(b)),
+            },
+            llm_summary: summaries.then(|| summary(r)),
+            llm_request: payloads.then(|| json!({"messages": r.llm_request.clone().unwrap_or(Value::Null), "stream": r.stream})),
+            llm_response_text: payloads.then(|| json!({"content": r.response_text.clone().unwrap_or_default()})),
+        };
+        serde_json::to_vec(&e).unwrap_or_default()
     }
-    let (summaries, payloads) = r.logging();
-    let e = Entry {
-        route_id: &r.route_id,
-        request_id: &r.request_id,
-        client_ip: r.remote_addr.to_string(),
-        start_time: r.start.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
-        latency: r.request_time.as_secs_f64() * 1000.0,
-        upstream_latency: r.upstream_time.map(|d| d.as_millis() as u64),
-        upstream: &r.upstream_addr,
-        upstream_status: r.upstream_status,
-        request: Request {
-            method,
-            url: format!("http://{}{uri}", if host.is_empty() { "localhost" } else { &host }),
-            uri,
-            headers,
-            querystring,
-            size: r.request_body.as_ref().map_or(0, |b| b.len()),
-            body: r.request_body.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()),
-        },
-        response: Response {
-            status: r.status,
-            size: r.body_bytes_sent,
-            body: r.response_body.as_ref().map(|b| String::from_utf8_lossy(b)),
-        },
-        llm_summary: summaries.then(|| summary(r)),
-        llm_request: payloads.then(|| json!({"messages": r.llm_request.clone().unwrap_or(Value::Null), "stream": r.stream})),
-        llm_response_text: payloads.then(|| json!({"content": r.response_text.clone().unwrap_or_default()})),
-    };
-    serde_json::to_vec(&e).unwrap_or_default()
 }

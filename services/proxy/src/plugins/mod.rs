@@ -1,0 +1,13 @@
+//! aigw's route plugins, each in its own file, on the phases of [`crate::phases`]
+//! (besides `ai-proxy` / `ai-proxy-multi`, which are the upstream stage itself).
+
+pub mod http_logger;
+
+use crate::phases::Registry;
+
+/// Every plugin a node compiles unless told otherwise: one line each.
+pub fn builtin() -> Registry {
+    let mut r = Registry::empty();
+    r.register("http-logger", http_logger::factory);
+    r
+}
