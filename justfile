@@ -39,7 +39,11 @@ proto-lint:
 proto-breaking against="main":
     buf breaking --against ".git#branch={{against}}"
 
-lint: check-fmt clippy proto-lint
+# Unused dependencies (cargo install cargo-machete; .ci/run installs it).
+machete:
+    cargo machete
+
+lint: check-fmt clippy machete proto-lint
 
 ci: check-fmt clippy test
 
