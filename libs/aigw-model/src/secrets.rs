@@ -27,6 +27,9 @@ pub enum SecretError {
     Decrypt(String),
     #[error("{0}: environment variable {1} is not set")]
     MissingEnv(String, String),
+    /// `--data-encryption-key` is not a key.
+    #[error("--data-encryption-key: {0}")]
+    Flag(Box<SecretError>),
 }
 
 /// A parsed `--data-encryption-key`.
@@ -55,8 +58,8 @@ impl DataKey {
     }
 
     /// `--data-encryption-key`, when given.
-    pub fn from_flag(flag: Option<&str>) -> Result<Option<DataKey>, String> {
-        flag.map(|k| DataKey::parse(k).map_err(|e| format!("--data-encryption-key: {e}"))).transpose()
+    pub fn from_flag(flag: Option<&str>) -> Result<Option<DataKey>, SecretError> {
+        flag.map(|k| DataKey::parse(k).map_err(|e| SecretError::Flag(Box::new(e)))).transpose()
     }
 
     pub fn encrypt(&self, plain: &str) -> String {

@@ -133,7 +133,7 @@ fn substitute_env(v: &mut Value, env: &dyn Fn(&str) -> Option<String>) -> Result
 }
 
 /// Expands `${NAME}` and `${NAME:=default}`.
-pub fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(start) = rest.find("${") {

@@ -116,7 +116,7 @@ fn check_url(name: &str, url: &str) -> Result<(), String> {
 impl OtelConfig {
     /// Reads the `OTEL_*` variables through `env`. `Ok(None)`: no endpoint (or
     /// `OTEL_SDK_DISABLED=true`, or both signals set to `none`), so no exporter.
-    pub fn from_env(default_service: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<OtelConfig>, String> {
+    pub fn from_env(default_service: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<OtelConfig>, crate::OtelError> {
         let get = |n: &str| env(n).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
         if get("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
             return Ok(None);
@@ -125,7 +125,7 @@ impl OtelConfig {
             None | Some("grpc") => Protocol::Grpc,
             Some("http/protobuf") => Protocol::HttpProtobuf,
             Some(other) => {
-                return Err(format!("OTEL_EXPORTER_OTLP_PROTOCOL: {other:?} is not supported (use grpc or http/protobuf)"));
+                return Err(format!("OTEL_EXPORTER_OTLP_PROTOCOL: {other:?} is not supported (use grpc or http/protobuf)").into());
             }
         };
         let base = get("OTEL_EXPORTER_OTLP_ENDPOINT");
@@ -185,7 +185,7 @@ impl OtelConfig {
     }
 
     /// [`from_env`](Self::from_env) on the process environment.
-    pub fn from_process_env(default_service: &str) -> Result<Option<OtelConfig>, String> {
+    pub fn from_process_env(default_service: &str) -> Result<Option<OtelConfig>, crate::OtelError> {
         OtelConfig::from_env(default_service, &|n| std::env::var(n).ok())
     }
 }
@@ -194,7 +194,7 @@ impl OtelConfig {
 mod tests {
     use super::*;
 
-    fn check(vars: &[(&str, &str)]) -> Result<Option<OtelConfig>, String> {
+    fn check(vars: &[(&str, &str)]) -> Result<Option<OtelConfig>, crate::OtelError> {
         let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         OtelConfig::from_env("aigw-proxy", &move |n| vars.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone()))
     }
@@ -204,7 +204,7 @@ mod tests {
         let e = check(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4317"), ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem")])
             .err()
             .unwrap();
-        assert!(e.starts_with("OTEL_EXPORTER_OTLP_CERTIFICATE /nonexistent/ca.pem: "), "{e}");
+        assert!(e.0.starts_with("OTEL_EXPORTER_OTLP_CERTIFICATE /nonexistent/ca.pem: "), "{e}");
     }
 
     #[test]
@@ -260,7 +260,7 @@ mod tests {
             (vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:1"), ("OTEL_RESOURCE_ATTRIBUTES", "novalue")], "OTEL_RESOURCE_ATTRIBUTES"),
         ] {
             let e = check(&vars).unwrap_err();
-            assert!(e.contains(want), "{e}");
+            assert!(e.0.contains(want), "{e}");
         }
     }
 

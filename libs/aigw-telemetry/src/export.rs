@@ -470,7 +470,12 @@ fn resource(cfg: &OtelConfig, version: &str) -> Vec<(String, String)> {
 impl Exporter {
     /// Starts the exporter thread for `scope` (the instrumentation scope name, e.g.
     /// `aigw-proxy`). Errors are configuration errors (the binary exits with them).
-    pub fn start(cfg: OtelConfig, registry: Arc<Registry>, scope: &'static str, version: &'static str) -> Result<Exporter, String> {
+    pub fn start(
+        cfg: OtelConfig,
+        registry: Arc<Registry>,
+        scope: &'static str,
+        version: &'static str,
+    ) -> Result<Exporter, crate::OtelError> {
         let stats = Arc::new(ExportStats::default());
         observe_stats(&registry, stats.clone());
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("OTLP exporter runtime: {e}"))?;

@@ -4,6 +4,18 @@
 //! `docs/observability.md`.
 
 pub mod config;
+
+/// A bad `OTEL_*` setting or an exporter that cannot start (the message names the variable).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct OtelError(pub String);
+
+impl From<String> for OtelError {
+    fn from(s: String) -> Self {
+        OtelError(s)
+    }
+}
+
 pub mod export;
 pub mod ids;
 pub mod layer;

@@ -16,7 +16,7 @@ pub enum Sampler {
 
 impl Sampler {
     /// The OTel spec's names; the default is `parentbased_always_on`.
-    pub fn from_env(name: Option<&str>, arg: Option<&str>) -> Result<Sampler, String> {
+    pub fn from_env(name: Option<&str>, arg: Option<&str>) -> Result<Sampler, crate::OtelError> {
         let ratio = || -> Result<f64, String> {
             match arg {
                 None => Ok(1.0),
@@ -34,10 +34,10 @@ impl Sampler {
             Some("parentbased_always_off") => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
             Some("parentbased_traceidratio") => Sampler::ParentBased(Box::new(Sampler::Ratio(ratio()?))),
             Some(other) => {
-                return Err(format!(
+                return Err(crate::OtelError(format!(
                     "OTEL_TRACES_SAMPLER: {other:?} is not supported (always_on, always_off, traceidratio, parentbased_always_on, \
                      parentbased_always_off, parentbased_traceidratio)"
-                ));
+                )));
             }
         })
     }

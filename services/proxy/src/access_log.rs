@@ -114,8 +114,21 @@ pub struct Format {
     pub needs_upstream_uri: bool,
 }
 
+/// A bad `--access-log` / `--access-log-format`.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessLogError {
+    #[error("unterminated ${{ in access log format at {0:?}")]
+    Unterminated(String),
+    #[error("unknown access log variable ${0}")]
+    UnknownVariable(String),
+    #[error("--access-log {0}: {1}")]
+    Open(String, std::io::Error),
+    #[error("access log writer: {0}")]
+    Writer(std::io::Error),
+}
+
 impl Format {
-    pub fn parse(fmt: &str) -> Result<Format, String> {
+    pub fn parse(fmt: &str) -> Result<Format, AccessLogError> {
         let mut segs = Vec::new();
         let mut lit = String::new();
         let mut rest = fmt;
@@ -124,7 +137,7 @@ impl Format {
             let after = &rest[i + 1..];
             let (name, tail) = match after.strip_prefix('{') {
                 Some(b) => {
-                    let end = b.find('}').ok_or_else(|| format!("unterminated ${{ in access log format at {after:?}"))?;
+                    let end = b.find('}').ok_or_else(|| AccessLogError::Unterminated(after.to_owned()))?;
                     (&b[..end], &b[end + 1..])
                 }
                 None => {
@@ -143,8 +156,11 @@ impl Format {
             if let Some(h) = name.strip_prefix("http_") {
                 segs.push(Seg::Header(h.to_ascii_lowercase().replace('_', "-")));
             } else {
-                let v =
-                    VARS.iter().find(|(n, _)| *n == name).map(|(_, v)| *v).ok_or_else(|| format!("unknown access log variable ${name}"))?;
+                let v = VARS
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| *v)
+                    .ok_or_else(|| AccessLogError::UnknownVariable(name.to_owned()))?;
                 segs.push(Seg::Var(v));
             }
             rest = tail;
@@ -293,7 +309,7 @@ impl AccessLog {
     }
 
     /// `target` is a file path (appended), `stdout` or `off`. Spawns the writer task.
-    pub fn open(target: &str, format: &str) -> Result<AccessLog, String> {
+    pub fn open(target: &str, format: &str) -> Result<AccessLog, AccessLogError> {
         let format = Format::parse(format)?;
         if target == "off" {
             return Ok(AccessLog { format, tx: None, dropped: AtomicU64::new(0) });
@@ -301,7 +317,13 @@ impl AccessLog {
         let mut sink: Box<dyn Write + Send> = if target == "stdout" {
             Box::new(std::io::stdout())
         } else {
-            Box::new(std::fs::OpenOptions::new().create(true).append(true).open(target).map_err(|e| format!("--access-log {target}: {e}"))?)
+            Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(target)
+                    .map_err(|e| AccessLogError::Open(target.to_owned(), e))?,
+            )
         };
         let (tx, mut rx) = mpsc::channel::<String>(8192);
         std::thread::Builder::new()
@@ -320,7 +342,7 @@ impl AccessLog {
                     }
                 }
             })
-            .map_err(|e| format!("access log writer: {e}"))?;
+            .map_err(AccessLogError::Writer)?;
         Ok(AccessLog { format, tx: Some(tx), dropped: AtomicU64::new(0) })
     }
 
@@ -441,8 +463,8 @@ mod tests {
 
     #[test]
     fn bad_formats() {
-        assert!(Format::parse("$nope").unwrap_err().contains("$nope"));
-        assert!(Format::parse("${status").unwrap_err().contains("unterminated"));
+        assert!(Format::parse("$nope").unwrap_err().to_string().contains("$nope"));
+        assert!(Format::parse("${status").unwrap_err().to_string().contains("unterminated"));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use aigw_model::secrets;
 use aigw_model::snapshot::resource_version;
 use serde_json::Value;
 
-use crate::compiled::{CompileCtx, CompiledRoute, compile_route};
+use crate::compiled::{CompileCtx, CompileError, CompiledRoute, compile_route};
 use crate::phases::Consumers;
 use crate::router::Router;
 
@@ -78,6 +78,19 @@ pub enum Change {
     },
 }
 
+/// Why an update is rejected (NACKed) as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("route {id:?}: {error}")]
+    Compile { id: String, error: CompileError },
+    /// The update contradicts itself or its resources' names.
+    #[error("route {id:?}: {message}")]
+    Inconsistent { id: String, message: String },
+    /// A resource that could not be decoded (its type, its payload).
+    #[error("{0}")]
+    Decode(String),
+}
+
 /// How much an update compiled.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ApplyStats {
@@ -94,9 +107,9 @@ pub fn apply(
     prev: &RuntimeConfig,
     version: &str,
     full_state: bool,
-    changes: impl IntoIterator<Item = Result<Change, String>>,
+    changes: impl IntoIterator<Item = Result<Change, ApplyError>>,
     ctx: &CompileCtx<'_>,
-) -> Result<(RuntimeConfig, ApplyStats), String> {
+) -> Result<(RuntimeConfig, ApplyStats), ApplyError> {
     let mut stats = ApplyStats::default();
     let mut entries = if full_state { BTreeMap::new() } else { prev.entries.clone() };
     let mut seen = std::collections::HashSet::new();
@@ -104,7 +117,7 @@ pub fn apply(
         match change? {
             Change::Upsert { id, version, route } => {
                 if !seen.insert(id.clone()) {
-                    return Err(format!("route {id:?}: duplicate id"));
+                    return Err(ApplyError::Inconsistent { id, message: "duplicate id".into() });
                 }
                 if let Some(old) = prev.entries.get(id.as_str())
                     && old.version == version
@@ -113,10 +126,14 @@ pub fn apply(
                     stats.reused += 1;
                     continue;
                 }
-                let mut c = compile_route(&route, ctx).map_err(|e| format!("route {id:?}: {e}"))?;
+                let mut c = match compile_route(&route, ctx) {
+                    Ok(c) => c,
+                    Err(error) => return Err(ApplyError::Compile { id, error }),
+                };
                 slim(&mut c);
                 if c.id() != id {
-                    return Err(format!("route {id:?}: the resource holds route id {:?}", c.id()));
+                    let message = format!("the resource holds route id {:?}", c.id());
+                    return Err(ApplyError::Inconsistent { id, message });
                 }
                 let compiled = (c.spec.route.status != Some(0)).then(|| Arc::new(c));
                 let source = serde_json::to_string(&route).unwrap_or_default().into_boxed_str();
@@ -125,7 +142,7 @@ pub fn apply(
             }
             Change::Remove { id } => {
                 if !seen.insert(id.clone()) {
-                    return Err(format!("route {id:?}: both changed and removed in one update"));
+                    return Err(ApplyError::Inconsistent { id, message: "both changed and removed in one update".into() });
                 }
                 if entries.remove(id.as_str()).is_some() {
                     stats.removed += 1;
@@ -152,7 +169,7 @@ fn slim(c: &mut CompiledRoute) {
 
 /// Compiles a whole route set (routes files, the snapshot cache); any error rejects all
 /// of it (never half-applied).
-pub fn compile(version: &str, routes: Vec<Value>, ctx: &CompileCtx<'_>) -> Result<RuntimeConfig, String> {
+pub fn compile(version: &str, routes: Vec<Value>, ctx: &CompileCtx<'_>) -> Result<RuntimeConfig, ApplyError> {
     let changes = routes.into_iter().map(|r| {
         let id = r.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
         Ok(Change::Upsert { id, version: resource_version(&r), route: r })
@@ -174,11 +191,11 @@ mod tests {
         json!({"id": id, "uri": uri, "plugins": {"ai-proxy": {"provider": "openai", "auth": {}}}})
     }
 
-    fn up(r: Value) -> Result<Change, String> {
+    fn up(r: Value) -> Result<Change, ApplyError> {
         Ok(Change::Upsert { id: r["id"].as_str().unwrap().to_owned(), version: resource_version(&r), route: r })
     }
 
-    fn rm(id: &str) -> Result<Change, String> {
+    fn rm(id: &str) -> Result<Change, ApplyError> {
         Ok(Change::Remove { id: id.to_owned() })
     }
 
@@ -187,9 +204,9 @@ mod tests {
         let good = route(json!({"provider": "openai", "auth": {}}));
         let mut bad = route(json!({"provider": "openai", "auth": {"header": {"a": "$env://MISSING"}}}));
         bad["id"] = json!("bad");
-        let err = compile("v", vec![good.clone(), bad], &CompileCtx::bare(&Upstreams::default())).err().unwrap();
+        let err = compile("v", vec![good.clone(), bad], &CompileCtx::bare(&Upstreams::default())).err().unwrap().to_string();
         assert!(err.contains("route \"bad\"") && err.contains("MISSING"), "{err}");
-        let err = compile("v", vec![good.clone(), good.clone()], &CompileCtx::bare(&Upstreams::default())).err().unwrap();
+        let err = compile("v", vec![good.clone(), good.clone()], &CompileCtx::bare(&Upstreams::default())).err().unwrap().to_string();
         assert!(err.contains("duplicate"), "{err}");
         let ok = compile("v", vec![good], &CompileCtx::bare(&Upstreams::default())).unwrap();
         assert_eq!(ok.routes.len(), 1);
@@ -218,7 +235,7 @@ mod tests {
         // A failing delta changes nothing: the caller keeps v3.
         let mut bad = chat("a", "/a");
         bad["plugins"]["ai-proxy"]["auth"] = json!({"header": {"k": "$env://NOPE"}});
-        let err = apply(&v3, "v4", false, vec![up(chat("e", "/e")), up(bad)], &ctx).err().unwrap();
+        let err = apply(&v3, "v4", false, vec![up(chat("e", "/e")), up(bad)], &ctx).err().unwrap().to_string();
         assert!(err.contains("route \"a\"") && err.contains("NOPE"), "{err}");
         // Disabled routes are kept (for the dump) but not routed.
         let mut off = chat("f", "/f");
@@ -227,9 +244,15 @@ mod tests {
         assert_eq!((v5.entries.len(), v5.routes.len()), (3, 2));
         // A resource named differently from its route is rejected.
         let wrong = Ok(Change::Upsert { id: "other".into(), version: "x".into(), route: chat("g", "/g") });
-        assert!(apply(&v5, "v6", false, vec![wrong], &ctx).err().unwrap().contains("holds route id"));
+        assert!(apply(&v5, "v6", false, vec![wrong], &ctx).err().unwrap().to_string().contains("holds route id"));
         // A change that could not even be decoded rejects the update too.
-        assert_eq!(apply(&v5, "v7", false, vec![up(chat("h", "/h")), Err("bad payload".into())], &ctx).err().unwrap(), "bad payload");
+        assert_eq!(
+            apply(&v5, "v7", false, vec![up(chat("h", "/h")), Err(ApplyError::Decode("bad payload".into()))], &ctx)
+                .err()
+                .unwrap()
+                .to_string(),
+            "bad payload"
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use prost::Message as _;
 use serde_json::Value;
 
 use crate::compiled::CompileCtx;
-use crate::runtime::{self, Change, RuntimeConfig};
+use crate::runtime::{self, ApplyError, Change, RuntimeConfig};
 use crate::state::AppState;
 
 fn env_lookup(name: &str) -> Option<String> {
@@ -25,18 +25,29 @@ fn ctx<'a>(key: Option<&'a DataKey>, state: &'a AppState) -> CompileCtx<'a> {
     CompileCtx { key, env: &env_lookup, upstreams: &state.upstreams, gcp: &state.gcp, plugins: &state.plugins, resources: &state.resources }
 }
 
+/// Why a routes file was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{}: {error}", path.display())]
+    Read { path: PathBuf, error: std::io::Error },
+    #[error("{}: {error}", path.display())]
+    Parse { path: PathBuf, error: aigw_model::snapshot::FileError },
+    #[error("{}: {error}", path.display())]
+    Apply { path: PathBuf, error: ApplyError },
+}
+
 /// Loads, validates and compiles a routes file (its plugins: those `ctx` knows).
-pub fn load_file(path: &Path, ctx: &CompileCtx<'_>) -> Result<RuntimeConfig, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut routes =
-        parse_routes_file_with(&text, &env_lookup, &|n| ctx.plugins.knows(n)).map_err(|e| format!("{}: {e}", path.display()))?;
+pub fn load_file(path: &Path, ctx: &CompileCtx<'_>) -> Result<RuntimeConfig, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|error| LoadError::Read { path: path.to_owned(), error })?;
+    let mut routes = parse_routes_file_with(&text, &env_lookup, &|n| ctx.plugins.knows(n))
+        .map_err(|error| LoadError::Parse { path: path.to_owned(), error })?;
     routes.sort_by(|a, b| a.get("id").and_then(Value::as_str).cmp(&b.get("id").and_then(Value::as_str)));
     let version = version_of(&routes);
-    runtime::compile(&version, routes, ctx).map_err(|e| format!("{}: {e}", path.display()))
+    runtime::compile(&version, routes, ctx).map_err(|error| LoadError::Apply { path: path.to_owned(), error })
 }
 
 /// [`load_file`] with the node's compile context.
-pub fn load_file_for(path: &Path, key: Option<&DataKey>, state: &AppState) -> Result<RuntimeConfig, String> {
+pub fn load_file_for(path: &Path, key: Option<&DataKey>, state: &AppState) -> Result<RuntimeConfig, LoadError> {
     load_file(path, &ctx(key, state))
 }
 
@@ -212,7 +223,7 @@ pub async fn run_xds(src: XdsSource, state: Arc<AppState>, shutdown: impl std::f
             }
             Ok(Change::Remove { id: r.name })
         });
-        let changes = update.resources.into_iter().map(route_change).chain(removed);
+        let changes = update.resources.into_iter().map(route_change).chain(removed).map(|c| c.map_err(ApplyError::Decode));
         let prev = st.config.load_full();
         match runtime::apply(&prev, &update.version, update.full_state, changes, &ctx(key.as_ref(), &st)) {
             Ok((compiled, stats)) => {
@@ -224,7 +235,7 @@ pub async fn run_xds(src: XdsSource, state: Arc<AppState>, shutdown: impl std::f
             }
             Err(e) => {
                 crate::metrics::Metrics::add(&st.metrics.config_rejected, 1);
-                Err(e)
+                Err(e.to_string())
             }
         }
     });
