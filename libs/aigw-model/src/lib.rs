@@ -3,10 +3,13 @@
 //!
 //! Pure: no I/O (`ring` only loads service-account keys, see `gcp`). Generated proto types stop here (`proto_json`).
 
+pub mod consumer;
 pub mod gcp;
+pub mod keyauth;
 pub mod multi;
 pub mod plugins;
 pub mod proto_json;
+pub mod restriction;
 pub mod route;
 pub mod secrets;
 pub mod snapshot;

@@ -18,6 +18,8 @@ use crate::route::{HttpLoggerConfig, ValidationError, from_value_at};
 pub enum On {
     Route,
     Consumer,
+    /// A consumer's credential (one auth plugin).
+    Credential,
     ConsumerGroup,
 }
 
@@ -26,12 +28,15 @@ impl On {
         match self {
             On::Route => "a route",
             On::Consumer => "a consumer",
+            On::Credential => "a credential",
             On::ConsumerGroup => "a consumer group",
         }
     }
 }
 
-pub type Validate = fn(path: &str, conf: &Value) -> Result<(), ValidationError>;
+/// Validates a plugin config found at `path` on an object of kind `on` (a plugin may
+/// take another shape in another place: key-auth's route settings, a credential's key).
+pub type Validate = fn(on: On, path: &str, conf: &Value) -> Result<(), ValidationError>;
 
 /// One plugin's schema.
 pub struct Schema {
@@ -41,7 +46,11 @@ pub struct Schema {
 }
 
 /// Every plugin aigw knows besides the provider plugins.
-pub static SCHEMAS: &[Schema] = &[Schema { name: "http-logger", on: &[On::Route], validate: http_logger }];
+pub static SCHEMAS: &[Schema] = &[
+    Schema { name: "http-logger", on: &[On::Route], validate: http_logger },
+    Schema { name: "key-auth", on: &[On::Route, On::Consumer, On::Credential], validate: key_auth },
+    Schema { name: "consumer-restriction", on: &[On::Route], validate: |_, p, c| crate::restriction::validate(p, c) },
+];
 
 pub fn schema(name: &str) -> Option<&'static Schema> {
     SCHEMAS.iter().find(|s| s.name == name)
@@ -59,11 +68,20 @@ pub fn names(on: On) -> Vec<&'static str> {
 pub fn validate(prefix: &str, plugins: &BTreeMap<String, Value>, on: On, extra: &dyn Fn(&str) -> bool) -> Result<(), ValidationError> {
     for (name, conf) in plugins {
         let path = format!("{prefix}.{name}");
-        if on == On::Route && (name == "ai-proxy" || name == crate::multi::PLUGIN) {
-            continue;
+        if name == "ai-proxy" || name == crate::multi::PLUGIN {
+            if on == On::Route {
+                continue;
+            }
+            return Err(ValidationError::new(
+                path,
+                format!(
+                    "the {name} plugin cannot be configured on {}; it goes on a route (a consumer cannot repoint a route's provider)",
+                    on.what()
+                ),
+            ));
         }
         match schema(name) {
-            Some(s) if s.on.contains(&on) => (s.validate)(&path, conf)?,
+            Some(s) if s.on.contains(&on) => (s.validate)(on, &path, conf)?,
             Some(_) => {
                 return Err(ValidationError::new(
                     path,
@@ -86,7 +104,14 @@ fn where_(name: &str) -> String {
     schema(name).map(|s| s.on.iter().map(|o| o.what()).collect::<Vec<_>>().join(" or ")).unwrap_or_default()
 }
 
-fn http_logger(path: &str, conf: &Value) -> Result<(), ValidationError> {
+fn key_auth(on: On, path: &str, conf: &Value) -> Result<(), ValidationError> {
+    match on {
+        On::Route => crate::keyauth::validate_route(path, conf),
+        _ => crate::keyauth::validate_key(path, conf),
+    }
+}
+
+fn http_logger(_: On, path: &str, conf: &Value) -> Result<(), ValidationError> {
     let c: HttpLoggerConfig = from_value_at(path, conf)?;
     crate::route::validate_http_logger(&c)
 }
@@ -105,7 +130,7 @@ mod tests {
     fn names_and_places() {
         assert_eq!(check(On::Route, json!({"http-logger": {"uri": "http://h/"}}), &[]), Ok(()));
         let e = check(On::Route, json!({"nope": {}}), &[]).unwrap_err();
-        assert!(e.starts_with("plugins.nope: unknown plugin") && e.contains("ai-proxy, ai-proxy-multi, http-logger"), "{e}");
+        assert!(e.starts_with("plugins.nope: unknown plugin") && e.contains("ai-proxy, ai-proxy-multi, http-logger, key-auth"), "{e}");
         assert_eq!(check(On::Route, json!({"nope": {"x": 1}}), &["nope"]), Ok(()));
         let e = check(On::Consumer, json!({"http-logger": {"uri": "http://h/"}}), &[]).unwrap_err();
         assert!(e.contains("cannot be configured on a consumer; it goes on a route"), "{e}");

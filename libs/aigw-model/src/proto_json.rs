@@ -7,6 +7,7 @@ use aigw_proto::config::v1 as pb;
 use prost_types::{ListValue, Struct, value::Kind};
 use serde_json::{Map, Number, Value};
 
+use crate::consumer::{Consumer, ConsumerGroup, Credential};
 use crate::route::{Route, ValidationError};
 
 pub fn prost_to_json(v: &prost_types::Value) -> Value {
@@ -100,6 +101,102 @@ pub fn route_to_proto(v: &Value) -> Result<pb::Route, ValidationError> {
     })
 }
 
+fn plugins_to_proto(p: &BTreeMap<String, Value>) -> std::collections::HashMap<String, Struct> {
+    p.iter().map(|(k, v)| (k.clone(), json_to_struct(v.as_object().cloned().as_ref().unwrap_or(&Map::new())))).collect()
+}
+
+fn plugins_from_proto(p: &std::collections::HashMap<String, Struct>) -> BTreeMap<String, Value> {
+    p.iter().map(|(k, v)| (k.clone(), struct_to_json(v))).collect()
+}
+
+fn bad(e: serde_json::Error) -> ValidationError {
+    ValidationError::new("(root)", e.to_string())
+}
+
+fn secs(t: Option<i64>) -> Option<u64> {
+    t.and_then(|t| u64::try_from(t).ok())
+}
+
+/// JSON consumer (as stored or read) → proto.
+pub fn consumer_to_proto(v: &Value) -> Result<pb::Consumer, ValidationError> {
+    let c: Consumer = serde_json::from_value(v.clone()).map_err(bad)?;
+    Ok(pb::Consumer {
+        username: c.username,
+        desc: c.desc,
+        labels: c.labels.into_iter().collect(),
+        group_id: c.group_id.unwrap_or_default(),
+        plugins: plugins_to_proto(&c.plugins),
+        create_time: c.create_time.map(|t| t as i64),
+        update_time: c.update_time.map(|t| t as i64),
+    })
+}
+
+pub fn consumer_from_proto(c: &pb::Consumer) -> Value {
+    let v = Consumer {
+        username: c.username.clone(),
+        desc: c.desc.clone(),
+        labels: c.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        group_id: (!c.group_id.is_empty()).then(|| c.group_id.clone()),
+        plugins: plugins_from_proto(&c.plugins),
+        create_time: secs(c.create_time),
+        update_time: secs(c.update_time),
+    };
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// JSON credential of consumer `username` → proto.
+pub fn credential_to_proto(username: &str, v: &Value) -> Result<pb::Credential, ValidationError> {
+    let c: Credential = serde_json::from_value(v.clone()).map_err(bad)?;
+    Ok(pb::Credential {
+        id: c.id,
+        username: username.to_owned(),
+        desc: c.desc,
+        labels: c.labels.into_iter().collect(),
+        plugins: plugins_to_proto(&c.plugins),
+        name: c.name,
+        create_time: c.create_time.map(|t| t as i64),
+        update_time: c.update_time.map(|t| t as i64),
+    })
+}
+
+/// Proto credential → (its consumer's username, the JSON object).
+pub fn credential_from_proto(c: &pb::Credential) -> (String, Value) {
+    let v = Credential {
+        id: c.id.clone(),
+        name: c.name.clone(),
+        desc: c.desc.clone(),
+        labels: c.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        plugins: plugins_from_proto(&c.plugins),
+        create_time: secs(c.create_time),
+        update_time: secs(c.update_time),
+    };
+    (c.username.clone(), serde_json::to_value(v).unwrap_or(Value::Null))
+}
+
+pub fn group_to_proto(v: &Value) -> Result<pb::ConsumerGroup, ValidationError> {
+    let g: ConsumerGroup = serde_json::from_value(v.clone()).map_err(bad)?;
+    Ok(pb::ConsumerGroup {
+        id: g.id,
+        desc: g.desc,
+        labels: g.labels.into_iter().collect(),
+        plugins: plugins_to_proto(&g.plugins),
+        create_time: g.create_time.map(|t| t as i64),
+        update_time: g.update_time.map(|t| t as i64),
+    })
+}
+
+pub fn group_from_proto(g: &pb::ConsumerGroup) -> Value {
+    let v = ConsumerGroup {
+        id: g.id.clone(),
+        desc: g.desc.clone(),
+        labels: g.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        plugins: plugins_from_proto(&g.plugins),
+        create_time: secs(g.create_time),
+        update_time: secs(g.update_time),
+    };
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,5 +211,16 @@ mod tests {
             "labels": {"team": "ml"}, "status": 1});
         let p = route_to_proto(&v).unwrap();
         assert_eq!(route_from_proto(&p), v);
+    }
+
+    #[test]
+    fn consumer_objects_round_trip() {
+        let c = json!({"username": "team-a", "desc": "d", "labels": {"t": "a"}, "group_id": "gold",
+            "plugins": {"key-auth": {"key": "hmac-sha256:00"}}, "create_time": 1700000000});
+        assert_eq!(consumer_from_proto(&consumer_to_proto(&c).unwrap()), c);
+        let cred = json!({"id": "ci", "desc": "d", "plugins": {"key-auth": {"key": "hmac-sha256:00"}}});
+        assert_eq!(credential_from_proto(&credential_to_proto("team-a", &cred).unwrap()), ("team-a".to_owned(), cred));
+        let g = json!({"id": "gold", "plugins": {}});
+        assert_eq!(group_from_proto(&group_to_proto(&g).unwrap()), g);
     }
 }

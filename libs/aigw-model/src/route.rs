@@ -317,6 +317,12 @@ fn d_retry_delay() -> u64 {
 
 pub(crate) const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "PURGE"];
 
+/// `^[a-zA-Z0-9_\-]{1,100}$` (APISIX's username pattern, bounded).
+pub fn validate_username(path: &str, name: &str) -> Result<(), ValidationError> {
+    let ok = !name.is_empty() && name.len() <= 100 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok { Ok(()) } else { Err(ValidationError::new(path, "must match ^[a-zA-Z0-9_\\-]{1,100}$")) }
+}
+
 /// Route ids become file names and URL segments: keep them to a safe alphabet.
 pub fn validate_id(id: &str) -> Result<(), ValidationError> {
     let ok = !id.is_empty()

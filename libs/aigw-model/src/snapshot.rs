@@ -3,6 +3,7 @@
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::consumer::{Consumer, ConsumerGroup};
 use crate::route::ValidationError;
 use crate::spec::RouteSpec;
 
@@ -21,6 +22,12 @@ pub fn version_of(routes: &[Value]) -> String {
 
 /// Type URL of route resources on the discovery stream.
 pub const ROUTE_TYPE_URL: &str = "type.googleapis.com/aigw.config.v1.Route";
+/// Consumers (named by username), their credentials (named `{username}/{id}`) and
+/// consumer groups (by id) on the discovery stream (CONTRACT §12).
+pub const CONSUMER_TYPE_URL: &str = "type.googleapis.com/aigw.config.v1.Consumer";
+pub const CREDENTIAL_TYPE_URL: &str = "type.googleapis.com/aigw.config.v1.Credential";
+pub const CONSUMER_GROUP_TYPE_URL: &str = "type.googleapis.com/aigw.config.v1.ConsumerGroup";
+pub use crate::keyauth::SETTINGS_TYPE_URL as KEY_AUTH_SETTINGS_TYPE_URL;
 
 /// Content hash of one resource (a route as stored): the same object gives the same
 /// version everywhere.
@@ -92,6 +99,22 @@ pub fn parse_routes_file_with(
     env: &dyn Fn(&str) -> Option<String>,
     extra: &dyn Fn(&str) -> bool,
 ) -> Result<Vec<Value>, FileError> {
+    parse_config_file(text, env, extra).map(|f| f.routes)
+}
+
+/// What a routes file holds: routes, and (standalone key-auth) consumers with their
+/// inline `key-auth` keys and consumer groups.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ConfigFile {
+    pub routes: Vec<Value>,
+    pub consumers: Vec<Value>,
+    pub consumer_groups: Vec<Value>,
+}
+
+/// Parses a routes file (`{routes: [...], consumers: [...], consumer_groups: [...]}`,
+/// YAML or JSON), replaces `${VAR}` and `${VAR:=default}` in string values from `env`,
+/// and validates every object and the references between them.
+pub fn parse_config_file(text: &str, env: &dyn Fn(&str) -> Option<String>, extra: &dyn Fn(&str) -> bool) -> Result<ConfigFile, FileError> {
     let doc: Value = if text.trim_start().starts_with('{') {
         serde_json::from_str(text).map_err(|e| FileError::Parse(e.to_string()))?
     } else {
@@ -103,23 +126,45 @@ pub fn parse_routes_file_with(
     };
     substitute_env(&mut doc, env).map_err(FileError::Invalid)?;
     let obj = doc.as_object_mut().ok_or_else(|| FileError::Invalid("the routes file must be an object {routes: [...]}".into()))?;
-    if let Some(k) = obj.keys().find(|k| *k != "routes") {
-        return Err(FileError::Invalid(format!("unknown top-level field {k:?}; expected only \"routes\"")));
+    const FIELDS: [&str; 3] = ["routes", "consumers", "consumer_groups"];
+    if let Some(k) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(FileError::Invalid(format!("unknown top-level field {k:?}; expected routes, consumers or consumer_groups")));
     }
-    let routes = match obj.remove("routes") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(a)) => a,
-        Some(_) => return Err(FileError::Invalid("routes must be an array".into())),
+    let mut list = |name: &str| match obj.remove(name) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(a)) => Ok(a),
+        Some(_) => Err(FileError::Invalid(format!("{name} must be an array"))),
     };
+    let file = ConfigFile { routes: list("routes")?, consumers: list("consumers")?, consumer_groups: list("consumer_groups")? };
     let mut seen = std::collections::HashSet::new();
-    for (index, r) in routes.iter().enumerate() {
+    for (index, r) in file.routes.iter().enumerate() {
         let id = r.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
         RouteSpec::from_json_with(r, extra).map_err(|err| FileError::Route { index, id: id.clone(), err })?;
         if !seen.insert(id.clone()) {
             return Err(FileError::Invalid(format!("routes[{index}]: duplicate route id {id:?}")));
         }
     }
-    Ok(routes)
+    let mut groups = std::collections::HashSet::new();
+    for (index, g) in file.consumer_groups.iter().enumerate() {
+        let g = ConsumerGroup::from_json(g, extra).map_err(|e| FileError::Invalid(format!("consumer_groups[{index}]: {e}")))?;
+        if g.id.is_empty() || !groups.insert(g.id.clone()) {
+            return Err(FileError::Invalid(format!("consumer_groups[{index}]: an id, unique in the file, is required")));
+        }
+    }
+    let mut names = std::collections::HashSet::new();
+    for (index, c) in file.consumers.iter().enumerate() {
+        let c = Consumer::from_json(c, extra).map_err(|e| FileError::Invalid(format!("consumers[{index}]: {e}")))?;
+        if !names.insert(c.username.clone()) {
+            return Err(FileError::Invalid(format!("consumers[{index}]: duplicate username {:?}", c.username)));
+        }
+        if let Some(g) = c.group_id.as_ref().filter(|g| !groups.contains(*g)) {
+            return Err(FileError::Invalid(format!("consumers[{index}].group_id: no consumer group {g:?} in the file")));
+        }
+        if c.plugins.get("key-auth").is_some_and(|k| k.get("key").is_none()) {
+            return Err(FileError::Invalid(format!("consumers[{index}].plugins.key-auth.key: is required in a routes file")));
+        }
+    }
+    Ok(file)
 }
 
 fn substitute_env(v: &mut Value, env: &dyn Fn(&str) -> Option<String>) -> Result<(), String> {

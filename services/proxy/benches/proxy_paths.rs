@@ -66,7 +66,7 @@ fn benches(c: &mut Criterion) {
         let m = cfg.routes[0].multi.as_ref().unwrap();
         c.bench_function(&format!("multi/key+pick+report/{name}"), |b| {
             b.iter(|| {
-                let key = m.hash.key(black_box(&parts), remote);
+                let key = m.hash.key(black_box(&parts), remote, None);
                 let i = m.balancer.pick(key.as_bytes(), &[]).unwrap();
                 m.balancer.report(i, &aigw_balance::Outcome::Status(200))
             })

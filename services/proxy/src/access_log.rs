@@ -59,6 +59,8 @@ enum Var {
     UpstreamUri,
     Instance,
     TraceId,
+    ConsumerName,
+    ConsumerGroupId,
 }
 
 const VARS: &[(&str, Var)] = &[
@@ -95,6 +97,8 @@ const VARS: &[(&str, Var)] = &[
     ("upstream_uri", Var::UpstreamUri),
     ("llm_instance", Var::Instance),
     ("trace_id", Var::TraceId),
+    ("consumer_name", Var::ConsumerName),
+    ("consumer_group_id", Var::ConsumerGroupId),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,6 +223,10 @@ impl Format {
                         Var::UpstreamHost => upstream_origin(e).map_or_else(|| "-".to_owned(), upstream_host),
                         Var::UpstreamUri => dash(&e.upstream_uri),
                         Var::Instance => dash(&e.instance),
+                        Var::ConsumerName => e.consumer.as_ref().map_or_else(|| "-".to_owned(), |c| c.name.to_string()),
+                        Var::ConsumerGroupId => {
+                            e.consumer.as_ref().and_then(|c| c.group.as_deref()).map_or_else(|| "-".to_owned(), str::to_owned)
+                        }
                         Var::TraceId => {
                             if e.trace.trace_id == 0 {
                                 "-".to_owned()

@@ -118,7 +118,7 @@ pub enum HashKey {
     Var(KeyVar),
     Header(HeaderName),
     Cookie(String),
-    /// aigw has no consumers: the client address, as APISIX does when there is none.
+    /// The consumer's name; the client address when the request has none (APISIX's).
     Consumer,
     /// `vars_combinations`: literal text and `$var`s.
     Combination(Vec<KeyPart>),
@@ -197,13 +197,13 @@ impl HashKey {
 
     /// The key to hash for a request; the client address when the request has no such
     /// value (APISIX's fallback). Borrowed from the request when it can be.
-    pub fn key<'a>(&self, parts: &'a http::request::Parts, remote: SocketAddr) -> Cow<'a, str> {
+    pub fn key<'a>(&self, parts: &'a http::request::Parts, remote: SocketAddr, consumer: Option<&'a str>) -> Cow<'a, str> {
         let found = match self {
             HashKey::None => return Cow::Borrowed(""),
             HashKey::Var(v) => var_value(v, parts, remote),
             HashKey::Header(h) => parts.headers.get(h).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()).map(Cow::Borrowed),
             HashKey::Cookie(name) => cookie(&parts.headers, name).map(Cow::Borrowed),
-            HashKey::Consumer => None,
+            HashKey::Consumer => consumer.map(Cow::Borrowed),
             HashKey::Combination(list) => {
                 let mut out = String::new();
                 let mut resolved = 0;
@@ -560,7 +560,7 @@ mod tests {
     #[test]
     fn hash_keys() {
         let remote: SocketAddr = "10.0.0.7:5555".parse().unwrap();
-        let key = |hash_on: &str, key: Option<&str>, p: &http::request::Parts| {
+        let key = |hash_on: &str, key: Option<&str>, p: &http::request::Parts, consumer: Option<&str>| {
             let mut b = json!({"algorithm": "chash", "hash_on": hash_on});
             if let Some(k) = key {
                 b["key"] = json!(k);
@@ -570,7 +570,7 @@ mod tests {
                 &json!({"balancer": b, "instances": [{"name": "a", "provider": "openai", "weight": 1, "auth": {}}]}),
             )
             .unwrap();
-            HashKey::compile(&m).key(p, remote).into_owned()
+            HashKey::compile(&m).key(p, remote, consumer).into_owned()
         };
         let p = parts(
             "http://gw.example:8080/v1/chat?user=u%201&x=",
@@ -595,8 +595,9 @@ mod tests {
             ("vars_combinations", Some("$http_x_user_id-${cookie_session}"), "alice-s-9"),
             ("vars_combinations", Some("k:$arg_nope"), "10.0.0.7"),
         ] {
-            assert_eq!(key(on, k, &p), want, "{on} {k:?}");
+            assert_eq!(key(on, k, &p, None), want, "{on} {k:?}");
         }
+        assert_eq!(key("consumer", None, &p, Some("team-a")), "team-a", "a consumer hashes by its name");
         let round_robin = HashKey::compile(
             &aigw_model::multi::validate_ai_proxy_multi(
                 "p",
@@ -604,9 +605,9 @@ mod tests {
             )
             .unwrap(),
         );
-        assert_eq!(round_robin.key(&p, remote), "");
-        assert!(matches!(round_robin.key(&p, remote), Cow::Borrowed(_)));
-        assert!(matches!(HashKey::Header(HeaderName::from_static("x-user-id")).key(&p, remote), Cow::Borrowed("alice")));
+        assert_eq!(round_robin.key(&p, remote, None), "");
+        assert!(matches!(round_robin.key(&p, remote, None), Cow::Borrowed(_)));
+        assert!(matches!(HashKey::Header(HeaderName::from_static("x-user-id")).key(&p, remote, None), Cow::Borrowed("alice")));
     }
 
     /// The README's ai-proxy-multi example must always load, with no environment set.

@@ -10,6 +10,7 @@ pub mod access_log;
 pub mod authorize;
 pub mod compiled;
 pub mod complete;
+pub mod consumers;
 pub mod errors;
 pub mod health;
 pub mod metrics;

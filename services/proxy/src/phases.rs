@@ -98,10 +98,28 @@ pub struct Consumer {
     pub plugins: Arc<[Arc<dyn Plugin>]>,
 }
 
-/// The consumers of a snapshot, by name.
+/// The consumers of a snapshot: by name, and by the keyed hash of each of their keys
+/// (CONTRACT §12; `aigw_model::keyauth`). Keys themselves are never held.
 #[derive(Debug, Default)]
 pub struct Consumers {
-    pub by_name: HashMap<String, Arc<Consumer>>,
+    pub by_name: HashMap<Arc<str>, Arc<Consumer>>,
+    pub by_key: HashMap<[u8; 32], Arc<Consumer>>,
+    /// Hashes presented keys the way the config service hashed the stored ones; None
+    /// until the config service sent its key-auth settings (no key then matches).
+    pub hasher: Option<aigw_model::keyauth::KeyHasher>,
+}
+
+impl Consumers {
+    /// The consumer holding `key`: one HMAC and one hash-table probe, whatever part of
+    /// the key is right.
+    pub fn with_key(&self, key: &str) -> Option<&Arc<Consumer>> {
+        let h = self.hasher.as_ref()?.hash(key.as_bytes());
+        self.by_key.get(&h)
+    }
+
+    pub fn named(&self, name: &str) -> Option<&Arc<Consumer>> {
+        self.by_name.get(name)
+    }
 }
 
 /// What the access phase sees and may change.

@@ -161,7 +161,7 @@ async fn proxy(
     // access: the route's plugins (and the caller's, once one identifies it).
     if !route.plugins.is_empty() {
         *chain = Chain::new(route.plugins.clone());
-        chain.access(&mut parts, remote, &route.spec, &cfg.consumers, proto, &json, rec).await?;
+        chain.access(&mut parts, remote, &route.spec, &cfg.consumers.table, proto, &json, rec).await?;
     }
 
     let path = parts.uri.path();
@@ -190,9 +190,10 @@ async fn upstream(
     chain: &mut Chain,
 ) -> Result<(Plan, Sent), GatewayError> {
     let multi = route.multi.as_ref();
+    let who = rec.consumer.as_ref().map(|c| c.name.clone());
     let key = multi.map(|m| {
         crate::health::ensure_probers(route.id(), m);
-        m.hash.key(parts, remote)
+        m.hash.key(parts, remote, who.as_deref())
     });
     let key = key.as_deref().unwrap_or_default().as_bytes();
     let mut i = match multi {

@@ -12,7 +12,7 @@ use aigw_model::snapshot::resource_version;
 use serde_json::Value;
 
 use crate::compiled::{CompileCtx, CompileError, CompiledRoute, compile_route};
-use crate::phases::Consumers;
+use crate::consumers::{ConsumerError, ConsumerSet};
 use crate::router::Router;
 
 /// One route as received.
@@ -35,8 +35,8 @@ pub struct RuntimeConfig {
     pub routes: Vec<Arc<CompiledRoute>>,
     /// Every route received, by id.
     pub entries: BTreeMap<Arc<str>, Arc<Entry>>,
-    /// Consumers (CONTRACT §12), compiled with their plugins.
-    pub consumers: Arc<Consumers>,
+    /// Consumers, credentials and groups (CONTRACT §12), compiled with their plugins.
+    pub consumers: Arc<ConsumerSet>,
 }
 
 impl RuntimeConfig {
@@ -50,7 +50,8 @@ impl RuntimeConfig {
         }
     }
 
-    /// Routes for `/config_dump`: secrets redacted whatever their form.
+    /// Routes (and consumers) for `/config_dump`: secrets redacted whatever their form,
+    /// keys only as their hashes.
     pub fn dump(&self) -> Value {
         let routes: Vec<Value> = self
             .entries
@@ -61,12 +62,20 @@ impl RuntimeConfig {
                 r
             })
             .collect();
-        serde_json::json!({ "version": self.version, "routes": routes })
+        let mut out = serde_json::json!({ "version": self.version, "routes": routes });
+        if !self.consumers.is_empty()
+            && let (Some(o), Value::Object(c)) = (out.as_object_mut(), self.consumers.dump())
+        {
+            o.extend(c);
+        }
+        out
     }
 }
 
-/// One route of an update.
+/// One resource of an update.
 pub enum Change {
+    /// A consumer, credential, consumer group or the key-auth settings.
+    Consumer(crate::consumers::Change),
     /// Added or changed: the route JSON and its resource version.
     Upsert {
         id: String,
@@ -89,6 +98,8 @@ pub enum ApplyError {
     /// A resource that could not be decoded (its type, its payload).
     #[error("{0}")]
     Decode(String),
+    #[error(transparent)]
+    Consumer(#[from] ConsumerError),
 }
 
 /// How much an update compiled.
@@ -110,11 +121,25 @@ pub fn apply(
     changes: impl IntoIterator<Item = Result<Change, ApplyError>>,
     ctx: &CompileCtx<'_>,
 ) -> Result<(RuntimeConfig, ApplyStats), ApplyError> {
+    apply_with(prev, version, full_state, changes, ctx, None)
+}
+
+/// [`apply`], hashing the clear keys of a routes file's consumers with `file_hasher`.
+pub fn apply_with(
+    prev: &RuntimeConfig,
+    version: &str,
+    full_state: bool,
+    changes: impl IntoIterator<Item = Result<Change, ApplyError>>,
+    ctx: &CompileCtx<'_>,
+    file_hasher: Option<&aigw_model::keyauth::KeyHasher>,
+) -> Result<(RuntimeConfig, ApplyStats), ApplyError> {
     let mut stats = ApplyStats::default();
+    let mut consumer_changes = Vec::new();
     let mut entries = if full_state { BTreeMap::new() } else { prev.entries.clone() };
     let mut seen = std::collections::HashSet::new();
     for change in changes {
         match change? {
+            Change::Consumer(c) => consumer_changes.push(c),
             Change::Upsert { id, version, route } => {
                 if !seen.insert(id.clone()) {
                     return Err(ApplyError::Inconsistent { id, message: "duplicate id".into() });
@@ -155,7 +180,12 @@ pub fn apply(
     }
     let routes: Vec<Arc<CompiledRoute>> = entries.values().filter_map(|e| e.compiled.clone()).collect();
     let router = Router::build(&routes);
-    Ok((RuntimeConfig { version: version.to_owned(), router, routes, entries, consumers: prev.consumers.clone() }, stats))
+    let consumers = if consumer_changes.is_empty() && !full_state {
+        prev.consumers.clone()
+    } else {
+        Arc::new(ConsumerSet::apply(&prev.consumers, full_state, consumer_changes, ctx, file_hasher)?)
+    };
+    Ok((RuntimeConfig { version: version.to_owned(), router, routes, entries, consumers }, stats))
 }
 
 /// Drops what a compiled route no longer needs once compiled: the JSON of its plugin

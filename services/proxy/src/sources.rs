@@ -5,15 +5,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aigw_model::proto_json::route_from_proto;
+use aigw_model::keyauth::KeyHasher;
+use aigw_model::proto_json::{consumer_from_proto, credential_from_proto, group_from_proto, route_from_proto};
 use aigw_model::secrets::DataKey;
-use aigw_model::snapshot::{ROUTE_TYPE_URL, parse_routes_file_with, resource_version, version_of};
-use aigw_proto::config::v1::Route as PbRoute;
+use aigw_model::snapshot::{
+    CONSUMER_GROUP_TYPE_URL, CONSUMER_TYPE_URL, CREDENTIAL_TYPE_URL, KEY_AUTH_SETTINGS_TYPE_URL, ROUTE_TYPE_URL, parse_config_file,
+    resource_version, version_of,
+};
+use aigw_proto::config::v1 as pb;
 use aigw_proto::discovery::v1::Resource;
 use prost::Message as _;
 use serde_json::Value;
 
 use crate::compiled::CompileCtx;
+use crate::consumers::{self, Kind};
 use crate::runtime::{self, ApplyError, Change, RuntimeConfig};
 use crate::state::AppState;
 
@@ -39,11 +44,48 @@ pub enum LoadError {
 /// Loads, validates and compiles a routes file (its plugins: those `ctx` knows).
 pub fn load_file(path: &Path, ctx: &CompileCtx<'_>) -> Result<RuntimeConfig, LoadError> {
     let text = std::fs::read_to_string(path).map_err(|error| LoadError::Read { path: path.to_owned(), error })?;
-    let mut routes = parse_routes_file_with(&text, &env_lookup, &|n| ctx.plugins.knows(n))
+    let file = parse_config_file(&text, &env_lookup, &|n| ctx.plugins.knows(n))
         .map_err(|error| LoadError::Parse { path: path.to_owned(), error })?;
+    let mut routes = file.routes;
     routes.sort_by(|a, b| a.get("id").and_then(Value::as_str).cmp(&b.get("id").and_then(Value::as_str)));
-    let version = version_of(&routes);
-    runtime::compile(&version, routes, ctx).map_err(|error| LoadError::Apply { path: path.to_owned(), error })
+    // The version covers everything the file holds (clear consumer keys included: it is
+    // a hash and reveals none of them).
+    let version = if file.consumers.is_empty() && file.consumer_groups.is_empty() {
+        version_of(&routes)
+    } else {
+        let mut all = routes.clone();
+        all.extend(file.consumer_groups.iter().cloned());
+        all.extend(file.consumers.iter().cloned());
+        version_of(&all)
+    };
+    let object = |kind: Kind, name: &str, v: Value| {
+        Ok(Change::Consumer(consumers::Change { kind, name: name.to_owned(), version: resource_version(&v), value: Some(v) }))
+    };
+    let mut changes: Vec<Result<Change, ApplyError>> = routes
+        .into_iter()
+        .map(|r| {
+            let id = r.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+            Ok(Change::Upsert { id, version: resource_version(&r), route: r })
+        })
+        .collect();
+    for g in file.consumer_groups {
+        let id = g.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+        changes.push(object(Kind::Group, &id, g));
+    }
+    for c in file.consumers {
+        let name = c.get("username").and_then(Value::as_str).unwrap_or_default().to_owned();
+        changes.push(object(Kind::Consumer, &name, c));
+    }
+    runtime::apply_with(&RuntimeConfig::empty(), &version, true, changes, ctx, Some(file_hasher()))
+        .map(|(c, _)| c)
+        .map_err(|error| LoadError::Apply { path: path.to_owned(), error })
+}
+
+/// The hash key of a routes file's consumer keys (which are in clear): this process's
+/// own, random, never written anywhere.
+fn file_hasher() -> &'static KeyHasher {
+    static H: std::sync::OnceLock<KeyHasher> = std::sync::OnceLock::new();
+    H.get_or_init(|| KeyHasher::new(&KeyHasher::random_key()))
 }
 
 /// [`load_file`] with the node's compile context.
@@ -87,16 +129,24 @@ pub struct SnapshotCache {
     pub path: PathBuf,
 }
 
-/// One cached route.
-pub struct CachedRoute {
-    pub version: String,
-    pub route: Value,
+/// The tag of a cached resource's kind.
+fn kind_tag(k: Kind) -> &'static str {
+    match k {
+        Kind::Consumer => "consumer",
+        Kind::Credential => "credential",
+        Kind::Group => "consumer_group",
+        Kind::Settings => "key_auth_settings",
+    }
+}
+
+fn tag_kind(t: &str) -> Option<Kind> {
+    [Kind::Consumer, Kind::Credential, Kind::Group, Kind::Settings].into_iter().find(|k| kind_tag(*k) == t)
 }
 
 impl SnapshotCache {
-    /// `{"version", "resources": [{"name", "version", "route"}]}`; the first release's
-    /// `{"version", "routes": [...]}` is read too.
-    pub fn load(&self) -> Option<(String, Vec<CachedRoute>)> {
+    /// `{"version", "resources": [{"name", "version", "route"} | {"type", "name", "version",
+    /// "value"}]}`; the first release's `{"version", "routes": [...]}` is read too.
+    pub fn load(&self) -> Option<(String, Vec<Change>)> {
         let bytes = std::fs::read(&self.path).ok()?;
         let mut v: Value = match serde_json::from_slice(&bytes) {
             Ok(v) => v,
@@ -106,37 +156,74 @@ impl SnapshotCache {
             }
         };
         let version = v.get("version")?.as_str()?.to_owned();
-        let routes = if let Some(Value::Array(res)) = v.get_mut("resources").map(Value::take) {
+        let changes = if let Some(Value::Array(res)) = v.get_mut("resources").map(Value::take) {
             res.into_iter()
                 .filter_map(|mut r| {
                     let version = r.get("version")?.as_str()?.to_owned();
-                    Some(CachedRoute { version, route: r.get_mut("route")?.take() })
+                    let name = r.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
+                    match r.get("type").and_then(Value::as_str) {
+                        None | Some("route") => {
+                            let route = r.get_mut("route")?.take();
+                            let id = route.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+                            Some(Change::Upsert { id, version, route })
+                        }
+                        Some(t) => {
+                            let kind = tag_kind(t)?;
+                            Some(Change::Consumer(consumers::Change { kind, name, version, value: Some(r.get_mut("value")?.take()) }))
+                        }
+                    }
                 })
                 .collect()
         } else {
-            v.get_mut("routes")?.as_array_mut()?.drain(..).map(|r| CachedRoute { version: resource_version(&r), route: r }).collect()
+            v.get_mut("routes")?
+                .as_array_mut()?
+                .drain(..)
+                .map(|r| {
+                    let id = r.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+                    Change::Upsert { id, version: resource_version(&r), route: r }
+                })
+                .collect()
         };
-        Some((version, routes))
+        Some((version, changes))
     }
 
-    /// Writes `cfg` (built from the routes' sources as received, without re-encoding them).
+    /// Writes `cfg` (built from the resources' sources as received, without re-encoding them).
     pub fn store(&self, cfg: &RuntimeConfig) -> std::io::Result<()> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let mut out = String::with_capacity(cfg.entries.values().map(|e| e.source.len() + 64).sum::<usize>() + 64);
+        let others = cfg.consumers.sources();
+        let size = cfg.entries.values().map(|e| e.source.len() + 64).sum::<usize>()
+            + others.iter().map(|(_, _, s)| s.source.len() + 96).sum::<usize>();
+        let mut out = String::with_capacity(size + 64);
+        let text = |s: &str| Value::String(s.to_owned()).to_string();
         out.push_str("{\"version\":");
-        out.push_str(&Value::String(cfg.version.clone()).to_string());
+        out.push_str(&text(&cfg.version));
         out.push_str(",\"resources\":[");
-        for (i, (name, e)) in cfg.entries.iter().enumerate() {
-            if i > 0 {
+        let mut first = true;
+        for (name, e) in &cfg.entries {
+            if !std::mem::take(&mut first) {
                 out.push(',');
             }
             out.push_str("{\"name\":");
-            out.push_str(&Value::String(name.to_string()).to_string());
+            out.push_str(&text(name));
             out.push_str(",\"version\":");
-            out.push_str(&Value::String(e.version.clone()).to_string());
+            out.push_str(&text(&e.version));
             out.push_str(",\"route\":");
             out.push_str(&e.source);
+            out.push('}');
+        }
+        for (kind, name, src) in others {
+            if !std::mem::take(&mut first) {
+                out.push(',');
+            }
+            out.push_str("{\"type\":");
+            out.push_str(&text(kind_tag(kind)));
+            out.push_str(",\"name\":");
+            out.push_str(&text(name));
+            out.push_str(",\"version\":");
+            out.push_str(&text(&src.version));
+            out.push_str(",\"value\":");
+            out.push_str(&src.source);
             out.push('}');
         }
         out.push_str("]}");
@@ -173,17 +260,50 @@ pub struct XdsSource {
     pub ca_pem: Option<Vec<u8>>,
 }
 
-/// A route resource as a change: its payload decoded to the route's JSON form.
-fn route_change(r: Resource) -> Result<Change, String> {
-    if r.type_url != ROUTE_TYPE_URL {
-        return Err(format!("resource {:?}: unknown type {:?}", r.name, r.type_url));
+/// The type URLs a proxy subscribes to.
+pub const TYPE_URLS: [&str; 5] =
+    [ROUTE_TYPE_URL, CONSUMER_TYPE_URL, CREDENTIAL_TYPE_URL, CONSUMER_GROUP_TYPE_URL, KEY_AUTH_SETTINGS_TYPE_URL];
+
+fn consumer_kind(type_url: &str) -> Option<Kind> {
+    match type_url {
+        CONSUMER_TYPE_URL => Some(Kind::Consumer),
+        CREDENTIAL_TYPE_URL => Some(Kind::Credential),
+        CONSUMER_GROUP_TYPE_URL => Some(Kind::Group),
+        KEY_AUTH_SETTINGS_TYPE_URL => Some(Kind::Settings),
+        _ => None,
     }
-    let payload = r.payload.ok_or_else(|| format!("route {:?}: no payload", r.name))?;
-    if payload.type_url != ROUTE_TYPE_URL {
-        return Err(format!("route {:?}: payload of type {:?}", r.name, payload.type_url));
+}
+
+/// A resource as a change: its payload decoded to the JSON form of its kind.
+fn resource_change(r: Resource) -> Result<Change, String> {
+    let payload = r.payload.ok_or_else(|| format!("resource {:?}: no payload", r.name))?;
+    if payload.type_url != r.type_url {
+        return Err(format!("resource {:?}: payload of type {:?} in a {:?} resource", r.name, payload.type_url, r.type_url));
     }
-    let pb = PbRoute::decode(payload.value.as_slice()).map_err(|e| format!("route {:?}: cannot decode: {e}", r.name))?;
-    Ok(Change::Upsert { id: r.name, version: r.version, route: route_from_proto(&pb) })
+    let bytes = payload.value.as_slice();
+    let bad = |e: prost::DecodeError| format!("resource {:?}: cannot decode: {e}", r.name);
+    if r.type_url == ROUTE_TYPE_URL {
+        let route = route_from_proto(&pb::Route::decode(bytes).map_err(bad)?);
+        return Ok(Change::Upsert { id: r.name, version: r.version, route });
+    }
+    let kind = consumer_kind(&r.type_url).ok_or_else(|| format!("resource {:?}: unknown type {:?}", r.name, r.type_url))?;
+    let value = match kind {
+        Kind::Consumer => consumer_from_proto(&pb::Consumer::decode(bytes).map_err(bad)?),
+        Kind::Credential => credential_from_proto(&pb::Credential::decode(bytes).map_err(bad)?).1,
+        Kind::Group => group_from_proto(&pb::ConsumerGroup::decode(bytes).map_err(bad)?),
+        Kind::Settings => serde_json::json!({"hash_key": pb::KeyAuthSettings::decode(bytes).map_err(bad)?.hash_key}),
+    };
+    Ok(Change::Consumer(consumers::Change { kind, name: r.name, version: r.version, value: Some(value) }))
+}
+
+fn removed_change(type_url: &str, name: String) -> Result<Change, String> {
+    if type_url == ROUTE_TYPE_URL {
+        return Ok(Change::Remove { id: name });
+    }
+    match consumer_kind(type_url) {
+        Some(kind) => Ok(Change::Consumer(consumers::Change { kind, name, version: String::new(), value: None })),
+        None => Err(format!("removed resource {name:?}: unknown type {type_url:?}")),
+    }
 }
 
 /// Applies the snapshot cache (if any) and subscribes until `shutdown`.
@@ -191,11 +311,8 @@ pub async fn run_xds(src: XdsSource, state: Arc<AppState>, shutdown: impl std::f
     let mut initial_version = String::new();
     let (cache_tx, cache_rx) = tokio::sync::watch::channel::<Option<Arc<RuntimeConfig>>>(None);
     if let Some(cache) = src.cache {
-        if let Some((version, routes)) = cache.load() {
-            let changes = routes.into_iter().map(|c| {
-                let id = c.route["id"].as_str().unwrap_or_default().to_owned();
-                Ok(Change::Upsert { id, version: c.version, route: c.route })
-            });
+        if let Some((version, changes)) = cache.load() {
+            let changes = changes.into_iter().map(Ok);
             match runtime::apply(&RuntimeConfig::empty(), &version, true, changes, &ctx(src.key.as_ref(), &state)) {
                 Ok((cfg, _)) => {
                     tracing::info!(version = %version, file = %cache.path.display(), "serving cached snapshot until the config service answers");
@@ -210,20 +327,15 @@ pub async fn run_xds(src: XdsSource, state: Arc<AppState>, shutdown: impl std::f
     let mut cfg = aigw_xds::ClientConfig::new(src.endpoint.clone(), src.node_id.clone());
     cfg.node_token = src.node_token.clone();
     cfg.ca_pem = src.ca_pem.clone();
-    cfg.type_urls = vec![ROUTE_TYPE_URL.to_owned()];
+    cfg.type_urls = TYPE_URLS.iter().map(|t| (*t).to_owned()).collect();
     cfg.initial_version = initial_version;
     cfg.build_version = env!("CARGO_PKG_VERSION").to_owned();
     let key = src.key.clone();
     let st = state.clone();
     let applier: aigw_xds::Applier = Arc::new(move |update: aigw_xds::Update| {
         // Decoded one at a time as the compile consumes them.
-        let removed = update.removed.into_iter().map(|r| {
-            if r.type_url != ROUTE_TYPE_URL {
-                return Err(format!("removed resource {:?}: unknown type {:?}", r.name, r.type_url));
-            }
-            Ok(Change::Remove { id: r.name })
-        });
-        let changes = update.resources.into_iter().map(route_change).chain(removed).map(|c| c.map_err(ApplyError::Decode));
+        let removed = update.removed.into_iter().map(|r| removed_change(&r.type_url, r.name));
+        let changes = update.resources.into_iter().map(resource_change).chain(removed).map(|c| c.map_err(ApplyError::Decode));
         let prev = st.config.load_full();
         match runtime::apply(&prev, &update.version, update.full_state, changes, &ctx(key.as_ref(), &st)) {
             Ok((compiled, stats)) => {
@@ -270,14 +382,22 @@ mod tests {
             Arc::new(runtime::Entry { version: "rv".into(), source: route.to_string().into_boxed_str(), compiled: None }),
         );
         cache.store(&cfg).unwrap();
-        let (version, routes) = cache.load().unwrap();
-        assert_eq!((version.as_str(), routes.len(), routes[0].version.as_str()), ("v1", 1, "rv"));
-        assert_eq!(routes[0].route, route, "kept as received (secrets in their encrypted form)");
+        let (version, changes) = cache.load().unwrap();
+        let routes: Vec<(String, Value)> = changes
+            .into_iter()
+            .filter_map(|c| match c {
+                Change::Upsert { version, route, .. } => Some((version, route)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!((version.as_str(), routes.len(), routes[0].0.as_str()), ("v1", 1, "rv"));
+        assert_eq!(routes[0].1, route, "kept as received (secrets in their encrypted form)");
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         // The first release's format.
         std::fs::write(&path, json!({"version": "v0", "routes": [route.clone()]}).to_string()).unwrap();
-        let (version, routes) = cache.load().unwrap();
-        assert_eq!((version.as_str(), routes[0].version.clone()), ("v0", resource_version(&route)));
+        let (version, changes) = cache.load().unwrap();
+        let Change::Upsert { version: rv, .. } = &changes[0] else { panic!("a route") };
+        assert_eq!((version.as_str(), rv.clone()), ("v0", resource_version(&route)));
         std::fs::write(&path, b"{garbage").unwrap();
         assert!(cache.load().is_none());
         std::fs::remove_file(&path).unwrap();

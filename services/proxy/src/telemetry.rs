@@ -265,6 +265,12 @@ fn spans(r: &Record, out: &mut SpanBatch) {
         }
         b.str_nonempty("aigw.route_id", &r.route_id).str_nonempty("aigw.config_version", version);
         b.str_nonempty("aigw.instance", &r.instance);
+        if let Some(c) = &r.consumer {
+            b.str("aigw.consumer.name", &c.name);
+            if let Some(g) = &c.group {
+                b.str("aigw.consumer.group", g);
+            }
+        }
         if !full {
             return;
         }

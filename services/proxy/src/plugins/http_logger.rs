@@ -303,6 +303,11 @@ struct Response<'a> {
 #[derive(Serialize)]
 struct Entry<'a> {
     route_id: &'a str,
+    /// The consumer's name (never its key), when key-auth identified one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consumer: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consumer_group: Option<&'a str>,
     request_id: &'a str,
     client_ip: String,
     start_time: u64,
@@ -388,6 +393,8 @@ impl HttpLogger {
         let (summaries, payloads) = (self.summaries, self.payloads);
         let e = Entry {
             route_id: &r.route_id,
+            consumer: r.consumer.as_ref().map(|c| &*c.name),
+            consumer_group: r.consumer.as_ref().and_then(|c| c.group.as_deref()),
             request_id: &r.request_id,
             client_ip: r.remote_addr.to_string(),
             start_time: r.start.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),

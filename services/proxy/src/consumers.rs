@@ -1,0 +1,428 @@
+//! Consumers, credentials and consumer groups compiled for the data plane (CONTRACT §12),
+//! kept beside the routes of a snapshot and updated incrementally like them: a consumer
+//! or group whose resource version did not change keeps its compiled form; the lookup
+//! tables ([`Consumers`]: by name, by key hash) are rebuilt from the compiled entries
+//! (pointer copies) whenever any of them changes.
+//!
+//! Keys arrive from aigw-config as keyed hashes (`hmac-sha256:…`) with the hash key in
+//! the key-auth settings resource. A routes file (standalone) holds keys in clear: they
+//! are hashed here with a hash key of the process's own and forgotten.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use aigw_model::consumer::{Consumer as ConsumerSpec, ConsumerGroup, Credential};
+use aigw_model::keyauth::{self, KeyHasher};
+use aigw_model::secrets::{self, DataKey};
+use serde_json::Value;
+
+use crate::compiled::CompileCtx;
+use crate::phases::{Consumer, Consumers, Identity, Plugin, PluginEnv, Scope};
+
+/// What kind of consumer resource a change is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    Consumer,
+    /// Named `{username}/{id}`.
+    Credential,
+    Group,
+    /// The key-auth settings (the hash key); one resource.
+    Settings,
+}
+
+impl Kind {
+    pub fn noun(self) -> &'static str {
+        match self {
+            Kind::Consumer => "consumer",
+            Kind::Credential => "credential",
+            Kind::Group => "consumer group",
+            Kind::Settings => "key-auth settings",
+        }
+    }
+}
+
+/// One consumer resource of an update; `value` None removes it.
+#[derive(Debug)]
+pub struct Change {
+    pub kind: Kind,
+    pub name: String,
+    pub version: String,
+    pub value: Option<Value>,
+}
+
+/// A resource as received, for `/config_dump` and the snapshot cache.
+#[derive(Debug)]
+pub struct Source {
+    pub version: String,
+    /// Compact JSON as received (keys hashed).
+    pub source: Box<str>,
+}
+
+#[derive(Debug)]
+struct GroupEntry {
+    src: Source,
+    plugins: Arc<[Arc<dyn Plugin>]>,
+}
+
+#[derive(Debug)]
+struct ConsumerEntry {
+    src: Source,
+    group: Option<Arc<str>>,
+    /// The inline `key-auth` key's hash.
+    key: Option<[u8; 32]>,
+    compiled: Arc<Consumer>,
+}
+
+#[derive(Debug)]
+struct CredentialEntry {
+    src: Source,
+    consumer: Arc<str>,
+    key: Option<[u8; 32]>,
+}
+
+/// Every consumer resource of a snapshot, compiled, and the tables requests look in.
+#[derive(Debug, Default)]
+pub struct ConsumerSet {
+    consumers: BTreeMap<Arc<str>, Arc<ConsumerEntry>>,
+    credentials: BTreeMap<Arc<str>, Arc<CredentialEntry>>,
+    groups: BTreeMap<Arc<str>, Arc<GroupEntry>>,
+    settings: Option<Arc<Source>>,
+    /// What requests see.
+    pub table: Consumers,
+}
+
+/// Why consumer resources do not compile (the update is NACKed whole).
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error("{kind} {name:?}: {message}")]
+    Invalid { kind: &'static str, name: String, message: String },
+}
+
+fn invalid(kind: Kind, name: &str, message: impl std::fmt::Display) -> ConsumerError {
+    ConsumerError::Invalid { kind: kind.noun(), name: name.to_owned(), message: message.to_string() }
+}
+
+/// The hash of a stored key, hashing a clear one (routes files) with `hasher`.
+fn key_hash(v: &Value, hasher: Option<&KeyHasher>) -> Result<Option<[u8; 32]>, String> {
+    let Some(key) = v.pointer("/plugins/key-auth/key").and_then(Value::as_str) else { return Ok(None) };
+    if let Some(h) = keyauth::parse_stored(key) {
+        return Ok(Some(h));
+    }
+    match hasher {
+        Some(h) => Ok(Some(h.hash(key.as_bytes()))),
+        None => Err("plugins.key-auth.key: a key in clear and no hash key to hash it with".into()),
+    }
+}
+
+/// The plugins that run for a caller: everything but its credentials.
+fn runnable(plugins: &BTreeMap<String, Value>) -> BTreeMap<String, Value> {
+    plugins.iter().filter(|(k, _)| *k != "key-auth").map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+impl ConsumerSet {
+    pub fn is_empty(&self) -> bool {
+        self.consumers.is_empty() && self.credentials.is_empty() && self.groups.is_empty() && self.settings.is_none()
+    }
+
+    /// `prev` with `changes` applied (a full set replaces everything). The hash key comes
+    /// from the settings resource, else `file_hasher` (a routes file's keys in clear).
+    pub fn apply(
+        prev: &ConsumerSet,
+        full_state: bool,
+        changes: Vec<Change>,
+        ctx: &CompileCtx<'_>,
+        file_hasher: Option<&KeyHasher>,
+    ) -> Result<ConsumerSet, ConsumerError> {
+        let mut next = if full_state {
+            ConsumerSet::default()
+        } else {
+            ConsumerSet {
+                consumers: prev.consumers.clone(),
+                credentials: prev.credentials.clone(),
+                groups: prev.groups.clone(),
+                settings: prev.settings.clone(),
+                table: Consumers::default(),
+            }
+        };
+        let mut hasher = if full_state { None } else { prev.table.hasher.clone() };
+        let source = |v: &Value, version: &str| Source { version: version.to_owned(), source: v.to_string().into_boxed_str() };
+        // Settings first: the keys below may need the hash key.
+        for c in changes.iter().filter(|c| c.kind == Kind::Settings) {
+            match &c.value {
+                Some(v) => {
+                    hasher = Some(settings_hasher(v, ctx.key).map_err(|m| invalid(Kind::Settings, &c.name, m))?);
+                    next.settings = Some(Arc::new(source(v, &c.version)));
+                }
+                None => {
+                    hasher = None;
+                    next.settings = None;
+                }
+            }
+        }
+        let hasher = hasher.or_else(|| file_hasher.cloned());
+        let extra = |n: &str| ctx.plugins.knows(n);
+        let mut changed_groups = Vec::new();
+        for c in changes.iter().filter(|c| c.kind == Kind::Group) {
+            let name: Arc<str> = Arc::from(c.name.as_str());
+            changed_groups.push(name.clone());
+            let Some(v) = &c.value else {
+                next.groups.remove(&name);
+                continue;
+            };
+            if prev.groups.get(&name).is_some_and(|g| g.src.version == c.version) && !full_state {
+                continue;
+            }
+            let g = ConsumerGroup::from_json(v, &extra).map_err(|e| invalid(Kind::Group, &c.name, e))?;
+            let env = PluginEnv { scope: Scope::Group(&c.name), route: None, resources: ctx.resources };
+            let plugins = ctx.plugins.compile_all(&runnable(&g.plugins), &env).map_err(|e| invalid(Kind::Group, &c.name, e))?;
+            next.groups.insert(name, Arc::new(GroupEntry { src: source(v, &c.version), plugins: Arc::from(plugins) }));
+        }
+        for c in changes.iter().filter(|c| c.kind == Kind::Consumer) {
+            let name: Arc<str> = Arc::from(c.name.as_str());
+            let Some(v) = &c.value else {
+                next.consumers.remove(&name);
+                continue;
+            };
+            if !full_state
+                && prev.consumers.get(&name).is_some_and(|e| e.src.version == c.version)
+                && !changed_groups_hit(&next, &name, &changed_groups)
+            {
+                continue;
+            }
+            let entry = compile_consumer(&name, v, &c.version, &next.groups, hasher.as_ref(), ctx)?;
+            next.consumers.insert(name, Arc::new(entry));
+        }
+        // Consumers of a changed group are compiled again (their merged plugins change).
+        if !changed_groups.is_empty() {
+            let stale: Vec<Arc<str>> = next
+                .consumers
+                .iter()
+                .filter(|(n, e)| {
+                    e.group.as_ref().is_some_and(|g| changed_groups.contains(g))
+                        && !changes.iter().any(|c| c.kind == Kind::Consumer && *c.name == ***n)
+                })
+                .map(|(n, _)| n.clone())
+                .collect();
+            for name in stale {
+                let e = next.consumers[&name].clone();
+                let v: Value = serde_json::from_str(&e.src.source).unwrap_or(Value::Null);
+                let entry = compile_consumer(&name, &v, &e.src.version, &next.groups, hasher.as_ref(), ctx)?;
+                next.consumers.insert(name, Arc::new(entry));
+            }
+        }
+        for c in changes.iter().filter(|c| c.kind == Kind::Credential) {
+            let name: Arc<str> = Arc::from(c.name.as_str());
+            let Some(v) = &c.value else {
+                next.credentials.remove(&name);
+                continue;
+            };
+            let Some((user, _)) = c.name.split_once('/') else {
+                return Err(invalid(Kind::Credential, &c.name, "is not named {username}/{id}"));
+            };
+            Credential::from_json(v).map_err(|e| invalid(Kind::Credential, &c.name, e))?;
+            let key = key_hash(v, hasher.as_ref()).map_err(|m| invalid(Kind::Credential, &c.name, m))?;
+            next.credentials.insert(name, Arc::new(CredentialEntry { src: source(v, &c.version), consumer: Arc::from(user), key }));
+        }
+        next.table = next.build_table(hasher);
+        Ok(next)
+    }
+
+    /// The lookup tables, from the compiled entries. A key held by two consumers (the
+    /// config service refuses that) goes to the first by name, logged.
+    fn build_table(&self, hasher: Option<KeyHasher>) -> Consumers {
+        let mut by_key: HashMap<[u8; 32], Arc<Consumer>> = HashMap::with_capacity(self.consumers.len() + self.credentials.len());
+        let by_name: HashMap<Arc<str>, Arc<Consumer>> = self.consumers.iter().map(|(k, e)| (k.clone(), e.compiled.clone())).collect();
+        let mut insert = |hash: [u8; 32], c: &Arc<Consumer>, what: &str| {
+            if let Some(prev) = by_key.get(&hash)
+                && !Arc::ptr_eq(prev, c)
+            {
+                tracing::warn!(consumer = %c.identity.name, other = %prev.identity.name, "{what}: a key another consumer holds is ignored");
+                return;
+            }
+            by_key.insert(hash, c.clone());
+        };
+        for e in self.consumers.values() {
+            if let Some(h) = e.key {
+                insert(h, &e.compiled, "consumer key-auth");
+            }
+        }
+        for (name, e) in &self.credentials {
+            match (e.key, by_name.get(&e.consumer)) {
+                (Some(h), Some(c)) => insert(h, c, "credential"),
+                (_, None) => tracing::warn!(credential = %name, "credential of a consumer that does not exist: ignored"),
+                (None, _) => {}
+            }
+        }
+        Consumers { by_name, by_key, hasher }
+    }
+
+    /// Consumers, credentials and groups for `/config_dump` (keys are hashes; other
+    /// secrets redacted).
+    pub fn dump(&self) -> Value {
+        let list = |it: &mut dyn Iterator<Item = &Source>| -> Vec<Value> {
+            it.map(|s| {
+                let mut v: Value = serde_json::from_str(&s.source).unwrap_or(Value::Null);
+                secrets::redact_all(&mut v);
+                v
+            })
+            .collect()
+        };
+        let credentials: Vec<Value> = self
+            .credentials
+            .iter()
+            .map(|(name, e)| {
+                let mut v: Value = serde_json::from_str(&e.src.source).unwrap_or(Value::Null);
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("username".into(), Value::String(e.consumer.to_string()));
+                    o.entry("id").or_insert_with(|| Value::String(name.split_once('/').map_or("", |(_, id)| id).to_owned()));
+                }
+                v
+            })
+            .collect();
+        serde_json::json!({
+            "consumers": list(&mut self.consumers.values().map(|e| &e.src)),
+            "credentials": credentials,
+            "consumer_groups": list(&mut self.groups.values().map(|e| &e.src)),
+        })
+    }
+
+    /// Every resource as received: (kind, name, version, JSON), for the snapshot cache.
+    pub fn sources(&self) -> Vec<(Kind, &str, &Source)> {
+        let mut out: Vec<(Kind, &str, &Source)> = Vec::new();
+        out.extend(self.settings.iter().map(|s| (Kind::Settings, "key-auth", &**s)));
+        out.extend(self.groups.iter().map(|(n, e)| (Kind::Group, &**n, &e.src)));
+        out.extend(self.consumers.iter().map(|(n, e)| (Kind::Consumer, &**n, &e.src)));
+        out.extend(self.credentials.iter().map(|(n, e)| (Kind::Credential, &**n, &e.src)));
+        out
+    }
+}
+
+/// Whether consumer `name`'s group is among `changed`.
+fn changed_groups_hit(set: &ConsumerSet, name: &str, changed: &[Arc<str>]) -> bool {
+    set.consumers.get(name).and_then(|e| e.group.as_ref()).is_some_and(|g| changed.contains(g))
+}
+
+/// The key-auth settings: the hash key, base64, encrypted under the data key when the
+/// config service has one.
+fn settings_hasher(v: &Value, key: Option<&DataKey>) -> Result<KeyHasher, String> {
+    let raw = v.get("hash_key").and_then(Value::as_str).ok_or("no hash_key")?;
+    let b64 = if secrets::is_encrypted(raw) {
+        let k = key.ok_or("the hash key is encrypted and this node has no --data-encryption-key")?;
+        k.decrypt(raw, "hash_key").map_err(|e| e.to_string())?
+    } else {
+        raw.to_owned()
+    };
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|_| "hash_key: not base64")?;
+    let arr: [u8; 32] = bytes.try_into().map_err(|_| "hash_key: not 32 bytes")?;
+    Ok(KeyHasher::new(&arr))
+}
+
+fn compile_consumer(
+    name: &str,
+    v: &Value,
+    version: &str,
+    groups: &BTreeMap<Arc<str>, Arc<GroupEntry>>,
+    hasher: Option<&KeyHasher>,
+    ctx: &CompileCtx<'_>,
+) -> Result<ConsumerEntry, ConsumerError> {
+    let spec = ConsumerSpec::from_json(v, &|n| ctx.plugins.knows(n)).map_err(|e| invalid(Kind::Consumer, name, e))?;
+    if spec.username != name {
+        return Err(invalid(Kind::Consumer, name, format!("the resource holds consumer {:?}", spec.username)));
+    }
+    let key = key_hash(v, hasher).map_err(|m| invalid(Kind::Consumer, name, m))?;
+    let env = PluginEnv { scope: Scope::Consumer(name), route: None, resources: ctx.resources };
+    let mut plugins = ctx.plugins.compile_all(&runnable(&spec.plugins), &env).map_err(|e| invalid(Kind::Consumer, name, e))?;
+    let group: Option<Arc<str>> = spec.group_id.as_deref().map(Arc::from);
+    if let Some(g) = &group {
+        match groups.get(g) {
+            // The consumer's own plugins win over its group's.
+            Some(ge) => {
+                plugins.extend(ge.plugins.iter().filter(|p| !plugins.iter().any(|o| o.name() == p.name())).cloned().collect::<Vec<_>>())
+            }
+            None => tracing::warn!(consumer = %name, group = %g, "consumer of a consumer group that does not exist: no group plugins"),
+        }
+    }
+    plugins.sort_by_key(|p| std::cmp::Reverse(p.priority()));
+    let compiled = Arc::new(Consumer { identity: Identity { name: Arc::from(name), group: group.clone() }, plugins: Arc::from(plugins) });
+    Ok(ConsumerEntry { src: Source { version: version.to_owned(), source: v.to_string().into_boxed_str() }, group, key, compiled })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::Upstreams;
+    use serde_json::json;
+
+    fn up(kind: Kind, name: &str, v: Value) -> Change {
+        Change { kind, name: name.into(), version: aigw_model::snapshot::resource_version(&v), value: Some(v) }
+    }
+
+    fn rm(kind: Kind, name: &str) -> Change {
+        Change { kind, name: name.into(), version: String::new(), value: None }
+    }
+
+    #[test]
+    fn keys_credentials_groups_and_deltas() {
+        let ups = Upstreams::default();
+        let ctx = CompileCtx::bare(&ups);
+        let hk = KeyHasher::new(&[7u8; 32]);
+        use base64::Engine as _;
+        let settings = json!({"hash_key": base64::engine::general_purpose::STANDARD.encode([7u8; 32])});
+        let set = ConsumerSet::apply(
+            &ConsumerSet::default(),
+            true,
+            vec![
+                up(Kind::Settings, "key-auth", settings),
+                up(Kind::Group, "gold", json!({"id": "gold", "plugins": {}})),
+                up(Kind::Consumer, "a", json!({"username": "a", "group_id": "gold", "plugins": {"key-auth": {"key": hk.stored("key-a")}}})),
+                up(Kind::Consumer, "b", json!({"username": "b"})),
+                up(Kind::Credential, "b/one", json!({"id": "one", "plugins": {"key-auth": {"key": hk.stored("key-b1")}}})),
+                up(Kind::Credential, "b/two", json!({"id": "two", "plugins": {"key-auth": {"key": hk.stored("key-b2")}}})),
+            ],
+            &ctx,
+            None,
+        )
+        .unwrap();
+        let who = |s: &ConsumerSet, k: &str| s.table.with_key(k).map(|c| c.identity.name.to_string());
+        assert_eq!(who(&set, "key-a").as_deref(), Some("a"));
+        assert_eq!(who(&set, "key-b1").as_deref(), Some("b"));
+        assert_eq!(who(&set, "key-b2").as_deref(), Some("b"));
+        assert_eq!(who(&set, "key-b3"), None);
+        assert_eq!(set.table.named("a").unwrap().identity.group.as_deref(), Some("gold"));
+        // Rotation: one credential goes, the other still works; a delta keeps the rest.
+        let set2 = ConsumerSet::apply(&set, false, vec![rm(Kind::Credential, "b/one")], &ctx, None).unwrap();
+        assert_eq!((who(&set2, "key-b1"), who(&set2, "key-b2").as_deref()), (None, Some("b")));
+        assert!(Arc::ptr_eq(set.table.named("a").unwrap(), set2.table.named("a").unwrap()), "unchanged consumers keep their Arc");
+        // Deleting a consumer drops its keys (its credentials stay out of the table).
+        let set3 = ConsumerSet::apply(&set2, false, vec![rm(Kind::Consumer, "b")], &ctx, None).unwrap();
+        assert_eq!(who(&set3, "key-b2"), None);
+        // A group change recompiles its consumers.
+        let set4 = ConsumerSet::apply(&set3, false, vec![up(Kind::Group, "gold", json!({"id": "gold", "desc": "x"}))], &ctx, None).unwrap();
+        assert!(!Arc::ptr_eq(set3.table.named("a").unwrap(), set4.table.named("a").unwrap()));
+        assert_eq!(who(&set4, "key-a").as_deref(), Some("a"));
+        // A clear key (routes files) is hashed with the file's hash key; never kept.
+        let file = ConsumerSet::apply(
+            &ConsumerSet::default(),
+            true,
+            vec![up(Kind::Consumer, "c", json!({"username": "c", "plugins": {"key-auth": {"key": "clear-c"}}}))],
+            &ctx,
+            Some(&KeyHasher::new(&[9u8; 32])),
+        )
+        .unwrap();
+        assert_eq!(who(&file, "clear-c").as_deref(), Some("c"));
+        // Without any hash key, a clear key is refused (NACK), naming the field.
+        let e = ConsumerSet::apply(
+            &ConsumerSet::default(),
+            true,
+            vec![up(Kind::Consumer, "c", json!({"username": "c", "plugins": {"key-auth": {"key": "clear-c"}}}))],
+            &ctx,
+            None,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("consumer \"c\": plugins.key-auth.key"), "{e}");
+        // The dump shows hashes, never the keys.
+        let dump = set.dump().to_string();
+        assert!(dump.contains(&hk.stored("key-a")) && !dump.contains("key-a\""), "{dump}");
+    }
+}
