@@ -6,6 +6,7 @@ mod anthropic;
 mod bedrock;
 mod common;
 mod config_plane;
+mod consumers;
 mod multi;
 mod observability;
 mod pipeline;

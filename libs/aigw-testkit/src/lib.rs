@@ -8,6 +8,7 @@ pub mod http;
 pub mod otlp;
 pub mod proc;
 pub mod redis;
+pub mod tls_front;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -114,6 +114,14 @@ fn key_hash(v: &Value, hasher: Option<&KeyHasher>) -> Result<Option<[u8; 32]>, S
     }
 }
 
+/// `v` with its `key-auth` key replaced by the key's hash (the form kept and shown).
+fn hashed_source(mut v: Value, hash: Option<[u8; 32]>) -> Value {
+    if let (Some(h), Some(k)) = (hash, v.pointer_mut("/plugins/key-auth/key")) {
+        *k = Value::String(format!("{}{}", keyauth::HASH_PREFIX, hex::encode(h)));
+    }
+    v
+}
+
 /// The plugins that run for a caller: everything but its credentials.
 fn runnable(plugins: &BTreeMap<String, Value>) -> BTreeMap<String, Value> {
     plugins.iter().filter(|(k, _)| *k != "key-auth").map(|(k, v)| (k.clone(), v.clone())).collect()
@@ -221,7 +229,8 @@ impl ConsumerSet {
             };
             Credential::from_json(v).map_err(|e| invalid(Kind::Credential, &c.name, e))?;
             let key = key_hash(v, hasher.as_ref()).map_err(|m| invalid(Kind::Credential, &c.name, m))?;
-            next.credentials.insert(name, Arc::new(CredentialEntry { src: source(v, &c.version), consumer: Arc::from(user), key }));
+            let src = source(&hashed_source(v.clone(), key), &c.version);
+            next.credentials.insert(name, Arc::new(CredentialEntry { src, consumer: Arc::from(user), key }));
         }
         next.table = next.build_table(hasher);
         Ok(next)
@@ -345,7 +354,8 @@ fn compile_consumer(
     }
     plugins.sort_by_key(|p| std::cmp::Reverse(p.priority()));
     let compiled = Arc::new(Consumer { identity: Identity { name: Arc::from(name), group: group.clone() }, plugins: Arc::from(plugins) });
-    Ok(ConsumerEntry { src: Source { version: version.to_owned(), source: v.to_string().into_boxed_str() }, group, key, compiled })
+    let source = hashed_source(v.clone(), key).to_string().into_boxed_str();
+    Ok(ConsumerEntry { src: Source { version: version.to_owned(), source }, group, key, compiled })
 }
 
 #[cfg(test)]

@@ -47,15 +47,17 @@ pub fn load_file(path: &Path, ctx: &CompileCtx<'_>) -> Result<RuntimeConfig, Loa
     let file = parse_config_file(&text, &env_lookup, &|n| ctx.plugins.knows(n))
         .map_err(|error| LoadError::Parse { path: path.to_owned(), error })?;
     let mut routes = file.routes;
+    // Consumer keys are in clear in the file: from here on only their hashes are kept
+    // (the version below, the dump, the record), under this process's own hash key.
+    let consumers: Vec<Value> = file.consumers.into_iter().map(|c| hash_inline_key(c, file_hasher())).collect();
     routes.sort_by(|a, b| a.get("id").and_then(Value::as_str).cmp(&b.get("id").and_then(Value::as_str)));
-    // The version covers everything the file holds (clear consumer keys included: it is
-    // a hash and reveals none of them).
-    let version = if file.consumers.is_empty() && file.consumer_groups.is_empty() {
+    // The version covers everything the file holds.
+    let version = if consumers.is_empty() && file.consumer_groups.is_empty() {
         version_of(&routes)
     } else {
         let mut all = routes.clone();
         all.extend(file.consumer_groups.iter().cloned());
-        all.extend(file.consumers.iter().cloned());
+        all.extend(consumers.iter().cloned());
         version_of(&all)
     };
     let object = |kind: Kind, name: &str, v: Value| {
@@ -72,13 +74,23 @@ pub fn load_file(path: &Path, ctx: &CompileCtx<'_>) -> Result<RuntimeConfig, Loa
         let id = g.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
         changes.push(object(Kind::Group, &id, g));
     }
-    for c in file.consumers {
+    for c in consumers {
         let name = c.get("username").and_then(Value::as_str).unwrap_or_default().to_owned();
         changes.push(object(Kind::Consumer, &name, c));
     }
     runtime::apply_with(&RuntimeConfig::empty(), &version, true, changes, ctx, Some(file_hasher()))
         .map(|(c, _)| c)
         .map_err(|error| LoadError::Apply { path: path.to_owned(), error })
+}
+
+/// A consumer with its inline `key-auth` key replaced by the key's hash.
+fn hash_inline_key(mut c: Value, hasher: &KeyHasher) -> Value {
+    if let Some(Value::String(k)) = c.pointer_mut("/plugins/key-auth/key")
+        && !aigw_model::keyauth::is_stored_hash(k)
+    {
+        *k = hasher.stored(k);
+    }
+    c
 }
 
 /// The hash key of a routes file's consumer keys (which are in clear): this process's
