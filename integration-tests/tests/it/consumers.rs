@@ -63,9 +63,20 @@ async fn setup() -> Setup {
     });
     std::fs::write(&file, routes.to_string()).unwrap();
     let format = "$route_id|$status|$consumer_name|$consumer_group_id";
-    let proxy =
-        Proxy::start(&["--routes", file.to_str().unwrap(), "--access-log", log.to_str().unwrap(), "--access-log-format", format], &[])
-            .await;
+    let proxy = Proxy::start(
+        &[
+            "--routes",
+            file.to_str().unwrap(),
+            "--access-log",
+            log.to_str().unwrap(),
+            "--access-log-format",
+            format,
+            "--metrics-max-consumers",
+            "2",
+        ],
+        &[],
+    )
+    .await;
     Setup { proxy, up, open, bedrock, log, _dir: dir }
 }
 
@@ -154,6 +165,12 @@ async fn key_auth_identifies_refuses_and_never_forwards_keys() {
     assert!(text.contains("anon|200|guest|-"), "{text}");
     assert!(text.contains("by-name|403|team-b|-"), "{text}");
     assert!(!text.contains(KEY_A) && !text.contains(KEY_B), "{text}");
+    // Who, in metrics: a bounded `consumer` label (the third distinct name is `other`).
+    let metrics = http::get(&format!("{}/metrics", s.proxy.status), &[]).await.unwrap().text();
+    assert!(metrics.contains(r#"aigw_gateway_requests_total{aigw_route_id="chat",gen_ai_provider_name="openai-compatible",http_response_status_code="200",consumer="team-a"}"#), "{metrics}");
+    assert!(metrics.contains(r#"gen_ai_token_type="input",consumer="team-a""#), "{metrics}");
+    assert!(metrics.contains(r#"consumer="other""#) && metrics.contains("aigw_metrics_consumers_overflow_total 1"), "{metrics}");
+    assert!(!metrics.contains(KEY_A) && !metrics.contains(KEY_B) && !metrics.contains("hmac"), "{metrics}");
     // /config_dump shows the keys' hashes only.
     let dump = s.proxy.config_dump().await.to_string();
     assert!(dump.contains("hmac-sha256:") && dump.contains("team-a"), "{dump}");

@@ -137,7 +137,7 @@ impl<V> Family<V> {
     }
 
     fn attrs(&self, s: &Series<V>) -> Vec<KeyValue> {
-        self.labels.iter().zip(s.labels.iter()).map(|(k, v)| kv_str(k, v)).collect()
+        self.labels.iter().zip(s.labels.iter()).filter(|(_, v)| !v.is_empty()).map(|(k, v)| kv_str(k, v)).collect()
     }
 }
 
@@ -470,13 +470,15 @@ pub fn prom_label(k: &str) -> String {
     k.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect()
 }
 
+/// `{k="v",…}`; a label with no value is left out (Prometheus reads an empty label as an
+/// absent one), so adding a label (`consumer`) leaves the series that lack it as they were.
 fn labels(keys: &[&str], vals: &[Box<str>], le: Option<&str>) -> String {
-    if keys.is_empty() && le.is_none() {
+    if vals.iter().all(|v| v.is_empty()) && le.is_none() {
         return String::new();
     }
     let mut s = String::from("{");
     let mut first = true;
-    for (k, v) in keys.iter().zip(vals) {
+    for (k, v) in keys.iter().zip(vals).filter(|(_, v)| !v.is_empty()) {
         if !first {
             s.push(',');
         }
@@ -504,16 +506,29 @@ fn fmt_f64(v: f64) -> String {
 }
 
 /// Values a label may take when they come from outside (a client-chosen model name):
-/// at most `cap` distinct values, each at most 64 bytes of `[A-Za-z0-9._:/@+-]`; anything
+/// at most `cap` distinct values, each at most 100 bytes of `[A-Za-z0-9._:/@+-]`; anything
 /// else is [`OVERFLOW`]. A lookup is one hash under a read lock.
 pub struct BoundedValues {
     cap: usize,
     seen: RwLock<std::collections::HashSet<Box<str>>>,
+    overflow: &'static str,
+    /// Values folded into the overflow value (counted for `/metrics`).
+    pub overflowed: std::sync::atomic::AtomicU64,
 }
 
 impl BoundedValues {
     pub fn new(cap: usize) -> BoundedValues {
-        BoundedValues { cap, seen: RwLock::default() }
+        Self::with_overflow(cap, OVERFLOW)
+    }
+
+    /// At most `cap` values, the rest as `overflow` (CONTRACT §12's consumers: `other`).
+    pub fn with_overflow(cap: usize, overflow: &'static str) -> BoundedValues {
+        BoundedValues { cap, seen: RwLock::default(), overflow, overflowed: Default::default() }
+    }
+
+    fn over(&self) -> &'static str {
+        self.overflowed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.overflow
     }
 
     /// `v` when it is (or can become) one of the admitted values, else [`OVERFLOW`].
@@ -521,8 +536,8 @@ impl BoundedValues {
         if v.is_empty() {
             return v;
         }
-        if v.len() > 64 || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:/@+-".contains(&b)) {
-            return OVERFLOW;
+        if v.len() > 100 || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:/@+-".contains(&b)) {
+            return self.over();
         }
         if self.seen.read().unwrap_or_else(|e| e.into_inner()).contains(v) {
             return v;
@@ -532,7 +547,7 @@ impl BoundedValues {
             return v;
         }
         if w.len() >= self.cap {
-            return OVERFLOW;
+            return self.over();
         }
         w.insert(Box::from(v));
         v
@@ -611,6 +626,9 @@ mod tests {
         assert_eq!(b.admit("third"), OVERFLOW);
         assert_eq!(b.admit("gpt-4o"), "gpt-4o");
         assert_eq!(b.admit("a\"b"), OVERFLOW);
-        assert_eq!(b.admit(&"x".repeat(65)), OVERFLOW);
+        assert_eq!(b.admit(&"x".repeat(101)), OVERFLOW);
+        assert_eq!(b.overflowed.load(std::sync::atomic::Ordering::Relaxed), 3);
+        let c = BoundedValues::with_overflow(1, "other");
+        assert_eq!((c.admit("team-a"), c.admit("team-b"), c.admit("team-a")), ("team-a", "other", "team-a"));
     }
 }

@@ -66,12 +66,19 @@ pub struct Config {
 
 /// What `main` set up for OpenTelemetry: the instruments (served on `/metrics`, pushed by
 /// the exporter) and, when spans are exported, the tracer.
-#[derive(Default)]
 pub struct Telemetry {
     pub registry: Arc<aigw_telemetry::metrics::Registry>,
     pub tracer: Option<Arc<aigw_telemetry::export::Tracer>>,
     /// `OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental`.
     pub genai_latest: bool,
+    /// `--metrics-max-consumers`: distinct `consumer` label values (the rest `other`).
+    pub max_consumers: usize,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry { registry: Default::default(), tracer: None, genai_latest: false, max_consumers: metrics::DEFAULT_MAX_CONSUMERS }
+    }
 }
 
 /// Runs the node until `shutdown` resolves, then drains in-flight requests (30 s at most).
@@ -82,7 +89,7 @@ pub async fn run(
     status: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let metrics = Arc::new(metrics::Metrics::new(cfg.telemetry.registry.clone(), cfg.telemetry.genai_latest));
+    let metrics = Arc::new(metrics::Metrics::new(cfg.telemetry.registry.clone(), cfg.telemetry.genai_latest, cfg.telemetry.max_consumers));
     let access = Arc::new(cfg.access_log);
     let keep_headers = access.enabled() && access.format.needs_headers;
     let keep_upstream_uri = access.enabled() && access.format.needs_upstream_uri;

@@ -60,6 +60,9 @@ struct Args {
     /// `client_body_timeout`).
     #[arg(long, env = "AIGW_CLIENT_BODY_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     client_body_timeout: Duration,
+    /// Distinct consumer names the `consumer` metric label takes; the rest are `other`.
+    #[arg(long, env = "AIGW_METRICS_MAX_CONSUMERS", default_value_t = aigw_proxy::metrics::DEFAULT_MAX_CONSUMERS)]
+    metrics_max_consumers: usize,
     #[command(flatten)]
     log: aigw_telemetry::LogArgs,
 }
@@ -101,6 +104,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         registry,
         tracer: otel.as_ref().and_then(|o| o.tracer()),
         genai_latest: aigw_telemetry::config::genai_latest(&|n| std::env::var(n).ok()),
+        max_consumers: args.metrics_max_consumers,
     };
     let data_key = aigw_model::secrets::DataKey::from_flag(args.data_encryption_key.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
     let control_plane_ca = match &args.control_plane_ca {

@@ -20,11 +20,14 @@ pub const TTFT_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0
 pub const TPOT_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5];
 
 /// The GenAI label set (values in this order).
+/// `--metrics-max-consumers`' default.
+pub const DEFAULT_MAX_CONSUMERS: usize = 1000;
+
 pub const GENAI_LABELS: &[&str] =
     &["gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model", "gen_ai.response.model", "error.type"];
 /// `gen_ai.client.token.usage` adds the token type.
 pub const TOKEN_LABELS: &[&str] =
-    &["gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model", "gen_ai.response.model", "gen_ai.token.type"];
+    &["gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model", "gen_ai.response.model", "gen_ai.token.type", "consumer"];
 /// Success-only metrics carry no `error.type`.
 pub const OK_LABELS: &[&str] = &["gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model", "gen_ai.response.model"];
 
@@ -72,16 +75,18 @@ pub struct Metrics {
     /// Model names seen as label values: client input, so bounded (256 distinct values,
     /// 64 bytes of `[A-Za-z0-9._:/@+-]`; anything else is `_OTHER`).
     pub models: BoundedValues,
+    /// Consumer names as metric labels: at most `--metrics-max-consumers`, the rest `other`.
+    pub consumers: BoundedValues,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics::new(Registry::new(), false)
+        Metrics::new(Registry::new(), false, DEFAULT_MAX_CONSUMERS)
     }
 }
 
 impl Metrics {
-    pub fn new(registry: Arc<Registry>, genai_latest: bool) -> Metrics {
+    pub fn new(registry: Arc<Registry>, genai_latest: bool, max_consumers: usize) -> Metrics {
         let r = &registry;
         let genai = GenAi {
             token_usage: r.histogram(
@@ -155,7 +160,7 @@ impl Metrics {
                 "aigw.gateway.requests",
                 "{request}",
                 "Data-plane requests by route, provider and status sent to the client.",
-                &["aigw.route_id", "gen_ai.provider.name", "http.response.status_code"],
+                &["aigw.route_id", "gen_ai.provider.name", "http.response.status_code", "consumer"],
             ),
             upstream_errors: r.counter(
                 "aigw.gateway.upstream.errors",
@@ -177,6 +182,7 @@ impl Metrics {
             genai,
             gateway,
             models: BoundedValues::new(256),
+            consumers: BoundedValues::with_overflow(max_consumers, "other"),
             registry,
         }
     }

@@ -84,8 +84,16 @@ pub fn observe_node(state: &Arc<AppState>, dropped: Vec<(&'static str, DropCount
             g(&m.config_applied),
         );
         o.counter("aigw.gateway.config.updates", "{update}", "", &[("result", "rejected")], g(&m.config_rejected));
+        o.counter(
+            "aigw.metrics.consumers.overflow",
+            "{request}",
+            "Requests whose consumer was labeled `other` (more distinct consumers than --metrics-max-consumers).",
+            &[],
+            m.consumers.overflowed.load(Ordering::Relaxed),
+        );
         let cfg = state.config.load();
         o.gauge("aigw.proxy.routes", "", "Routes in the applied snapshot.", &[], cfg.routes.len() as f64);
+        o.gauge("aigw.proxy.consumers", "", "Consumers in the applied snapshot.", &[], cfg.consumers.table.by_name.len() as f64);
         o.gauge("aigw.proxy.ready", "", "1 once a config is applied.", &[], state.ready.load(Ordering::Relaxed) as u8 as f64);
         o.gauge("aigw.proxy.config_info", "", "Applied snapshot version.", &[("version", cfg.version.as_str())], 1.0);
         // GCP token sources (auth.gcp): cache hits, mints, aigw-token-cache fetches and fallbacks.

@@ -102,7 +102,8 @@ impl Sink for GenAiSink {
     fn complete(&self, r: &Record) {
         let m = &self.0;
         let provider = r.provider.map(provider_name).unwrap_or_default();
-        m.gateway.requests.add(&[&r.route_id, provider, status_str(r.status)], 1);
+        let consumer = r.consumer.as_ref().map_or("", |c| m.consumers.admit(&c.name));
+        m.gateway.requests.add(&[&r.route_id, provider, status_str(r.status), consumer], 1);
         for a in &r.earlier {
             if let Some(e) = a.error.or(a.status.map(status_str)) {
                 m.gateway.upstream_errors.add(&[&r.route_id, provider, e], 1);
@@ -135,8 +136,8 @@ impl Sink for GenAiSink {
         g.operation_duration.record(&[op, provider, req_model, resp_model, err], d);
         let u = &r.usage;
         if u.prompt + u.completion > 0 {
-            g.token_usage.record(&[op, provider, req_model, resp_model, "input"], u.prompt as f64);
-            g.token_usage.record(&[op, provider, req_model, resp_model, "output"], u.completion as f64);
+            g.token_usage.record(&[op, provider, req_model, resp_model, "input", consumer], u.prompt as f64);
+            g.token_usage.record(&[op, provider, req_model, resp_model, "output", consumer], u.completion as f64);
         }
         let ok = req_err.is_empty();
         let first = r.ttft.filter(|_| r.stream).map(|t| a.offset + t);
