@@ -7,6 +7,7 @@ mod bedrock;
 mod common;
 mod config_plane;
 mod consumers;
+mod limits;
 mod multi;
 mod observability;
 mod pipeline;

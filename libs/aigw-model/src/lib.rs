@@ -9,6 +9,7 @@ pub mod keyauth;
 pub mod multi;
 pub mod plugins;
 pub mod proto_json;
+pub mod ratelimit;
 pub mod restriction;
 pub mod route;
 pub mod secrets;

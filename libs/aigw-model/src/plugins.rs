@@ -50,6 +50,11 @@ pub static SCHEMAS: &[Schema] = &[
     Schema { name: "http-logger", on: &[On::Route], validate: http_logger },
     Schema { name: "key-auth", on: &[On::Route, On::Consumer, On::Credential], validate: key_auth },
     Schema { name: "consumer-restriction", on: &[On::Route], validate: |_, p, c| crate::restriction::validate(p, c) },
+    Schema {
+        name: "ai-rate-limiting",
+        on: &[On::Route, On::Consumer, On::ConsumerGroup],
+        validate: |_, p, c| crate::ratelimit::validate(p, c),
+    },
 ];
 
 pub fn schema(name: &str) -> Option<&'static Schema> {

@@ -124,6 +124,14 @@ pub fn for_each_secret_at(route: &mut Value, mut f: impl FnMut(&str, &str, &mut 
     if let Some(Value::String(s)) = route.pointer_mut("/plugins/http-logger/auth_header") {
         f("plugins.http-logger.auth_header", "/plugins/http-logger/auth_header", s);
     }
+    // APISIX's encrypt_fields of ai-rate-limiting (and ai-budget, which shares its Redis
+    // settings), on routes, consumers and consumer groups alike.
+    for plugin in ["ai-rate-limiting", "ai-budget"] {
+        let ptr = format!("/plugins/{plugin}/redis_password");
+        if let Some(Value::String(s)) = route.pointer_mut(&ptr) {
+            f(&format!("plugins.{plugin}.redis_password"), &ptr, s);
+        }
+    }
     if let Some(instances) = route.pointer_mut("/plugins/ai-proxy-multi/instances").and_then(Value::as_array_mut) {
         for (i, ins) in instances.iter_mut().enumerate() {
             if let Some(auth) = ins.get_mut("auth").and_then(Value::as_object_mut) {

@@ -61,6 +61,7 @@ enum Var {
     TraceId,
     ConsumerName,
     ConsumerGroupId,
+    RateLimitRemaining,
 }
 
 const VARS: &[(&str, Var)] = &[
@@ -99,6 +100,7 @@ const VARS: &[(&str, Var)] = &[
     ("trace_id", Var::TraceId),
     ("consumer_name", Var::ConsumerName),
     ("consumer_group_id", Var::ConsumerGroupId),
+    ("llm_ratelimit_remaining", Var::RateLimitRemaining),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,6 +225,7 @@ impl Format {
                         Var::UpstreamHost => upstream_origin(e).map_or_else(|| "-".to_owned(), upstream_host),
                         Var::UpstreamUri => dash(&e.upstream_uri),
                         Var::Instance => dash(&e.instance),
+                        Var::RateLimitRemaining => e.ratelimit_remaining.map_or_else(|| "-".to_owned(), |n| n.to_string()),
                         Var::ConsumerName => e.consumer.as_ref().map_or_else(|| "-".to_owned(), |c| c.name.to_string()),
                         Var::ConsumerGroupId => {
                             e.consumer.as_ref().and_then(|c| c.group.as_deref()).map_or_else(|| "-".to_owned(), str::to_owned)

@@ -60,8 +60,11 @@ pub struct Config {
     /// `--control-plane-ca`: PEM bundle verifying `https://` control-plane URLs (the
     /// config service, the token cache); None: the webpki roots.
     pub control_plane_ca: Option<Vec<u8>>,
-    /// The plugins routes may use (`phases::Registry::builtin`, plus a node's own).
+    /// The plugins routes may use (`plugins::builtin`, plus a node's own).
     pub plugins: phases::Registry,
+    /// `--redis`: where `ai-rate-limiting` / `ai-budget` with `policy: redis` count when
+    /// they name no `redis_host`.
+    pub redis: Option<String>,
 }
 
 /// What `main` set up for OpenTelemetry: the instruments (served on `/metrics`, pushed by
@@ -94,6 +97,8 @@ pub async fn run(
     let keep_headers = access.enabled() && access.format.needs_headers;
     let keep_upstream_uri = access.enabled() && access.format.needs_upstream_uri;
     let resources = phases::Resources::default();
+    resources.insert_shared(metrics.clone());
+    resources.insert(aigw_limits::Counters::new(cfg.redis.clone(), aigw_limits::system_clock()));
     let mut sinks: Vec<Arc<dyn complete::Sink>> =
         vec![Arc::new(complete::MetricsSink(metrics.clone())), Arc::new(telemetry::GenAiSink(metrics.clone()))];
     if let Some(t) = &cfg.telemetry.tracer {

@@ -60,6 +60,10 @@ struct Args {
     /// `client_body_timeout`).
     #[arg(long, env = "AIGW_CLIENT_BODY_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     client_body_timeout: Duration,
+    /// Redis for fleet-wide token limits and budgets (`policy: redis` without
+    /// `redis_host`): redis://[:password@]HOST:PORT[/DB].
+    #[arg(long, env = "AIGW_REDIS", hide_env_values = true)]
+    redis: Option<String>,
     /// Distinct consumer names the `consumer` metric label takes; the rest are `other`.
     #[arg(long, env = "AIGW_METRICS_MAX_CONSUMERS", default_value_t = aigw_proxy::metrics::DEFAULT_MAX_CONSUMERS)]
     metrics_max_consumers: usize,
@@ -85,6 +89,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?}: must be greater than zero"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// `--redis` must be a redis:// URL (checked at start, named without its password).
+fn redis_url_ok(url: &str) -> anyhow::Result<()> {
+    if !url.starts_with("redis://") {
+        anyhow::bail!("--redis must be redis://HOST:PORT[/DB], got {:?}", aigw_limits::redact(url));
+    }
+    redis::Client::open(url).map(|_| ()).map_err(|e| anyhow::anyhow!("--redis {}: {:?}", aigw_limits::redact(url), e.kind()))
 }
 
 fn main() {
@@ -138,6 +150,9 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         }
         _ => anyhow::bail!("give exactly one of --routes FILE or --config-service URL"),
     };
+    if let Some(r) = &args.redis {
+        redis_url_ok(r)?;
+    }
     let token_cache = match args.token_cache {
         Some(url) => {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -165,6 +180,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             telemetry,
             control_plane_ca,
             plugins: aigw_proxy::plugins::builtin(),
+            redis: args.redis.clone(),
         };
         aigw_proxy::run(cfg, data, status, aigw_telemetry::shutdown_signal()).await
     });

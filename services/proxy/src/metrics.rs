@@ -77,6 +77,14 @@ pub struct Metrics {
     pub models: BoundedValues,
     /// Consumer names as metric labels: at most `--metrics-max-consumers`, the rest `other`.
     pub consumers: BoundedValues,
+    /// `ai-rate-limiting` refusals by route and consumer (CONTRACT §13).
+    pub ratelimit_rejected: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
 }
 
 impl Default for Metrics {
@@ -183,6 +191,12 @@ impl Metrics {
             gateway,
             models: BoundedValues::new(256),
             consumers: BoundedValues::with_overflow(max_consumers, "other"),
+            ratelimit_rejected: registry.counter(
+                "aigw.ratelimit.rejected",
+                "{request}",
+                "Requests (or ai-proxy-multi attempts) refused by ai-rate-limiting, by route and consumer.",
+                &["route", "consumer"],
+            ),
             registry,
         }
     }

@@ -48,20 +48,25 @@ use crate::errors::GatewayError;
 use crate::record::Record;
 pub use crate::record::{Identity, Needs};
 
-/// A plugin's per-request state (what access found, for the later phases).
-pub type Slot = Option<Box<dyn Any + Send>>;
+/// What a plugin keeps for one request (what access found, for the later phases).
+pub type SlotBox = Box<dyn Any + Send>;
+/// A plugin's per-request state.
+pub type Slot = Option<SlotBox>;
 
-/// A future an access phase waits on (e.g. one Redis round trip).
-pub type Wait<'a> = Pin<Box<dyn Future<Output = Result<(), GatewayError>> + Send + 'a>>;
+/// A check an access phase needs to wait for (e.g. one Redis round trip). It owns what it
+/// needs; its output becomes the plugin's slot. The chain runs every plugin's access phase
+/// first, then awaits all their checks together, so two plugins that each read Redis
+/// cost one round trip of latency (their reads share the multiplexed connection).
+pub type Wait = Pin<Box<dyn Future<Output = Result<Slot, GatewayError>> + Send>>;
 
 /// What an access phase decided.
-pub enum Step<'a> {
+pub enum Step {
     /// Go on with the next plugin.
     Next,
     /// Answer the request with this refusal (its status, class and headers).
     Refuse(GatewayError),
-    /// Wait for this, then go on (or answer with its error).
-    Wait(Wait<'a>),
+    /// Go on, and wait for this before planning (or answer with its error).
+    Wait(Wait),
 }
 
 /// A route plugin: see the module docs. Every phase has a default that does nothing.
@@ -77,7 +82,7 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
         Needs::default()
     }
 
-    fn access<'a>(&'a self, _cx: &'a mut Access<'_>) -> Step<'a> {
+    fn access(&self, _cx: &mut Access<'_>) -> Step {
         Step::Next
     }
 
@@ -234,6 +239,7 @@ impl Chain {
         let mut i = 0;
         let mut identified = None;
         let mut merged = false;
+        let mut waits: Vec<(usize, Wait)> = Vec::new();
         while i < self.list.len() {
             let p = self.list[i].clone();
             let mut cx =
@@ -241,7 +247,7 @@ impl Chain {
             match p.access(&mut cx) {
                 Step::Next => {}
                 Step::Refuse(e) => return Err(e),
-                Step::Wait(f) => f.await?,
+                Step::Wait(f) => waits.push((i, f)),
             }
             if !merged && let Some(c) = identified.take() {
                 merged = true;
@@ -250,6 +256,15 @@ impl Chain {
                 }
             }
             i += 1;
+        }
+        if !waits.is_empty() {
+            let (at, futs): (Vec<usize>, Vec<Wait>) = waits.into_iter().unzip();
+            for (i, r) in at.into_iter().zip(futures_util::future::join_all(futs).await) {
+                // The first refusal in plugin order is the answer.
+                if let Some(s) = r? {
+                    self.slots[i] = Some(s);
+                }
+            }
         }
         self.admitted = true;
         Ok(())
@@ -330,7 +345,12 @@ impl Resources {
 
     /// Sets the node's `T` (from flags: a Redis URL, a clock), replacing any earlier one.
     pub fn insert<T: Any + Send + Sync>(&self, value: T) {
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).insert(TypeId::of::<T>(), Arc::new(value));
+        self.insert_shared(Arc::new(value));
+    }
+
+    /// Sets the node's `T` to one the node already shares (its metrics).
+    pub fn insert_shared<T: Any + Send + Sync>(&self, value: Arc<T>) {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).insert(TypeId::of::<T>(), value);
     }
 }
 
@@ -528,15 +548,14 @@ mod tests {
             fn priority(&self) -> i32 {
                 1000
             }
-            fn access<'a>(&'a self, cx: &'a mut Access<'_>) -> Step<'a> {
+            fn access(&self, cx: &mut Access<'_>) -> Step {
                 if cx.parts.headers.contains_key("x-refuse") {
                     let e = GatewayError::refused(StatusCode::FORBIDDEN, aigw_llm::envelope::Class::Permission, "refused", "not you")
                         .with_header(http::HeaderName::from_static("x-refused-by"), "test-phases");
                     return Step::Refuse(e);
                 }
-                *cx.slot = Some(Box::new(Vec::<String>::new()));
-                // An access phase may wait (e.g. one Redis round trip).
-                Step::Wait(Box::pin(async { Ok(()) }))
+                // An access phase may wait (e.g. one Redis round trip); what it finds is its slot.
+                Step::Wait(Box::pin(async { Ok(Some(Box::new(Vec::<String>::new()) as Box<dyn Any + Send>)) }))
             }
             fn before_attempt(&self, cx: &mut AttemptCx<'_>) -> Result<(), GatewayError> {
                 if let Some(tried) = cx.slot.as_mut().and_then(|s| s.downcast_mut::<Vec<String>>()) {
@@ -597,6 +616,7 @@ mod tests {
             telemetry: crate::Telemetry::default(),
             control_plane_ca: None,
             plugins: registry,
+            redis: None,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(crate::run(cfg, data, status, async move {

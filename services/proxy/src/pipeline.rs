@@ -157,6 +157,7 @@ async fn proxy(
     rec.tool_count = facts.tool_count;
     rec.end_user_id = facts.end_user;
     rec.note_request(&client.bytes, proto, &json);
+    rec.request_bytes = client.bytes.len() as u64;
 
     // access: the route's plugins (and the caller's, once one identifies it).
     if !route.plugins.is_empty() {

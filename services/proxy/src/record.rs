@@ -199,6 +199,15 @@ pub struct Record {
     pub response_body: Option<Bytes>,
     /// Who made the request (set by an access phase: key-auth), when known.
     pub consumer: Option<Identity>,
+    /// The client's body size.
+    pub request_bytes: u64,
+    /// Events a streamed answer carried (what was sent, when no usage was reported).
+    pub stream_events: u64,
+    /// The tokens left of the tightest `ai-rate-limiting` limit after this request
+    /// (`$llm_ratelimit_remaining`, `aigw.ratelimit.remaining`).
+    pub ratelimit_remaining: Option<u64>,
+    /// A limit was decided on this node's own counts (Redis down, `allow_degradation`).
+    pub ratelimit_degraded: bool,
 }
 
 impl Record {
@@ -249,6 +258,10 @@ impl Record {
             request_body: None,
             response_body: None,
             consumer: None,
+            request_bytes: 0,
+            stream_events: 0,
+            ratelimit_remaining: None,
+            ratelimit_degraded: false,
         }
     }
 
@@ -311,6 +324,7 @@ impl Record {
     /// What the answer said about itself (usage, model, tools, id, finish reason, text).
     pub fn observe(&mut self, obs: &Observation) {
         self.usage = obs.usage;
+        self.stream_events = obs.events;
         self.has_tool_calls = obs.has_tool_calls;
         self.response_model.clone_from(&obs.model);
         self.response_id.clone_from(&obs.id);

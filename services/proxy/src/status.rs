@@ -91,6 +91,25 @@ pub fn observe_node(state: &Arc<AppState>, dropped: Vec<(&'static str, DropCount
             &[],
             m.consumers.overflowed.load(Ordering::Relaxed),
         );
+        let limits = state.resources.get::<aigw_limits::Counters>();
+        o.counter(
+            "aigw.ratelimit.degraded",
+            "{request}",
+            "Token-limit and budget checks decided on this node's own counts while Redis was down (allow_degradation).",
+            &[],
+            limits.stats.degraded.load(Ordering::Relaxed),
+        );
+        o.counter(
+            "aigw.ratelimit.unavailable",
+            "{request}",
+            "Requests refused (503) because Redis was down and degradation is not allowed.",
+            &[],
+            limits.stats.unavailable.load(Ordering::Relaxed),
+        );
+        for r in limits.endpoints() {
+            let up = if r.is_up() { 1.0 } else { 0.0 };
+            o.gauge("aigw.ratelimit.redis.up", "", "1 while the Redis of token limits answers.", &[("endpoint", r.endpoint.as_str())], up);
+        }
         let cfg = state.config.load();
         o.gauge("aigw.proxy.routes", "", "Routes in the applied snapshot.", &[], cfg.routes.len() as f64);
         o.gauge("aigw.proxy.consumers", "", "Consumers in the applied snapshot.", &[], cfg.consumers.table.by_name.len() as f64);

@@ -266,6 +266,9 @@ fn spans(r: &Record, out: &mut SpanBatch) {
         }
         b.str_nonempty("aigw.route_id", &r.route_id).str_nonempty("aigw.config_version", version);
         b.str_nonempty("aigw.instance", &r.instance);
+        if let Some(n) = r.ratelimit_remaining {
+            b.int("aigw.ratelimit.remaining", n.min(i64::MAX as u64) as i64);
+        }
         if let Some(c) = &r.consumer {
             b.str("aigw.consumer.name", &c.name);
             if let Some(g) = &c.group {

@@ -66,7 +66,7 @@ impl Plugin for Restriction {
         2400
     }
 
-    fn access<'a>(&'a self, cx: &'a mut Access<'_>) -> Step<'a> {
+    fn access(&self, cx: &mut Access<'_>) -> Step {
         let Some(who) = &cx.rec.consumer else {
             return Step::Refuse(GatewayError::refused(
                 StatusCode::UNAUTHORIZED,

@@ -107,7 +107,7 @@ impl Plugin for KeyAuth {
         2500
     }
 
-    fn access<'a>(&'a self, cx: &'a mut Access<'_>) -> Step<'a> {
+    fn access(&self, cx: &mut Access<'_>) -> Step {
         let found = self.find(cx.parts);
         let consumer = found.as_ref().and_then(|(k, _)| cx.consumers.with_key(k)).cloned();
         // Never forwarded: the header (or parameter) it came from, and any other of the

@@ -4,6 +4,7 @@
 pub mod consumer_restriction;
 pub mod http_logger;
 pub mod key_auth;
+pub mod rate_limit;
 
 use crate::phases::Registry;
 
@@ -12,6 +13,7 @@ pub fn builtin() -> Registry {
     let mut r = Registry::empty();
     r.register(key_auth::NAME, key_auth::factory);
     r.register(consumer_restriction::NAME, consumer_restriction::factory);
+    r.register(rate_limit::NAME, rate_limit::factory);
     r.register("http-logger", http_logger::factory);
     r
 }
