@@ -207,6 +207,13 @@ async fn multi_falls_back_from_a_spent_instance_and_returns() {
     .await;
     assert_eq!(r.status, 200);
     assert!(r.headers.get("x-ai-ratelimit-limit-cheap").is_none(), "headers name the instance that answered");
+    let st = http::get(&format!("{}/status/instances", p.status), &[]).await.unwrap().json();
+    let cheap_st = st["routes"][0]["instances"].as_array().unwrap().iter().find(|i| i["name"] == "cheap").unwrap().clone();
+    assert_eq!(
+        (cheap_st["ratelimit"]["limit"].as_u64(), cheap_st["ratelimit"]["remaining"].as_u64()),
+        (Some(CHAT_TOKENS), Some(0)),
+        "{st}"
+    );
     // The next window: cheap again.
     let r = wait_until("cheap's next window", T, || async {
         let r = p.chat("/v1/chat/completions").await.ok()?;
@@ -214,4 +221,82 @@ async fn multi_falls_back_from_a_spent_instance_and_returns() {
     })
     .await;
     assert_eq!(r.status, 200);
+}
+
+/// `rules`: one counter per value of a request variable, `X-AI-{prefix}-RateLimit-*`
+/// headers; a request whose key has no value skips the rule (local policy: per process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_count_per_variable_value() {
+    let up = FakeServer::start(upstream("up").handler()).await;
+    let dir = TempDir::new("rlr");
+    let file = dir.path().join("routes.json");
+    let routes = json!({"routes": [{"id": "teams", "uri": "/teams", "plugins": {"ai-proxy": ai(&up),
+        "ai-rate-limiting": {"rules": [{"count": CHAT_TOKENS, "time_window": 3600, "key": "team-$http_x_team", "header_prefix": "team"}],
+            "rejected_code": 429, "rejected_msg": "your team's tokens are spent"}}}]});
+    std::fs::write(&file, routes.to_string()).unwrap();
+    let p = Proxy::start(&["--routes", file.to_str().unwrap()], &[]).await;
+    let post = |team: Option<&'static str>| {
+        let url = format!("{}/teams", p.data);
+        async move {
+            let h: Vec<(&str, &str)> = team.map(|t| ("x-team", t)).into_iter().collect();
+            http::post_json(&url, &h, &chat()).await.unwrap()
+        }
+    };
+    let r = post(Some("red")).await;
+    assert_eq!((r.status.as_u16(), header(&r, "x-ai-team-ratelimit-remaining")), (200, Some(CHAT_TOKENS)));
+    let r = wait_until("red spent", T, || async { Some(post(Some("red")).await).filter(|r| r.status == 429) }).await;
+    assert_eq!(r.json()["error"]["message"], "your team's tokens are spent");
+    assert_eq!(header(&r, "x-ai-team-ratelimit-remaining"), Some(0));
+    assert_eq!(post(Some("blue")).await.status, 200, "another value, another counter");
+    let r = post(None).await;
+    assert_eq!(r.status, 200, "no key value: the rule is skipped");
+    assert!(r.headers.get("x-ai-team-ratelimit-limit").is_none());
+}
+
+/// Concurrent load over three proxies sharing Redis: a request is admitted while its
+/// counter is below the limit, so what is in flight can cross it — but never by more than
+/// the bound docs/limits.md states: 2 × (requests in flight across the fleet) × the
+/// tokens of one request (one in flight per client, and one finished whose charge is
+/// still on its way to Redis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_over_admission_stays_within_the_documented_bound() {
+    let redis = RedisServer::start().await;
+    let inner = upstream("slow").handler();
+    let slow: aigw_testkit::fake::Handler = std::sync::Arc::new(move |r| inner(r).delayed(std::time::Duration::from_millis(10)));
+    let up = FakeServer::start(slow).await;
+    let dir = TempDir::new("rlo");
+    let limit = 50 * CHAT_TOKENS;
+    let routes = json!({"routes": [{"id": "c", "uri": "/c", "plugins": {"ai-proxy": ai(&up),
+        "ai-rate-limiting": {"limit": limit, "time_window": 3600, "policy": "redis", "rejected_code": 429}}}]});
+    let ps = proxies(3, &routes, &redis, &dir).await;
+    const CLIENTS: u64 = 12;
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS as usize {
+        let url = format!("{}/c", ps[c % 3].data);
+        tasks.push(tokio::spawn(async move {
+            let mut ok = 0u64;
+            loop {
+                let r = http::post_json(&url, &[], &chat()).await.unwrap();
+                match r.status.as_u16() {
+                    200 => ok += 1,
+                    429 => return ok,
+                    s => panic!("unexpected {s}"),
+                }
+            }
+        }));
+    }
+    let mut admitted = 0;
+    for t in tasks {
+        admitted += t.await.unwrap();
+    }
+    let tokens = admitted * CHAT_TOKENS;
+    let bound = limit + 2 * CLIENTS * CHAT_TOKENS;
+    eprintln!(
+        "over-admission: {admitted} requests admitted for a limit of {} ({} over; bound {})",
+        limit / CHAT_TOKENS,
+        admitted.saturating_sub(limit / CHAT_TOKENS),
+        2 * CLIENTS
+    );
+    assert!(tokens >= limit, "the limit was reached: {tokens}");
+    assert!(tokens <= bound, "{tokens} tokens admitted, bound {bound}");
 }

@@ -431,6 +431,23 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("consumer \"c\": plugins.key-auth.key"), "{e}");
+        // Plugins: a group's apply to its consumers; a consumer's own win over its group's.
+        let rl = |limit: u64| json!({"ai-rate-limiting": {"limit": limit, "time_window": 60}});
+        let set5 = ConsumerSet::apply(
+            &ConsumerSet::default(),
+            true,
+            vec![
+                up(Kind::Group, "g", json!({"id": "g", "plugins": rl(100)})),
+                up(Kind::Consumer, "inherits", json!({"username": "inherits", "group_id": "g"})),
+                up(Kind::Consumer, "own", json!({"username": "own", "group_id": "g", "plugins": rl(5)})),
+            ],
+            &ctx,
+            None,
+        )
+        .unwrap();
+        let plugins = |n: &str| format!("{:?}", set5.table.named(n).unwrap().plugins);
+        assert!(plugins("inherits").contains("limit: 100"), "{}", plugins("inherits"));
+        assert!(plugins("own").contains("limit: 5") && !plugins("own").contains("limit: 100"), "{}", plugins("own"));
         // The dump shows hashes, never the keys.
         let dump = set.dump().to_string();
         assert!(dump.contains(&hk.stored("key-a")) && !dump.contains("key-a\""), "{dump}");

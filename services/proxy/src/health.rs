@@ -93,8 +93,27 @@ fn multi_routes(cfg: &RuntimeConfig) -> impl Iterator<Item = (&CompiledRoute, &M
 /// `/status/instances`: every `ai-proxy-multi` route's instances with their health and
 /// counters (`aigw_balance::InstanceStatus`), in configuration order.
 pub fn instances_json(cfg: &RuntimeConfig) -> Vec<u8> {
-    let routes: Vec<serde_json::Value> =
-        multi_routes(cfg).map(|(r, m)| serde_json::json!({"route_id": r.id(), "instances": m.balancer.snapshot()})).collect();
+    let routes: Vec<serde_json::Value> = multi_routes(cfg)
+        .map(|(r, m)| {
+            let instances: Vec<serde_json::Value> = m
+                .balancer
+                .snapshot()
+                .into_iter()
+                .map(|s| {
+                    let name = s.name.clone();
+                    let mut v = serde_json::to_value(s).unwrap_or_default();
+                    // What the route's plugins tell of it (ai-rate-limiting: its tokens left).
+                    for (field, value) in r.plugins.iter().filter_map(|p| p.instance_status(&name)) {
+                        if let Some(o) = v.as_object_mut() {
+                            o.insert(field.to_owned(), value);
+                        }
+                    }
+                    v
+                })
+                .collect();
+            serde_json::json!({"route_id": r.id(), "instances": instances})
+        })
+        .collect();
     serde_json::to_vec_pretty(&serde_json::json!({"version": cfg.version, "routes": routes})).unwrap_or_default()
 }
 

@@ -93,6 +93,12 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
     fn response_head(&self, _cx: &mut HeadCx<'_>) {}
 
     fn complete(&self, _cx: &mut CompleteCx<'_>) {}
+
+    /// What this plugin tells about an `ai-proxy-multi` instance of its route on
+    /// `/status/instances` (a field name and its value), as this node last saw it.
+    fn instance_status(&self, _instance: &str) -> Option<(&'static str, Value)> {
+        None
+    }
 }
 
 /// A caller an access phase can identify (a consumer, CONTRACT §12), with the plugins

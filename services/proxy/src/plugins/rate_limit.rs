@@ -159,6 +159,8 @@ struct Inner {
     per_consumer: bool,
     route_scope: String,
     metrics: Arc<Metrics>,
+    /// Instance limits as this node last saw them: name → (window index, tokens counted).
+    seen_instances: std::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>,
 }
 
 pub fn factory(conf: &Value, env: &PluginEnv<'_>) -> Result<Arc<dyn Plugin>, PluginError> {
@@ -214,6 +216,7 @@ pub fn factory(conf: &Value, env: &PluginEnv<'_>) -> Result<Arc<dyn Plugin>, Plu
         per_consumer,
         route_scope,
         metrics: env.resources.get::<Metrics>(),
+        seen_instances: Default::default(),
     }))))
 }
 
@@ -307,6 +310,24 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Records the instance counters `seen` holds (plus `charged` for `only`).
+    fn note_instances(&self, seen: &Seen, charged: u64, only: Option<&str>) {
+        let mut m = self.seen_instances.lock().unwrap_or_else(|e| e.into_inner());
+        for (l, c) in self.limits.iter().zip(&seen.counters) {
+            if let (LimitKind::Instance(name), Some((_, n, w))) = (&l.what, c)
+                && only.is_none_or(|o| o == name)
+            {
+                let e = m.entry(name.clone()).or_insert((w.index, 0));
+                if e.0 != w.index {
+                    *e = (w.index, 0);
+                }
+                e.1 = e.1.max(n + charged);
+            }
+        }
+    }
+}
+
 fn provider_header(rec: &Record) -> String {
     format!("ai-proxy-{}", rec.provider.map_or("", |p| p.as_str()))
 }
@@ -349,6 +370,7 @@ impl Plugin for RateLimit {
             let counters: Vec<Option<(String, u64, Window)>> =
                 keys.into_iter().zip(windows).map(|(k, w)| k.map(|k| (k, it.next().copied().unwrap_or(0), w))).collect();
             let seen = Seen { counters, degraded: matches!(reading, Reading::Degraded(_)) };
+            me.note_instances(&seen, 0, None);
             // Instance limits are checked per attempt; the rest now.
             let spent = me
                 .limits
@@ -366,6 +388,20 @@ impl Plugin for RateLimit {
             }
             Ok(Some(Box::new(seen) as crate::phases::SlotBox))
         }))
+    }
+
+    fn instance_status(&self, instance: &str) -> Option<(&'static str, Value)> {
+        let me = &self.0;
+        let l = me.limits.iter().find(|l| matches!(&l.what, LimitKind::Instance(n) if n == instance))?;
+        let w = Window::at(me.store.now_ms(), l.secs);
+        let used = match me.seen_instances.lock().unwrap_or_else(|e| e.into_inner()).get(instance) {
+            Some((index, n)) if *index == w.index => *n,
+            _ => 0,
+        };
+        Some((
+            "ratelimit",
+            serde_json::json!({"limit": l.limit, "time_window": l.secs, "remaining": l.limit.saturating_sub(used), "reset": w.reset_secs()}),
+        ))
     }
 
     fn before_attempt(&self, cx: &mut AttemptCx<'_>) -> Result<(), GatewayError> {
@@ -410,6 +446,9 @@ impl Plugin for RateLimit {
                 continue;
             }
             me.store.charge(key.clone(), n, w);
+            if let LimitKind::Instance(name) = &l.what {
+                me.note_instances(seen, n, Some(name));
+            }
             let left = l.limit.saturating_sub(count.saturating_add(n));
             remaining = Some(remaining.map_or(left, |r| r.min(left)));
         }
@@ -450,6 +489,63 @@ mod tests {
         assert_eq!(tokens(Strategy::CompletionTokens, None, &cut), 12);
         cut.upstream_status = Some(500);
         assert_eq!(tokens(Strategy::TotalTokens, None, &cut), 0, "nothing generated, nothing charged");
+    }
+
+    /// The quota headers: per limit, named by instance (or `ai-proxy-{provider}`) or by rule.
+    #[test]
+    fn header_values() {
+        let resources = crate::phases::Resources::default();
+        let env = PluginEnv { scope: Scope::Route("r"), route: None, resources: &resources };
+        let conf = serde_json::json!({"limit": 100, "time_window": 60, "instances": [{"name": "a", "limit": 10, "time_window": 60}]});
+        let p = factory(&conf, &env).unwrap();
+        let dbg = format!("{p:?}");
+        assert!(dbg.contains("Plain") && dbg.contains("Instance(\"a\")"), "{dbg}");
+        let inner = Inner {
+            limits: vec![
+                Limit { limit: 100, secs: 60, what: LimitKind::Plain },
+                Limit { limit: 10, secs: 60, what: LimitKind::Instance("a".into()) },
+                Limit {
+                    limit: 5,
+                    secs: 10,
+                    what: LimitKind::Rule { index: 0, key: Template::parse("$http_x_team"), header: "team".into() },
+                },
+            ],
+            strategy: Strategy::TotalTokens,
+            cost: None,
+            show_headers: true,
+            rejected: StatusCode::TOO_MANY_REQUESTS,
+            message: String::new(),
+            store: resources.get::<Counters>().store(&StoreSpec::default()).unwrap(),
+            per_consumer: false,
+            route_scope: "route:r".into(),
+            metrics: resources.get::<Metrics>(),
+            seen_instances: Default::default(),
+        };
+        let w = Window::at(30_000, 60);
+        let seen = Seen {
+            counters: vec![Some(("k1".into(), 40, w)), Some(("k2".into(), 12, w)), Some(("k3".into(), 2, Window::at(30_000, 10)))],
+            degraded: false,
+        };
+        let mut h = Vec::new();
+        inner.headers(&seen, "a", "ai-proxy-openai", &mut h);
+        let got: Vec<(String, String)> = h.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned())).collect();
+        let want = [
+            ("x-ai-ratelimit-limit-a", "100"),
+            ("x-ai-ratelimit-remaining-a", "60"),
+            ("x-ai-ratelimit-reset-a", "30"),
+            ("x-ai-ratelimit-limit-a", "10"),
+            ("x-ai-ratelimit-remaining-a", "0"),
+            ("x-ai-ratelimit-reset-a", "30"),
+            ("x-ai-team-ratelimit-limit", "5"),
+            ("x-ai-team-ratelimit-remaining", "3"),
+            ("x-ai-team-ratelimit-reset", "10"),
+        ];
+        assert_eq!(got, want.map(|(k, v)| (k.to_owned(), v.to_owned())));
+        // On an ai-proxy route the plain limit is named after the provider; other instances' limits are not shown.
+        let mut h = Vec::new();
+        inner.headers(&seen, "", "ai-proxy-openai", &mut h);
+        assert_eq!(h[0].0.as_str(), "x-ai-ratelimit-limit-ai-proxy-openai");
+        assert!(!h.iter().any(|(k, v)| k.as_str() == "x-ai-ratelimit-limit-a" && v == "10"));
     }
 
     #[test]
