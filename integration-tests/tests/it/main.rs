@@ -4,6 +4,7 @@
 
 mod anthropic;
 mod bedrock;
+mod budgets;
 mod common;
 mod config_plane;
 mod consumers;

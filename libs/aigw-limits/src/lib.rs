@@ -15,6 +15,7 @@
 //! loses its data starts the current windows afresh.
 
 pub mod local;
+pub mod period;
 pub mod redis;
 pub mod window;
 
@@ -23,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use period::Period;
 pub use window::Window;
 
 /// The longest an admission waits for Redis (CONTRACT §13: slower than this is trouble).
@@ -183,6 +185,11 @@ impl Counters {
 
     pub fn now_ms(&self) -> u64 {
         (self.clock)()
+    }
+
+    /// Whether the node has a `--redis` (where `ai-budget` counts by default).
+    pub fn has_default_redis(&self) -> bool {
+        self.default_redis.is_some()
     }
 
     /// The store of a plugin config. Needs a tokio runtime for a Redis endpoint's first use.

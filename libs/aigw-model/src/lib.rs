@@ -3,11 +3,13 @@
 //!
 //! Pure: no I/O (`ring` only loads service-account keys, see `gcp`). Generated proto types stop here (`proto_json`).
 
+pub mod budget;
 pub mod consumer;
 pub mod gcp;
 pub mod keyauth;
 pub mod multi;
 pub mod plugins;
+pub mod prices;
 pub mod proto_json;
 pub mod ratelimit;
 pub mod restriction;

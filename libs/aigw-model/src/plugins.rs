@@ -55,6 +55,7 @@ pub static SCHEMAS: &[Schema] = &[
         on: &[On::Route, On::Consumer, On::ConsumerGroup],
         validate: |_, p, c| crate::ratelimit::validate(p, c),
     },
+    Schema { name: "ai-budget", on: &[On::Route, On::Consumer, On::ConsumerGroup], validate: |_, p, c| crate::budget::validate(p, c) },
 ];
 
 pub fn schema(name: &str) -> Option<&'static Schema> {

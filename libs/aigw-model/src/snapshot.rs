@@ -109,6 +109,8 @@ pub struct ConfigFile {
     pub routes: Vec<Value>,
     pub consumers: Vec<Value>,
     pub consumer_groups: Vec<Value>,
+    /// Price entries over the default catalog (CONTRACT §14).
+    pub prices: Vec<crate::prices::Price>,
 }
 
 /// Parses a routes file (`{routes: [...], consumers: [...], consumer_groups: [...]}`,
@@ -126,16 +128,20 @@ pub fn parse_config_file(text: &str, env: &dyn Fn(&str) -> Option<String>, extra
     };
     substitute_env(&mut doc, env).map_err(FileError::Invalid)?;
     let obj = doc.as_object_mut().ok_or_else(|| FileError::Invalid("the routes file must be an object {routes: [...]}".into()))?;
-    const FIELDS: [&str; 3] = ["routes", "consumers", "consumer_groups"];
+    const FIELDS: [&str; 4] = ["routes", "consumers", "consumer_groups", "prices"];
     if let Some(k) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(FileError::Invalid(format!("unknown top-level field {k:?}; expected routes, consumers or consumer_groups")));
+        return Err(FileError::Invalid(format!("unknown top-level field {k:?}; expected routes, consumers, consumer_groups or prices")));
     }
+    let prices = match obj.remove("prices") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(v) => crate::prices::parse_list("prices", &v).map_err(|e| FileError::Invalid(e.to_string()))?,
+    };
     let mut list = |name: &str| match obj.remove(name) {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Array(a)) => Ok(a),
         Some(_) => Err(FileError::Invalid(format!("{name} must be an array"))),
     };
-    let file = ConfigFile { routes: list("routes")?, consumers: list("consumers")?, consumer_groups: list("consumer_groups")? };
+    let file = ConfigFile { routes: list("routes")?, consumers: list("consumers")?, consumer_groups: list("consumer_groups")?, prices };
     let mut seen = std::collections::HashSet::new();
     for (index, r) in file.routes.iter().enumerate() {
         let id = r.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();

@@ -62,6 +62,7 @@ enum Var {
     ConsumerName,
     ConsumerGroupId,
     RateLimitRemaining,
+    Cost,
 }
 
 const VARS: &[(&str, Var)] = &[
@@ -101,6 +102,7 @@ const VARS: &[(&str, Var)] = &[
     ("consumer_name", Var::ConsumerName),
     ("consumer_group_id", Var::ConsumerGroupId),
     ("llm_ratelimit_remaining", Var::RateLimitRemaining),
+    ("llm_cost", Var::Cost),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,6 +227,8 @@ impl Format {
                         Var::UpstreamHost => upstream_origin(e).map_or_else(|| "-".to_owned(), upstream_host),
                         Var::UpstreamUri => dash(&e.upstream_uri),
                         Var::Instance => dash(&e.instance),
+                        // USD, 6 decimals; empty when no price matches (never 0 for unpriced).
+                        Var::Cost => e.cost.map_or_else(String::new, |c| format!("{c:.6}")),
                         Var::RateLimitRemaining => e.ratelimit_remaining.map_or_else(|| "-".to_owned(), |n| n.to_string()),
                         Var::ConsumerName => e.consumer.as_ref().map_or_else(|| "-".to_owned(), |c| c.name.to_string()),
                         Var::ConsumerGroupId => {

@@ -57,11 +57,14 @@ pub struct Completion {
     sinks: Arc<Sinks>,
     /// The request's plugins and their state.
     chain: Chain,
+    /// The snapshot's price catalog (the cost is computed once, before any plugin or
+    /// sink reads the record).
+    prices: Option<Arc<aigw_model::prices::Catalog>>,
 }
 
 impl Completion {
-    pub fn new(record: Record, sinks: Arc<Sinks>, chain: Chain) -> Completion {
-        Completion { record, sinks, chain }
+    pub fn new(record: Record, sinks: Arc<Sinks>, chain: Chain, prices: Option<Arc<aigw_model::prices::Catalog>>) -> Completion {
+        Completion { record, sinks, chain, prices }
     }
 
     pub fn record(&self) -> &Record {
@@ -86,6 +89,9 @@ impl Completion {
             tracing::debug!(request_id = %r.request_id, route = %r.route_id, bytes = body_bytes_sent, "client went away; upstream read cancelled");
         }
         r.outcome = outcome;
+        if let Some(p) = &self.prices {
+            r.price(p);
+        }
         self.chain.complete(r);
         self.sinks.complete(&self.record);
     }

@@ -79,6 +79,8 @@ pub struct Metrics {
     pub consumers: BoundedValues,
     /// `ai-rate-limiting` refusals by route and consumer (CONTRACT §13).
     pub ratelimit_rejected: Counter,
+    /// Requests that used tokens of a model no price matches (CONTRACT §14).
+    pub unpriced: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -196,6 +198,12 @@ impl Metrics {
                 "{request}",
                 "Requests (or ai-proxy-multi attempts) refused by ai-rate-limiting, by route and consumer.",
                 &["route", "consumer"],
+            ),
+            unpriced: registry.counter(
+                "aigw.gen_ai.unpriced_requests",
+                "{request}",
+                "Requests that used tokens of a model no price matches (their cost is empty, not 0).",
+                &["gen_ai.provider.name", "gen_ai.response.model"],
             ),
             registry,
         }

@@ -87,7 +87,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, remote: Socket
         Ok(mut answer) => {
             rec.status = answer.parts.status.as_u16();
             chain.response_head(answer.parts.status, &mut answer.parts.headers, &rec);
-            let completion = Completion::new(rec, state.sinks.clone(), chain);
+            let completion = Completion::new(rec, state.sinks.clone(), chain, Some(cfg.prices.clone()));
             let hold: Box<dyn Send> = Box::new((cfg, answer.hold));
             let body = match answer.payload {
                 Payload::Whole(b) => AnswerBody::whole(b, completion, hold),
@@ -102,7 +102,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, remote: Socket
             rec.error = Some((e.source, e.message.clone()));
             let (mut parts, bytes) = error_response(env, e).into_parts();
             chain.response_head(parts.status, &mut parts.headers, &rec);
-            let completion = Completion::new(rec, state.sinks.clone(), chain);
+            let completion = Completion::new(rec, state.sinks.clone(), chain, None);
             Response::from_parts(parts, AnswerBody::whole(bytes, completion, Box::new(())).boxed_unsync())
         }
     };

@@ -208,6 +208,13 @@ pub struct Record {
     pub ratelimit_remaining: Option<u64>,
     /// A limit was decided on this node's own counts (Redis down, `allow_degradation`).
     pub ratelimit_degraded: bool,
+    /// The request's cost in USD (CONTRACT §14), computed once at completion; None when
+    /// nothing was used or no price matches.
+    pub cost: Option<f64>,
+    /// Tokens were used but no price matched the model (counted, never as free).
+    pub unpriced: bool,
+    /// `ai-budget`: the USD left of the tightest budget after this request.
+    pub budget_remaining: Option<f64>,
 }
 
 impl Record {
@@ -262,6 +269,29 @@ impl Record {
             stream_events: 0,
             ratelimit_remaining: None,
             ratelimit_degraded: false,
+            cost: None,
+            unpriced: false,
+            budget_remaining: None,
+        }
+    }
+
+    /// Prices the request's usage with `catalog` (the model that answered, else the one asked).
+    pub fn price(&mut self, catalog: &aigw_model::prices::Catalog) {
+        let u = self.usage;
+        if u.prompt + u.completion == 0 {
+            return;
+        }
+        let Some(provider) = self.provider else { return };
+        let model = self.response_model.as_deref().filter(|m| !m.is_empty()).unwrap_or(&self.llm_model);
+        let tokens = aigw_model::prices::Tokens {
+            prompt: u.prompt,
+            completion: u.completion,
+            cache_read: u.cache_read,
+            cache_write: u.cache_creation,
+        };
+        match catalog.lookup(provider.as_str(), model) {
+            Some(p) => self.cost = Some(p.cost(&tokens)),
+            None => self.unpriced = true,
         }
     }
 

@@ -14,6 +14,7 @@ use serde_json::Value;
 use crate::compiled::{CompileCtx, CompileError, CompiledRoute, compile_route};
 use crate::consumers::{ConsumerError, ConsumerSet};
 use crate::router::Router;
+use aigw_model::prices::{Catalog, Price};
 
 /// One route as received.
 #[derive(Debug)]
@@ -37,6 +38,10 @@ pub struct RuntimeConfig {
     pub entries: BTreeMap<Arc<str>, Arc<Entry>>,
     /// Consumers, credentials and groups (CONTRACT §12), compiled with their plugins.
     pub consumers: Arc<ConsumerSet>,
+    /// The operator's price entries by `{provider}/{model}` (CONTRACT §14), as received.
+    pub price_entries: BTreeMap<String, (String, Price)>,
+    /// The default catalog with the operator's entries over it.
+    pub prices: Arc<Catalog>,
 }
 
 impl RuntimeConfig {
@@ -47,6 +52,8 @@ impl RuntimeConfig {
             routes: Vec::new(),
             entries: BTreeMap::new(),
             consumers: Arc::default(),
+            price_entries: BTreeMap::new(),
+            prices: default_catalog(),
         }
     }
 
@@ -72,8 +79,20 @@ impl RuntimeConfig {
     }
 }
 
+/// The default catalog, parsed once per process.
+fn default_catalog() -> Arc<Catalog> {
+    static C: std::sync::OnceLock<Arc<Catalog>> = std::sync::OnceLock::new();
+    C.get_or_init(|| Arc::new(Catalog::with_defaults([]))).clone()
+}
+
 /// One resource of an update.
 pub enum Change {
+    /// An operator price entry named `{provider}/{model}`; None removes it.
+    Price {
+        name: String,
+        version: String,
+        price: Option<Price>,
+    },
     /// A consumer, credential, consumer group or the key-auth settings.
     Consumer(crate::consumers::Change),
     /// Added or changed: the route JSON and its resource version.
@@ -135,11 +154,24 @@ pub fn apply_with(
 ) -> Result<(RuntimeConfig, ApplyStats), ApplyError> {
     let mut stats = ApplyStats::default();
     let mut consumer_changes = Vec::new();
+    let mut price_entries = if full_state { BTreeMap::new() } else { prev.price_entries.clone() };
+    let mut prices_changed = full_state;
     let mut entries = if full_state { BTreeMap::new() } else { prev.entries.clone() };
     let mut seen = std::collections::HashSet::new();
     for change in changes {
         match change? {
             Change::Consumer(c) => consumer_changes.push(c),
+            Change::Price { name, version, price } => {
+                prices_changed = true;
+                match price {
+                    Some(p) => {
+                        price_entries.insert(name, (version, p));
+                    }
+                    None => {
+                        price_entries.remove(&name);
+                    }
+                }
+            }
             Change::Upsert { id, version, route } => {
                 if !seen.insert(id.clone()) {
                     return Err(ApplyError::Inconsistent { id, message: "duplicate id".into() });
@@ -185,7 +217,14 @@ pub fn apply_with(
     } else {
         Arc::new(ConsumerSet::apply(&prev.consumers, full_state, consumer_changes, ctx, file_hasher)?)
     };
-    Ok((RuntimeConfig { version: version.to_owned(), router, routes, entries, consumers }, stats))
+    let prices = if !prices_changed {
+        prev.prices.clone()
+    } else if price_entries.is_empty() {
+        default_catalog()
+    } else {
+        Arc::new(Catalog::with_defaults(price_entries.values().map(|(_, p)| p.clone())))
+    };
+    Ok((RuntimeConfig { version: version.to_owned(), router, routes, entries, consumers, price_entries, prices }, stats))
 }
 
 /// Drops what a compiled route no longer needs once compiled: the JSON of its plugin

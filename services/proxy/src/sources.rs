@@ -52,12 +52,13 @@ pub fn load_file(path: &Path, ctx: &CompileCtx<'_>) -> Result<RuntimeConfig, Loa
     let consumers: Vec<Value> = file.consumers.into_iter().map(|c| hash_inline_key(c, file_hasher())).collect();
     routes.sort_by(|a, b| a.get("id").and_then(Value::as_str).cmp(&b.get("id").and_then(Value::as_str)));
     // The version covers everything the file holds.
-    let version = if consumers.is_empty() && file.consumer_groups.is_empty() {
+    let version = if consumers.is_empty() && file.consumer_groups.is_empty() && file.prices.is_empty() {
         version_of(&routes)
     } else {
         let mut all = routes.clone();
         all.extend(file.consumer_groups.iter().cloned());
         all.extend(consumers.iter().cloned());
+        all.extend(file.prices.iter().map(|p| serde_json::to_value(p).unwrap_or_default()));
         version_of(&all)
     };
     let object = |kind: Kind, name: &str, v: Value| {
@@ -77,6 +78,9 @@ pub fn load_file(path: &Path, ctx: &CompileCtx<'_>) -> Result<RuntimeConfig, Loa
     for c in consumers {
         let name = c.get("username").and_then(Value::as_str).unwrap_or_default().to_owned();
         changes.push(object(Kind::Consumer, &name, c));
+    }
+    for p in file.prices {
+        changes.push(Ok(Change::Price { name: p.key(), version: String::new(), price: Some(p) }));
     }
     runtime::apply_with(&RuntimeConfig::empty(), &version, true, changes, ctx, Some(file_hasher()))
         .map(|(c, _)| c)

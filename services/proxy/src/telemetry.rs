@@ -136,6 +136,9 @@ impl Sink for GenAiSink {
         g.operation_duration.record(&[op, provider, req_model, resp_model, err], d);
         let u = &r.usage;
         if u.prompt + u.completion > 0 {
+            if r.unpriced {
+                m.unpriced.add(&[provider, resp_model], 1);
+            }
             g.token_usage.record(&[op, provider, req_model, resp_model, "input", consumer], u.prompt as f64);
             g.token_usage.record(&[op, provider, req_model, resp_model, "output", consumer], u.completion as f64);
         }
@@ -266,6 +269,9 @@ fn spans(r: &Record, out: &mut SpanBatch) {
         }
         b.str_nonempty("aigw.route_id", &r.route_id).str_nonempty("aigw.config_version", version);
         b.str_nonempty("aigw.instance", &r.instance);
+        if let Some(c) = r.cost {
+            b.double("aigw.usage.cost", c);
+        }
         if let Some(n) = r.ratelimit_remaining {
             b.int("aigw.ratelimit.remaining", n.min(i64::MAX as u64) as i64);
         }

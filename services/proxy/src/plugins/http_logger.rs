@@ -347,6 +347,7 @@ fn summary(r: &Record) -> Value {
         "cache_read_input_tokens": r.usage.cache_read,
         "cache_creation_input_tokens": r.usage.cache_creation,
         "reasoning_tokens": r.usage.reasoning,
+        "cost": r.cost,
         "content_risk_level": "",
     })
 }

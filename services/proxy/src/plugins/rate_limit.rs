@@ -23,9 +23,9 @@
 
 use std::sync::Arc;
 
-use aigw_limits::{Counters, Reading, Store, StoreSpec, Window};
+use aigw_limits::{Reading, Store, Window};
 use aigw_llm::envelope::Class;
-use aigw_model::ratelimit::{AiRateLimiting, Expr, Policy, Strategy};
+use aigw_model::ratelimit::{AiRateLimiting, Expr, Strategy};
 use aigw_model::route::from_value_at;
 use http::{HeaderName, HeaderValue, StatusCode};
 use serde_json::Value;
@@ -165,25 +165,7 @@ struct Inner {
 
 pub fn factory(conf: &Value, env: &PluginEnv<'_>) -> Result<Arc<dyn Plugin>, PluginError> {
     let c: AiRateLimiting = from_value_at("plugins.ai-rate-limiting", conf).map_err(|e| PluginError::new(NAME, e.message))?;
-    let r = c.redis();
-    let url = r.redis_host.as_ref().map(|h| {
-        let auth = match (&r.redis_username, &r.redis_password) {
-            (Some(u), Some(p)) => format!("{}:{}@", enc(u), enc(p)),
-            (None, Some(p)) => format!(":{}@", enc(p)),
-            _ => String::new(),
-        };
-        format!("{}://{auth}{h}:{}/{}", if r.redis_ssl { "rediss" } else { "redis" }, r.redis_port, r.redis_database)
-    });
-    if r.redis_ssl {
-        return Err(PluginError::new(NAME, "redis_ssl: TLS to Redis is not supported yet"));
-    }
-    let spec = StoreSpec {
-        redis: r.policy == Policy::Redis,
-        allow_degradation: r.allow_degradation,
-        url,
-        timeout: std::time::Duration::from_millis(r.redis_timeout),
-    };
-    let store = env.resources.get::<Counters>().store(&spec).map_err(|e| PluginError::new(NAME, e.to_string()))?;
+    let store = super::store(NAME, &c.redis(), env)?;
     let mut limits = Vec::new();
     if let (Some(limit), Some(secs)) = (c.limit, c.time_window) {
         limits.push(Limit { limit, secs, what: LimitKind::Plain });
@@ -218,11 +200,6 @@ pub fn factory(conf: &Value, env: &PluginEnv<'_>) -> Result<Arc<dyn Plugin>, Plu
         metrics: env.resources.get::<Metrics>(),
         seen_instances: Default::default(),
     }))))
-}
-
-/// Percent-encodes a URL userinfo part.
-fn enc(s: &str) -> String {
-    aigw_providers::target::encode_component(s)
 }
 
 /// What access found, for the later phases.
@@ -515,7 +492,7 @@ mod tests {
             show_headers: true,
             rejected: StatusCode::TOO_MANY_REQUESTS,
             message: String::new(),
-            store: resources.get::<Counters>().store(&StoreSpec::default()).unwrap(),
+            store: resources.get::<aigw_limits::Counters>().store(&aigw_limits::StoreSpec::default()).unwrap(),
             per_consumer: false,
             route_scope: "route:r".into(),
             metrics: resources.get::<Metrics>(),
