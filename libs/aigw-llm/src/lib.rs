@@ -4,6 +4,9 @@
 //! looks like in each protocol. Providers (where and how to reach them) are
 //! `aigw-providers`.
 
+#[cfg(test)]
+mod corpus;
+
 pub mod anthropic;
 pub mod bedrock;
 pub mod envelope;

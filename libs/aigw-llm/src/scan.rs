@@ -5,6 +5,13 @@
 //! them cost ~15k instructions per request for an 811-byte chat completion, the scan and
 //! one small `usage` parse cost a fraction of that.
 //!
+//! Where the bytes go: string contents are most of an answer (the text, ids, keys), and
+//! are crossed eight bytes at a time ([`string_end`]: a word's quotes and backslashes found
+//! with integer operations), long ones with `memchr2`; only the few bytes between strings
+//! (`":`, `,"`, numbers, brackets) are looked at one by one. A walk of the whole document
+//! cannot be skipped: an answer's `done` and every key's depth depend on every bracket
+//! outside a string, and a document cut short or malformed must read as it always did.
+//!
 //! The scanner does not validate: on malformed input it reports what it saw and stops at
 //! the end of the bytes. [`scan_keys`] returns whether the top-level value was an object
 //! that closed properly.
@@ -35,11 +42,12 @@ pub fn scan_keys(bytes: &[u8], mut f: impl FnMut(usize, &[u8], usize)) -> bool {
     let n = bytes.len();
     let mut i = 0;
     while i < n {
-        if !STRUCTURAL[bytes[i] as usize] {
+        let b = bytes[i];
+        if !STRUCTURAL[b as usize] {
             i += 1;
             continue;
         }
-        match bytes[i] {
+        match b {
             b'"' => {
                 let start = i + 1;
                 let Some(j) = string_end(bytes, start) else { return false };
@@ -82,7 +90,7 @@ pub fn scan_keys(bytes: &[u8], mut f: impl FnMut(usize, &[u8], usize)) -> bool {
             b'}' | b']' => {
                 depth = depth.saturating_sub(1);
                 expect_key = false;
-                if depth == 0 && bytes[i] == b'}' {
+                if depth == 0 && b == b'}' {
                     closed_top = true;
                 }
             }
@@ -94,18 +102,27 @@ pub fn scan_keys(bytes: &[u8], mut f: impl FnMut(usize, &[u8], usize)) -> bool {
     closed_top && depth == 0
 }
 
-/// The offset of the quote that closes a string whose content starts at `start`
-/// (SIMD search for the next quote or backslash: strings are most of a document's bytes).
-fn string_end(bytes: &[u8], start: usize) -> Option<usize> {
-    // Keys and short values end within a few bytes: a plain loop beats a SIMD call there.
-    for (k, &b) in bytes.get(start..)?.iter().take(16).enumerate() {
-        match b {
-            b'"' => return Some(start + k),
-            b'\\' => break,
-            _ => {}
-        }
-    }
+/// The offset of the quote that closes a string whose content starts at `start`. Eight
+/// bytes at a time (SWAR: a word's quotes and backslashes found with a few integer
+/// operations), then SIMD (`memchr2`) once a string proves long: keys and short values end
+/// within a word or two, and answer texts are most of a document's bytes.
+#[inline(always)]
+pub(crate) fn string_end(bytes: &[u8], start: usize) -> Option<usize> {
     let mut j = start;
+    let words_until = start.saturating_add(64);
+    while j < words_until {
+        let Some(w) = bytes.get(j..j + 8) else { break };
+        let m = quote_or_backslash(word(w));
+        if m == 0 {
+            j += 8;
+            continue;
+        }
+        j += (m.trailing_zeros() / 8) as usize;
+        if bytes[j] == b'"' {
+            return Some(j);
+        }
+        j += 2;
+    }
     loop {
         j += memchr::memchr2(b'"', b'\\', bytes.get(j..)?)?;
         if bytes[j] == b'"' {
@@ -113,6 +130,30 @@ fn string_end(bytes: &[u8], start: usize) -> Option<usize> {
         }
         j += 2;
     }
+}
+
+/// Eight bytes as a little-endian word (byte `k` in bits `8k..8k+8`).
+#[inline]
+pub(crate) fn word(w: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&w[..8]);
+    u64::from_le_bytes(a)
+}
+
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each byte of `x` that equals `b`. Exact for the lowest such byte (a
+/// borrow only reaches bytes above the first match), which is all the callers use.
+#[inline]
+pub(crate) fn bytes_eq(x: u64, b: u8) -> u64 {
+    let v = x ^ (LO * b as u64);
+    v.wrapping_sub(LO) & !v & HI
+}
+
+#[inline]
+fn quote_or_backslash(x: u64) -> u64 {
+    bytes_eq(x, b'"') | bytes_eq(x, b'\\')
 }
 
 /// The unsigned integer starting at `at` (digits only; None for anything else, a float

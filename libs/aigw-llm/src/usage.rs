@@ -10,6 +10,9 @@ use serde::{Deserialize, Deserializer};
 use crate::protocol::Protocol;
 use crate::sse;
 
+#[cfg(any(test, feature = "oracle"))]
+pub mod oracle;
+
 /// Token usage, OpenAI semantics: `prompt` includes cached tokens.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -51,7 +54,7 @@ struct Details {
 /// Every usage spelling of the OpenAI family (chat, Responses, embeddings, DeepSeek).
 #[derive(Debug, Deserialize, Default)]
 #[serde(default)]
-struct RawUsage {
+pub(crate) struct RawUsage {
     prompt_tokens: Option<u64>,
     completion_tokens: Option<u64>,
     input_tokens: Option<u64>,
@@ -79,7 +82,7 @@ struct RawUsage {
 }
 
 impl RawUsage {
-    fn to_usage(&self) -> Usage {
+    pub(crate) fn to_usage(&self) -> Usage {
         if self.converse_input.is_some() || self.converse_output.is_some() {
             let (read, write) = (self.converse_cache_read.unwrap_or(0), self.converse_cache_write.unwrap_or(0));
             let prompt = self.converse_input.unwrap_or(0) + read + write;
@@ -424,14 +427,17 @@ pub fn observe_json(bytes: &[u8]) -> Observation {
             usage_key(&mut raw, &mut details, depth, key, uint_at(bytes, at));
             return;
         }
+        if !wanted(key) {
+            return;
+        }
         match (depth, key) {
             (1, b"model") => {
-                if let Some(m) = parse_at::<String>(bytes, at).filter(|m| !m.is_empty()) {
+                if let Some(m) = string_at(bytes, at).filter(|m| !m.is_empty()) {
                     o.model = Some(m);
                 }
             }
             (1, b"id") if o.id.is_none() && bytes.get(at) == Some(&b'"') => {
-                o.id = parse_at::<String>(bytes, at).filter(|m| !m.is_empty());
+                o.id = string_at(bytes, at).filter(|m| !m.is_empty());
             }
             // Chat `choices[].finish_reason`, Anthropic `stop_reason`, Converse `stopReason`.
             (3, b"finish_reason") | (1, b"stop_reason" | b"stopReason") => {
@@ -472,9 +478,38 @@ pub fn observe_json(bytes: &[u8]) -> Observation {
     o
 }
 
+/// Bit `n` set: a key of `n` bytes starting with this byte is one [`observe_json`] reads
+/// outside `usage` (`id`, `type`, `toolUse`, `tool_calls`, `model`, `error`, `status`,
+/// `stopReason`, `stop_reason`, `finish_reason`). One lookup turns away the other keys
+/// (most of them) before any comparison.
+static WANTED: [u16; 256] = {
+    let mut t = [0u16; 256];
+    t[b'i' as usize] = 1 << 2;
+    t[b't' as usize] = 1 << 4 | 1 << 7 | 1 << 10;
+    t[b'm' as usize] = 1 << 5;
+    t[b'e' as usize] = 1 << 5;
+    t[b's' as usize] = 1 << 6 | 1 << 10 | 1 << 11;
+    t[b'f' as usize] = 1 << 13;
+    t
+};
+
+fn wanted(key: &[u8]) -> bool {
+    key.len() < 16 && key.first().is_some_and(|&f| WANTED[f as usize] >> key.len() & 1 == 1)
+}
+
+/// The JSON string value at `at`, decoded as serde would (None for anything else): plain
+/// strings (no escape, no control character) are copied as they are, the others parsed.
+fn string_at(bytes: &[u8], at: usize) -> Option<String> {
+    let raw = crate::scan::raw_str_at(bytes, at)?;
+    if raw.iter().all(|&b| b >= 0x20 && b != b'\\') {
+        return std::str::from_utf8(raw).ok().map(str::to_owned);
+    }
+    crate::scan::parse_at::<String>(bytes, at)
+}
+
 /// One key inside a top-level `usage` object (depth 2), or inside one of its
 /// `*_tokens_details` objects (depth 3); `n` is the value when it is an unsigned integer.
-fn usage_key(raw: &mut RawUsage, details: &mut Option<&'static str>, depth: usize, key: &[u8], n: Option<u64>) {
+pub(crate) fn usage_key(raw: &mut RawUsage, details: &mut Option<&'static str>, depth: usize, key: &[u8], n: Option<u64>) {
     if depth == 2 {
         *details = match key {
             b"prompt_tokens_details" => Some("prompt"),
@@ -819,6 +854,40 @@ mod tests {
         assert_eq!(e.error.as_deref(), Some("Rate limit reached"));
         let nested = observe_json(br#"{"data":[{"usage":{"prompt_tokens":9}}],"usage":{"prompt_tokens":2,"total_tokens":2}}"#);
         assert_eq!((nested.usage.prompt, nested.usage.total), (2, 2), "only the top-level usage counts");
+    }
+
+    /// The fast path gives the oracle's observation (today's scanner before it, 2cc695b) for
+    /// every document of the corpus, every prefix of each (cut answers), and bytes changed
+    /// here and there (quotes, brackets, backslashes, invalid UTF-8).
+    #[test]
+    fn observations_are_the_oracles() {
+        let check = |d: &[u8]| assert_eq!(observe_json(d), oracle::observe_json(d), "{}", String::from_utf8_lossy(d));
+        let mut docs = crate::corpus::documents();
+        docs.extend(crate::corpus::TRICKY.iter().map(|t| t.as_bytes().to_vec()));
+        assert!(docs.len() > 300, "corpus: {}", docs.len());
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for d in &docs {
+            check(d);
+            let step = (d.len() / 200).max(1);
+            for cut in (0..d.len()).step_by(step) {
+                check(&d[..cut]);
+            }
+            for _ in 0..8 {
+                let mut m = d.clone();
+                if m.is_empty() {
+                    break;
+                }
+                let at = next() as usize % m.len();
+                m[at] = [b'"', b'\\', b'{', b'}', b'[', b']', b',', b':', 0xff, b' '][next() as usize % 10];
+                check(&m);
+            }
+        }
     }
 
     #[test]
