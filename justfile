@@ -76,7 +76,7 @@ down:
 compose-test:
     deploy/compose-test.sh
 
-# Fuzz one target (sse, eventstream, anthropic_request, anthropic_stream, openai_to_anthropic, stream_cut, route_compile, vars, observe_json); needs nightly + cargo-fuzz.
+# Fuzz one target (sse, eventstream, anthropic_request, anthropic_stream, openai_to_anthropic, stream_cut, route_compile, vars, observe_json, request_body); needs nightly + cargo-fuzz.
 fuzz target="anthropic_stream" secs="60":
     cd fuzz && cargo +nightly fuzz run {{target}} -- -max_total_time={{secs}}
 

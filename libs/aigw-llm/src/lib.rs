@@ -4,11 +4,13 @@
 //! looks like in each protocol. Providers (where and how to reach them) are
 //! `aigw-providers`.
 
-#[cfg(test)]
-mod corpus;
+/// Test corpus (the golden files' documents), for tests here and in dependent crates.
+#[cfg(any(test, feature = "oracle"))]
+pub mod corpus;
 
 pub mod anthropic;
 pub mod bedrock;
+pub mod body;
 pub mod envelope;
 pub mod eventstream;
 pub mod openai_to_anthropic;

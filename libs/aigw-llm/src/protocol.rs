@@ -1,7 +1,11 @@
 //! Client protocol detection (APISIX order: request path suffix first, then body shape).
-//! Which provider serves which protocol where is `aigw_providers::table`.
+//! Which provider serves which protocol where is `aigw_providers::table`. Detection reads
+//! top-level fields only, so it works on a parsed `Value` and on a [`RawBody`] alike
+//! ([`Fields`]).
+//!
+//! [`RawBody`]: crate::body::RawBody
 
-use serde_json::Value;
+use crate::body::{Fields, Json, Kind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -33,15 +37,18 @@ impl Protocol {
     }
 
     /// `request_type` is `ai_stream` when the body asks for a stream.
-    pub fn is_stream(self, body: &Value) -> bool {
+    pub fn is_stream<B: Fields + ?Sized>(self, body: &B) -> bool {
         !matches!(self, Protocol::OpenAiEmbeddings | Protocol::AnthropicCountTokens | Protocol::VertexPredict)
-            && body.get("stream").and_then(Value::as_bool) == Some(true)
+            && body.field("stream").and_then(Json::as_bool) == Some(true)
     }
 }
 
-pub fn detect(path: &str, body: &Value) -> Option<Protocol> {
-    let obj = body.as_object()?;
-    if (path.ends_with("/converse") || path.ends_with("/converse-stream")) && obj.get("messages").is_some_and(Value::is_array) {
+pub fn detect<B: Fields + ?Sized>(path: &str, body: &B) -> Option<Protocol> {
+    if !body.is_object() {
+        return None;
+    }
+    let kind = |k: &str| body.field(k).map(Json::kind);
+    if (path.ends_with("/converse") || path.ends_with("/converse-stream")) && kind("messages") == Some(Kind::Array) {
         return Some(Protocol::BedrockConverse);
     }
     if path.ends_with("/v1/messages") {
@@ -50,16 +57,16 @@ pub fn detect(path: &str, body: &Value) -> Option<Protocol> {
     if path.ends_with("/v1/messages/count_tokens") {
         return Some(Protocol::AnthropicCountTokens);
     }
-    if path.ends_with("/v1/responses") && obj.contains_key("input") {
+    if path.ends_with("/v1/responses") && body.contains_key("input") {
         return Some(Protocol::OpenAiResponses);
     }
-    if obj.get("messages").is_some_and(|m| m.is_array() || m.is_object()) {
+    if matches!(kind("messages"), Some(Kind::Array | Kind::Object)) {
         return Some(Protocol::OpenAiChat);
     }
-    if obj.contains_key("input") {
+    if body.contains_key("input") {
         return Some(Protocol::OpenAiEmbeddings);
     }
-    if !obj.is_empty() {
+    if body.field_count() != 0 {
         return Some(Protocol::Passthrough);
     }
     None
@@ -68,10 +75,14 @@ pub fn detect(path: &str, body: &Value) -> Option<Protocol> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::body::RawBody;
+    use serde_json::{Value, json};
 
+    /// Checks the parsed and the raw form alike.
     fn check(path: &str, body: Value, expect: Option<Protocol>) {
         assert_eq!(detect(path, &body), expect, "{path} {body}");
+        let raw = RawBody::parse(serde_json::to_vec(&body).unwrap().into()).unwrap();
+        assert_eq!(detect(path, &raw), expect, "raw: {path} {body}");
     }
 
     #[test]

@@ -151,6 +151,12 @@ pub(crate) fn bytes_eq(x: u64, b: u8) -> u64 {
     v.wrapping_sub(LO) & !v & HI
 }
 
+/// The high bit of each byte of `x` below `n` (`n` ≤ 128), exact for the lowest one.
+#[inline]
+pub(crate) fn bytes_below(x: u64, n: u8) -> u64 {
+    x.wrapping_sub(LO * n as u64) & !x & HI
+}
+
 #[inline]
 fn quote_or_backslash(x: u64) -> u64 {
     bytes_eq(x, b'"') | bytes_eq(x, b'\\')

@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
+use crate::body::{Fields, Json};
 use crate::protocol::Protocol;
 use crate::sse;
 
@@ -592,13 +593,13 @@ pub fn answer_text(bytes: &[u8], cap: usize) -> Option<String> {
 /// What `logging.payloads` records of a request (APISIX's `llm_request.messages`): the
 /// `messages` of chat, Anthropic and Converse requests, the `input` of Responses and
 /// embeddings requests; Null for anything else.
-pub fn request_messages(proto: Protocol, body: &serde_json::Value) -> serde_json::Value {
+pub fn request_messages<B: Fields + ?Sized>(proto: Protocol, body: &B) -> serde_json::Value {
     let key = match proto {
         Protocol::OpenAiResponses | Protocol::OpenAiEmbeddings => "input",
         Protocol::Passthrough => return serde_json::Value::Null,
         _ => "messages",
     };
-    body.get(key).cloned().unwrap_or(serde_json::Value::Null)
+    body.field(key).map(Json::to_value).unwrap_or(serde_json::Value::Null)
 }
 
 /// What a client's request says about itself, in its own protocol (before any
@@ -611,19 +612,19 @@ pub struct RequestFacts {
     pub end_user: String,
 }
 
-pub fn request_facts(proto: Protocol, body: &serde_json::Value) -> RequestFacts {
+pub fn request_facts<B: Fields + ?Sized>(proto: Protocol, body: &B) -> RequestFacts {
     let tools = match proto {
-        Protocol::BedrockConverse => body.pointer("/toolConfig/tools"),
-        _ => body.get("tools"),
+        Protocol::BedrockConverse => body.field("toolConfig").and_then(|c| c.get("tools")),
+        _ => body.field("tools"),
     };
     let user = match proto {
-        Protocol::AnthropicMessages | Protocol::AnthropicCountTokens => body.pointer("/metadata/user_id"),
+        Protocol::AnthropicMessages | Protocol::AnthropicCountTokens => body.field("metadata").and_then(|m| m.get("user_id")),
         Protocol::BedrockConverse => None,
-        _ => body.get("safety_identifier").or_else(|| body.get("user")),
+        _ => body.field("safety_identifier").or_else(|| body.field("user")),
     };
     RequestFacts {
-        tool_count: tools.and_then(|t| t.as_array()).map_or(0, Vec::len),
-        end_user: user.and_then(|u| u.as_str()).unwrap_or_default().to_owned(),
+        tool_count: tools.and_then(Json::array_len).unwrap_or(0),
+        end_user: user.and_then(Json::as_str).map(Cow::into_owned).unwrap_or_default(),
     }
 }
 

@@ -16,7 +16,10 @@
 //! Each attempt of a request is planned from the client's original request, so a retry on
 //! another target (another provider, another protocol) is shaped for that target.
 
+use std::borrow::Cow;
+
 use aigw_llm::anthropic::{self, ToolNames};
+use aigw_llm::body::{Doc, Fields, FieldsMut, Json, RawBody};
 use aigw_llm::protocol::Protocol;
 use aigw_llm::{bedrock, openai_to_anthropic, vertex};
 use aigw_model::Provider;
@@ -159,9 +162,42 @@ fn request_body_for(rb: &RequestBodyOverrides, proto: Protocol) -> Option<&Map<S
     }
 }
 
-/// Plans one attempt. `body` is the client's parsed JSON body (owned: each attempt gets
-/// its own copy).
-pub fn plan(req: &ClientRequest<'_>, mut body: Value, t: &Target) -> Result<Plan, PlanError> {
+/// The client's JSON body as [`plan`] takes it.
+#[derive(Debug)]
+pub enum RequestBody<'a> {
+    /// Parsed (owned: each attempt gets its own copy).
+    Tree(Value),
+    /// Validated bytes ([`RawBody::parse`]), shared by every attempt: a native route's
+    /// shaping edits its top-level fields in place (no tree, no re-serialisation of what
+    /// it leaves alone); a conversion reads its tree ([`RawBody::tree`], parsed once).
+    Raw(&'a RawBody),
+}
+
+impl From<Value> for RequestBody<'_> {
+    fn from(v: Value) -> Self {
+        RequestBody::Tree(v)
+    }
+}
+
+impl<'a> From<&'a RawBody> for RequestBody<'a> {
+    fn from(r: &'a RawBody) -> Self {
+        RequestBody::Raw(r)
+    }
+}
+
+impl RequestBody<'_> {
+    fn tree(&self) -> &Value {
+        match self {
+            RequestBody::Tree(v) => v,
+            RequestBody::Raw(r) => r.tree(),
+        }
+    }
+}
+
+/// Plans one attempt. `body` is the client's body: a parsed `Value` or, cheaper, its
+/// [`RawBody`] (`plan(req, &raw, target)`; both give the same upstream request).
+pub fn plan<'b>(req: &ClientRequest<'_>, body: impl Into<RequestBody<'b>>, t: &Target) -> Result<Plan, PlanError> {
+    let body = body.into();
     let ap = &t.conf;
     let pc = ap.provider_conf.as_ref();
     let proto = req.protocol;
@@ -173,7 +209,12 @@ pub fn plan(req: &ClientRequest<'_>, mut body: Value, t: &Target) -> Result<Plan
         supported: table::supported(ap.provider).join(", "),
     })?;
     let target = conversion.target(proto);
-    let request_model = body.get("model").and_then(Value::as_str).map(str::to_owned);
+    let request_model = match &body {
+        RequestBody::Tree(v) => v.field("model"),
+        RequestBody::Raw(r) => r.field("model"),
+    }
+    .and_then(Json::as_str)
+    .map(Cow::into_owned);
 
     // 1. Into the target protocol.
     let mut names = ToolNames::default();
@@ -184,37 +225,40 @@ pub fn plan(req: &ClientRequest<'_>, mut body: Value, t: &Target) -> Result<Plan
     let mut embeddings_base64 = false;
     let bad = |e: anthropic::ConvertError| PlanError::Invalid(e.0);
     let mut changed = conversion != Conversion::Native;
-    body = match conversion {
-        Conversion::Native => body,
+    let mut body = match conversion {
+        Conversion::Native => match body {
+            RequestBody::Tree(v) => Doc::Tree(v),
+            RequestBody::Raw(r) => Doc::of(r),
+        },
         Conversion::AnthropicToOpenAi => {
             let field = match max_tokens_field(ap.provider, Protocol::OpenAiChat) {
                 MaxTokensField::Top(f) => f,
                 _ => "max_tokens",
             };
-            anthropic::request_to_openai(&body, field, &mut names).map_err(bad)?
+            Doc::Tree(anthropic::request_to_openai(body.tree(), field, &mut names).map_err(bad)?)
         }
         Conversion::OpenAiToConverse | Conversion::AnthropicToConverse => {
             let openai = if conversion == Conversion::AnthropicToConverse {
-                anthropic::request_to_openai(&body, "max_tokens", &mut names).map_err(bad)?
+                Cow::Owned(anthropic::request_to_openai(body.tree(), "max_tokens", &mut names).map_err(bad)?)
             } else {
-                body
+                Cow::Borrowed(body.tree())
             };
             let c = bedrock::request_to_converse(&openai).map_err(bad)?;
             converted_stream = c.stream;
             converted_model = c.model;
-            c.body
+            Doc::Tree(c.body)
         }
         Conversion::EmbeddingsToVertexPredict => {
-            let p = vertex::embeddings_to_predict(&body).map_err(bad)?;
+            let p = vertex::embeddings_to_predict(body.tree()).map_err(bad)?;
             embeddings_base64 = p.base64;
-            p.body
+            Doc::Tree(p.body)
         }
         Conversion::OpenAiToAnthropic => {
-            let r =
-                openai_to_anthropic::request_to_anthropic(&body, llm_max_tokens.unwrap_or(DEFAULT_ANTHROPIC_MAX_TOKENS)).map_err(bad)?;
+            let r = openai_to_anthropic::request_to_anthropic(body.tree(), llm_max_tokens.unwrap_or(DEFAULT_ANTHROPIC_MAX_TOKENS))
+                .map_err(bad)?;
             names = r.names;
             include_usage = r.include_usage;
-            r.body
+            Doc::Tree(r.body)
         }
     };
     // 2. Shaped for the target. A converted OpenAI request already has its `max_tokens`:
@@ -231,8 +275,7 @@ pub fn plan(req: &ClientRequest<'_>, mut body: Value, t: &Target) -> Result<Plan
     // 3. Bedrock: the model and the stream flag are gateway-level.
     let bedrock = ap.provider == Provider::Bedrock;
     let (stream, bedrock_model) = if bedrock && target == Protocol::BedrockConverse {
-        let obj = body.as_object_mut();
-        let (s, m) = obj.map(|o| (o.remove("stream"), o.remove("model"))).unwrap_or_default();
+        let (s, m) = (body.remove("stream"), body.remove("model"));
         changed |= s.is_some() || m.is_some();
         let stream = converted_stream || s == Some(Value::Bool(true)) || req.path.ends_with("/converse-stream");
         let model = ap
@@ -248,7 +291,7 @@ pub fn plan(req: &ClientRequest<'_>, mut body: Value, t: &Target) -> Result<Plan
     let model = ap.model().map(str::to_owned).or_else(|| bedrock_model.clone()).or_else(|| request_model.clone());
     // Vertex :predict takes the model from the URL and rejects unknown body fields
     // (`options.model` included, which APISIX would merge in).
-    if target == Protocol::VertexPredict && body.as_object_mut().and_then(|o| o.remove("model")).is_some() {
+    if target == Protocol::VertexPredict && body.remove("model").is_some() {
         changed = true;
     }
 
@@ -288,7 +331,7 @@ pub fn plan(req: &ClientRequest<'_>, mut body: Value, t: &Target) -> Result<Plan
     let mut url = String::with_capacity(t.origin.len() + path_q.len() + 32);
     url.push_str(&t.origin);
     url.push_str(&path_q);
-    let out_body = if changed { Bytes::from(serde_json::to_vec(&body).unwrap_or_default()) } else { req.body.clone() };
+    let out_body = if changed { Bytes::from(body.to_vec()) } else { req.body.clone() };
 
     // 5. Headers.
     let method = if target == Protocol::Passthrough { req.method.clone() } else { Method::POST };
@@ -745,6 +788,97 @@ mod tests {
         let p = post(&t, Protocol::OpenAiEmbeddings, json!({"model": "m", "input": "x"})).unwrap();
         let v: Value = serde_json::from_slice(&p.body).unwrap();
         assert_eq!(v["parameters"], json!({"outputDimensionality": 4}));
+    }
+
+    /// Route configurations whose shaping touches every step (options, llm_options,
+    /// request_body merged and forced, stream_options, azure, bedrock, vertex).
+    fn shaping_targets() -> Vec<Target> {
+        let pc = json!({"project_id": "p1", "region": "us-central1"});
+        let rb = json!({"openai-chat": {"metadata": {"team": "ml"}, "temperature": 0.5, "stream_options": {"x": 1}},
+            "anthropic-messages": {"top_k": 5, "metadata": {"user_id": "r"}}, "bedrock-converse": {"inferenceConfig": {"topP": 0.9}},
+            "openai-responses": {"store": false}, "passthrough": {"extra": [1]}, "openai-embeddings": {"dimensions": 8}});
+        [
+            ("openai", json!({})),
+            ("openai", json!({"options": {"model": "gpt-4o-mini", "stream": true}, "override": {"llm_options": {"max_tokens": 64}}})),
+            ("openai-compatible", json!({"options": {"model": "gpt-4o-mini"}, "override": {"endpoint": "http://h/v1/chat/completions"}})),
+            ("openai-compatible", json!({"override": {"endpoint": "http://h/v1", "request_body": rb, "llm_options": {"max_tokens": 9}}})),
+            (
+                "openai-compatible",
+                json!({"options": {"temperature": 1, "n": 1.0}, "override": {"endpoint": "http://h/v1", "request_body": rb, "request_body_force_override": true}}),
+            ),
+            ("azure-openai", json!({"options": {"model": "x"}, "override": {"endpoint": "https://r.openai.azure.com/openai/deployments/d/chat/completions?api-version=1"}})),
+            ("anthropic", json!({"override": {"request_body": rb, "llm_options": {"max_tokens": 100}}})),
+            ("deepseek", json!({"options": {"stream": false, "max_tokens": null}})),
+            ("bedrock", json!({"provider_conf": {"region": "us-east-1"}, "options": {"model": "amazon.nova-pro-v1:0"}, "override": {"llm_options": {"max_tokens": 7}, "request_body": rb}})),
+            ("vertex-ai", json!({"provider_conf": pc, "options": {"model": "text-embedding-005"}})),
+            ("gemini", json!({"override": {"llm_options": {"max_tokens": 3}}})),
+        ]
+        .into_iter()
+        .map(|(p, extra)| target(p, extra, true))
+        .collect()
+    }
+
+    /// A body planned from its raw form gives the upstream request its parsed form gives:
+    /// the same URL, headers, stream flag, models, tool names and JSON (the client's bytes
+    /// untouched whenever the parsed path leaves them so), or the same refusal — for every document of
+    /// the corpus, every client protocol and every route configuration above.
+    #[test]
+    fn raw_bodies_plan_as_parsed_ones() {
+        let mut docs = aigw_llm::corpus::documents();
+        docs.extend(aigw_llm::corpus::TRICKY.iter().map(|t| t.as_bytes().to_vec()));
+        docs.extend(
+            [
+                r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":null,"max_tokens":5}"#,
+                r#"{"model":"m","messages":[],"stream":true,"stream_options":{"include_usage":true},"max_completion_tokens":64}"#,
+                r#"{"model":"m","input":"x","metadata":{"team":"web"},"temperature":0.5,"inferenceConfig":{"maxTokens":7}}"#,
+                r#"{"model":"m","model":"n","messages":[]}"#,
+                r#"{"\u006dodel":"m","messages":[],"stream":true}"#,
+                r#"{ "messages" : [ ] , "n" : 1 , "stream_options" : {"include_usage": false} , "stream" : true }"#,
+            ]
+            .map(|s| s.as_bytes().to_vec()),
+        );
+        let protos = [
+            Protocol::OpenAiChat,
+            Protocol::OpenAiResponses,
+            Protocol::OpenAiEmbeddings,
+            Protocol::AnthropicMessages,
+            Protocol::AnthropicCountTokens,
+            Protocol::BedrockConverse,
+            Protocol::Passthrough,
+        ];
+        let targets = shaping_targets();
+        let h = HeaderMap::new();
+        let mut planned = 0;
+        for d in docs {
+            let bytes = Bytes::from(d);
+            let Ok(raw) = RawBody::parse(bytes.clone()) else { continue };
+            if !raw.tree().is_object() {
+                continue;
+            }
+            for t in &targets {
+                for p in protos {
+                    let path = path_of(p);
+                    let req = ClientRequest { method: &Method::POST, path, path_and_query: path, headers: &h, body: &bytes, protocol: p };
+                    match (plan(&req, raw.to_value(), t), plan(&req, &raw, t)) {
+                        (Ok(a), Ok(b)) => {
+                            let json = |p: &Plan| serde_json::from_slice::<Value>(&p.body).unwrap();
+                            assert_eq!(json(&a), json(&b), "{} {p:?} {}", t.conf.provider.as_str(), String::from_utf8_lossy(&bytes));
+                            // A body the parsed path forwards untouched, the raw path does too.
+                            assert!(a.body != bytes || b.body == bytes, "rewritten: {}", String::from_utf8_lossy(&bytes));
+                            assert_eq!(
+                                (a.conversion, a.target, &a.method, &a.url, &a.headers, a.stream, &a.request_model, &a.model),
+                                (b.conversion, b.target, &b.method, &b.url, &b.headers, b.stream, &b.request_model, &b.model)
+                            );
+                            assert_eq!((&a.names, a.embeddings_base64, a.include_usage), (&b.names, b.embeddings_base64, b.include_usage));
+                            planned += 1;
+                        }
+                        (Err(a), Err(b)) => assert_eq!(a, b),
+                        (a, b) => panic!("{p:?}: parsed {a:?}, raw {b:?}"),
+                    }
+                }
+            }
+        }
+        assert!(planned > 10_000, "{planned}");
     }
 
     #[test]

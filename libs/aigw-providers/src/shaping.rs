@@ -15,6 +15,7 @@
 //! Beyond APISIX: an OpenAI chat request's `max_tokens` (deprecated, rejected by
 //! reasoning models) is renamed `max_completion_tokens` for `provider: openai`.
 
+use aigw_llm::body::{FieldsMut, Json, Kind};
 use aigw_model::Provider;
 use serde_json::{Map, Value};
 
@@ -55,45 +56,47 @@ pub fn max_tokens_field(provider: Provider, target: Protocol) -> MaxTokensField 
 }
 
 /// Shapes `body` in place; returns whether anything changed (an unchanged body is
-/// forwarded byte-for-byte).
-pub fn shape(body: &mut Value, s: &Shaping<'_>) -> bool {
-    let Some(obj) = body.as_object_mut() else { return false };
+/// forwarded byte-for-byte). `body` is a parsed `Value` or a request's raw form
+/// ([`aigw_llm::body::Doc`]): the same steps read and edit top-level fields, and only the
+/// fields an edit goes into are parsed (`stream_options`, `inferenceConfig`, an object of
+/// `request_body` merged into the client's).
+pub fn shape<B: FieldsMut + ?Sized>(body: &mut B, s: &Shaping<'_>) -> bool {
+    if !body.is_object() {
+        return false;
+    }
     let mut changed = false;
     if let Some(opts) = s.options {
         for (k, v) in opts {
-            if obj.get(k) != Some(v) {
-                obj.insert(k.clone(), v.clone());
+            if !body.field(k).is_some_and(|f| f.eq_value(v)) {
+                body.insert(k, v.clone());
                 changed = true;
             }
         }
     }
     let openai_chat = s.provider == Provider::Openai && s.target == Protocol::OpenAiChat;
     if openai_chat
-        && !obj.contains_key("max_completion_tokens")
-        && let Some(v) = obj.remove("max_tokens")
+        && !body.contains_key("max_completion_tokens")
+        && let Some(v) = body.remove("max_tokens")
     {
-        obj.insert("max_completion_tokens".into(), v);
+        body.insert("max_completion_tokens", v);
         changed = true;
     }
     if let Some(n) = s.max_tokens {
         let v = Value::from(n);
         match max_tokens_field(s.provider, s.target) {
             MaxTokensField::Top(field) => {
-                if obj.get(field) != Some(&v) {
-                    obj.insert(field.into(), v);
+                if !body.field(field).is_some_and(|f| f.eq_value(&v)) {
+                    body.insert(field, v);
                     changed = true;
                 }
-                if openai_chat && obj.remove("max_tokens").is_some() {
+                if openai_chat && body.remove("max_tokens").is_some() {
                     changed = true;
                 }
             }
             MaxTokensField::InferenceConfig => {
-                let ic = obj.entry("inferenceConfig").or_insert_with(|| Value::Object(Map::new()));
-                if !ic.is_object() {
-                    *ic = Value::Object(Map::new());
-                }
-                if ic.get("maxTokens") != Some(&v) {
-                    ic["maxTokens"] = v;
+                let set = body.field("inferenceConfig").and_then(|ic| ic.get("maxTokens")).is_some_and(|m| m.eq_value(&v));
+                if !set && let Some(ic) = object_field(body, "inferenceConfig") {
+                    ic.insert("maxTokens".into(), v);
                     changed = true;
                 }
             }
@@ -101,42 +104,49 @@ pub fn shape(body: &mut Value, s: &Shaping<'_>) -> bool {
         }
     }
     if let Some(patch) = s.request_body {
-        changed |= deep_merge(obj, patch, s.force_request_body);
+        changed |= deep_merge(body, patch, s.force_request_body);
     }
-    if s.target == Protocol::OpenAiChat && obj.get("stream").and_then(Value::as_bool) == Some(true) {
-        let so = obj.entry("stream_options").or_insert_with(|| Value::Object(Map::new()));
-        if !so.is_object() {
-            *so = Value::Object(Map::new());
-        }
-        if so.get("include_usage") != Some(&Value::Bool(true)) {
-            so["include_usage"] = Value::Bool(true);
+    if s.target == Protocol::OpenAiChat && body.field("stream").and_then(Json::as_bool) == Some(true) {
+        let set = body.field("stream_options").and_then(|so| so.get("include_usage")).is_some_and(|u| u.eq_value(&Value::Bool(true)));
+        if !set && let Some(so) = object_field(body, "stream_options") {
+            so.insert("include_usage".into(), Value::Bool(true));
             changed = true;
         }
     }
-    if s.provider == Provider::AzureOpenai && obj.remove("model").is_some() {
+    if s.provider == Provider::AzureOpenai && body.remove("model").is_some() {
         changed = true;
     }
     changed
 }
 
+/// The object at `key`, made one (an empty object) when it is missing or something else
+/// (None only on a body that is not an object, which shaping never edits).
+fn object_field<'b, B: FieldsMut + ?Sized>(body: &'b mut B, key: &str) -> Option<&'b mut Map<String, Value>> {
+    if !body.field(key).is_some_and(|f| f.is_object()) {
+        body.insert(key, Value::Object(Map::new()));
+    }
+    body.get_mut(key)?.as_object_mut()
+}
+
 /// Deep merge: both objects → recurse; otherwise the patch replaces the target value
 /// when `force` or when the target has no such field. Returns whether anything changed.
-pub fn deep_merge(target: &mut Map<String, Value>, patch: &Map<String, Value>, force: bool) -> bool {
+/// At the top level of a raw body only the objects merged into are parsed.
+pub fn deep_merge<B: FieldsMut + ?Sized>(target: &mut B, patch: &Map<String, Value>, force: bool) -> bool {
     let mut changed = false;
     for (k, pv) in patch {
-        match target.get_mut(k) {
+        match target.field(k).map(Json::kind) {
             None => {
-                target.insert(k.clone(), pv.clone());
+                target.insert(k, pv.clone());
                 changed = true;
             }
-            Some(Value::Object(to)) if pv.is_object() => {
-                if let Value::Object(po) = pv {
+            Some(Kind::Object) if pv.is_object() => {
+                if let (Some(Value::Object(to)), Value::Object(po)) = (target.get_mut(k), pv) {
                     changed |= deep_merge(to, po, force);
                 }
             }
-            Some(tv) => {
-                if force && tv != pv {
-                    *tv = pv.clone();
+            Some(_) => {
+                if force && !target.field(k).is_some_and(|tv| tv.eq_value(pv)) {
+                    target.insert(k, pv.clone());
                     changed = true;
                 }
             }
@@ -184,6 +194,11 @@ mod tests {
             force_request_body: case.force,
         };
         let changed = shape(&mut b, &s);
+        // The raw form shapes to the same JSON, with the same verdict.
+        let raw = aigw_llm::body::RawBody::parse(serde_json::to_vec(&body).unwrap().into()).unwrap();
+        let mut doc = aigw_llm::body::Doc::of(&raw);
+        assert_eq!(shape(&mut doc, &s), changed, "raw form: {body}");
+        assert_eq!(serde_json::from_slice::<Value>(&doc.to_vec()).unwrap(), b, "raw form: {body}");
         match expect {
             None => {
                 assert!(!changed, "unexpected change: {b}");
