@@ -144,8 +144,9 @@ pub struct Access<'r> {
     /// The snapshot's consumers (and their keys, by hash).
     pub consumers: &'r Consumers,
     pub protocol: Protocol,
-    /// The client's body, parsed.
-    pub body: &'r Value,
+    /// The client's body, validated (`body.tree()` parses it on first use; `body.field(…)`
+    /// reads a top-level field without).
+    pub body: &'r aigw_llm::body::RawBody,
     pub rec: &'r mut Record,
     /// This plugin's state for this request.
     pub slot: &'r mut Slot,
@@ -239,7 +240,7 @@ impl Chain {
         route: &RouteSpec,
         consumers: &Consumers,
         protocol: Protocol,
-        body: &Value,
+        body: &aigw_llm::body::RawBody,
         rec: &mut Record,
     ) -> Result<(), GatewayError> {
         let mut i = 0;

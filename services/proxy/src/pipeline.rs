@@ -168,7 +168,7 @@ async fn proxy(
     let path = parts.uri.path();
     let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or(path);
     let creq = ClientRequest { method: &parts.method, path, path_and_query, headers: &parts.headers, body: &client.bytes, protocol: proto };
-    let (plan, sent) = upstream(&route, &creq, &parts, remote, json, rec, chain).await?;
+    let (plan, sent) = upstream(&route, &creq, &parts, remote, &json, rec, chain).await?;
 
     // respond (complete follows when the body ends)
     respond(sent, &plan, &route, rec).await
@@ -179,14 +179,14 @@ async fn proxy(
 /// fallback policy says retry and an instance is left (CONTRACT §9, `docs/multi.md`).
 ///
 /// A failed attempt's answer is dropped before the next attempt (unread, which closes its
-/// connection). Every attempt starts from the client's original body: the first takes the
-/// parsed JSON, a retry parses the client's bytes again (no copy unless a retry happens).
+/// connection). Every attempt starts from the client's original body (validated once; a
+/// native route shapes its bytes in place, a conversion parses its tree once).
 async fn upstream(
     route: &CompiledRoute,
     creq: &ClientRequest<'_>,
     parts: &http::request::Parts,
     remote: SocketAddr,
-    json: serde_json::Value,
+    json: &aigw_llm::body::RawBody,
     rec: &mut Record,
     chain: &mut Chain,
 ) -> Result<(Plan, Sent), GatewayError> {
@@ -201,17 +201,11 @@ async fn upstream(
         None => 0,
         Some(m) => m.balancer.pick(key, &[]).ok_or_else(no_instance)?,
     };
-    let mut first_body = Some(json);
     // Instances left out of the pick (tried or refused), and upstream attempts made.
     let mut tried: Vec<usize> = Vec::new();
     let mut attempts = 0u32;
     loop {
         let t = &route.targets[i];
-        let json = match first_body.take() {
-            Some(j) => j,
-            None => serde_json::from_slice(creq.body)
-                .map_err(|e| GatewayError::bad_request(format!("could not parse JSON request body: {e}")))?,
-        };
         // Only a retry decision needs the attempt's duration.
         let started = multi.is_some().then(Instant::now);
         let result = attempt(route, t, i, creq, json, rec, chain).await;
@@ -334,7 +328,7 @@ async fn attempt(
     t: &CompiledTarget,
     index: usize,
     creq: &ClientRequest<'_>,
-    json: serde_json::Value,
+    json: &aigw_llm::body::RawBody,
     rec: &mut Record,
     chain: &mut Chain,
 ) -> Result<(Plan, Sent), AttemptError> {

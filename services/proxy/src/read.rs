@@ -71,8 +71,9 @@ pub struct ClientBody {
     pub bytes: Bytes,
     pub content_type: String,
     pub is_json: bool,
-    /// The parsed JSON body (None: not JSON, empty, or invalid).
-    pub json: Option<Value>,
+    /// The JSON body, validated, its tree parsed only when a stage needs it (None: not
+    /// JSON, empty, or invalid).
+    pub json: Option<aigw_llm::body::RawBody>,
     /// A form body, for `post_arg.*` in `vars`.
     pub form: Option<Value>,
 }
@@ -97,7 +98,7 @@ pub async fn read_body(
     };
     let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json").to_owned();
     let is_json = content_type.len() >= 16 && content_type.as_bytes()[..16].eq_ignore_ascii_case(b"application/json");
-    let json = if is_json && !bytes.is_empty() { serde_json::from_slice(&bytes).ok() } else { None };
+    let json = if is_json && !bytes.is_empty() { aigw_llm::body::RawBody::parse(bytes.clone()).ok() } else { None };
     let form = content_type.starts_with("application/x-www-form-urlencoded").then(|| {
         let text = String::from_utf8_lossy(&bytes);
         Value::Object(

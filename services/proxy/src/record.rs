@@ -307,7 +307,7 @@ impl Record {
 
     /// The client's request, parsed: kept for `logging.payloads` and
     /// `http-logger.include_req_body` only when the route asks.
-    pub fn note_request(&mut self, body: &Bytes, proto: Protocol, json: &serde_json::Value) {
+    pub fn note_request(&mut self, body: &Bytes, proto: Protocol, json: &impl aigw_llm::body::Fields) {
         let needs = self.needs;
         if needs.request_messages {
             self.llm_request = Some(aigw_llm::usage::request_messages(proto, json));

@@ -17,6 +17,8 @@ pub struct RequestVars<'a> {
     pub remote: std::net::IpAddr,
     pub headers: &'a HeaderMap,
     pub body: Option<&'a Value>,
+    /// A JSON body: its tree is parsed only when an expression reads `post_arg.*`.
+    pub json: Option<&'a aigw_llm::body::RawBody>,
     pub decoded: std::cell::OnceCell<Vec<(String, String)>>,
     /// `remote` as text, made only when an expression asks for it.
     pub remote_text: std::cell::OnceCell<String>,
@@ -58,7 +60,7 @@ impl VarSource for RequestVars<'_> {
                 .filter_map(|kv| kv.trim().split_once('='))
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| VarValue::Str(v)),
-            Var::PostArg(path) => self.body.and_then(|b| lookup(b, path)).map(VarValue::Json),
+            Var::PostArg(path) => self.json.map(|j| j.tree()).or(self.body).and_then(|b| lookup(b, path)).map(VarValue::Json),
         }
     }
 }

@@ -52,7 +52,8 @@ pub fn find_route(cfg: &RuntimeConfig, parts: &http::request::Parts, remote: IpA
         scheme: "http",
         remote,
         headers: &parts.headers,
-        body: body.json.as_ref().or(body.form.as_ref()),
+        body: body.form.as_ref(),
+        json: body.json.as_ref(),
         decoded: Default::default(),
         remote_text: Default::default(),
     };
