@@ -98,7 +98,7 @@ impl<'a> Json<'a> {
             Json::Tree(v) => v.as_str().map(Cow::Borrowed),
             Json::Raw(t) => {
                 let inner = t.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
-                if memchr::memchr(b'\\', inner).is_none() {
+                if !inner.contains(&b'\\') {
                     std::str::from_utf8(inner).ok().map(Cow::Borrowed)
                 } else {
                     serde_json::from_slice::<String>(t).ok().map(Cow::Owned)
@@ -243,6 +243,20 @@ struct Span {
     key: (usize, usize),
     /// The value's text.
     value: (usize, usize),
+    /// The key holds an escape.
+    escaped: bool,
+    /// The key's first eight bytes and length ([`tag`]): most lookups are told apart by it.
+    tag: u64,
+}
+
+/// A short fingerprint of a key: its first seven bytes and its length (the whole key when
+/// it is at most seven bytes long).
+fn tag(key: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    let n = key.len().min(7);
+    a[..n].copy_from_slice(&key[..n]);
+    a[7] = key.len().min(255) as u8;
+    u64::from_le_bytes(a)
 }
 
 /// A validated JSON request body: bytes, where its top-level fields are, and its tree once
@@ -262,7 +276,7 @@ impl RawBody {
     /// Validates `bytes` as serde_json would parse them into a `Value`; the error is
     /// serde's own (the proxy's 400 quotes it).
     pub fn parse(bytes: Bytes) -> Result<RawBody, serde_json::Error> {
-        let mut fields = Vec::new();
+        let mut fields = Vec::with_capacity(8);
         let top = match validate(&bytes, &mut fields) {
             Some(k) => k,
             None => {
@@ -304,7 +318,8 @@ impl RawBody {
     }
 
     fn span_of(&self, key: &str) -> Option<&Span> {
-        self.fields.iter().find(|s| self.bytes.get(s.key.0..s.key.1) == Some(key.as_bytes()))
+        let (k, t) = (key.as_bytes(), tag(key.as_bytes()));
+        self.fields.iter().find(|s| s.tag == t && (k.len() <= 7 || self.bytes.get(s.key.0..s.key.1) == Some(k)))
     }
 
     fn text(&self, (a, b): (usize, usize)) -> &[u8] {
@@ -529,12 +544,12 @@ impl FieldsMut for Edit<'_> {
 /// Whether the top-level keys hold no escape and no key repeats.
 fn distinct_plain_keys(bytes: &[u8], fields: &[Span]) -> bool {
     let key = |s: &Span| bytes.get(s.key.0..s.key.1).unwrap_or_default();
-    fields.iter().enumerate().all(|(i, s)| memchr::memchr(b'\\', key(s)).is_none() && fields[..i].iter().all(|o| key(o) != key(s)))
+    fields.iter().enumerate().all(|(i, s)| !s.escaped && fields[..i].iter().all(|o| key(o) != key(s)))
 }
 
 /// A raw key (between quotes, escapes as written) equals `key`.
 fn key_is(raw: &[u8], key: &str) -> bool {
-    if memchr::memchr(b'\\', raw).is_none() {
+    if !raw.contains(&b'\\') {
         return raw == key.as_bytes();
     }
     let mut quoted = Vec::with_capacity(raw.len() + 2);
@@ -626,204 +641,196 @@ fn elements(t: &[u8]) -> usize {
 /// Validates `b` as one JSON value with serde_json's rules (RFC 8259 grammar, strings of
 /// valid UTF-8 without raw control characters, escapes with paired surrogates, numbers
 /// that fit an `f64`, at most 127 levels of nesting, whitespace around); returns its kind
-/// and, for an object, where its top-level fields are.
+/// and, for an object, where its top-level fields are. One loop over the bytes with an
+/// explicit stack of open containers (no call per value).
 fn validate(b: &[u8], fields: &mut Vec<Span>) -> Option<Kind> {
-    // Outside strings only ASCII is valid, and every string's bytes are UTF-8 if the whole
-    // document is: one check for all of them.
-    std::str::from_utf8(b).ok()?;
-    let mut v = Validator { b, i: skip_ws(b, 0), depth: 0 };
-    let kind = Kind::of_text(*b.get(v.i)?);
-    if kind == Kind::Object {
-        v.object(Some(fields))?;
-    } else {
-        v.value()?;
+    #[derive(Clone, Copy)]
+    enum Next {
+        /// A value starts at `i`.
+        Value,
+        /// A value ended at `i`: a comma, a closing bracket or the end follow.
+        After,
+        /// A key starts at `i`.
+        Key,
     }
-    (skip_ws(b, v.i) == b.len()).then_some(kind)
+    let mut i = skip_ws(b, 0);
+    let kind = Kind::of_text(*b.get(i)?);
+    // true: an object.
+    let mut stack = [false; MAX_DEPTH];
+    let mut depth = 0usize;
+    // The top-level key whose value is being read: (key start, key end, escaped, value start).
+    let mut pending: Option<(usize, usize, bool, usize)> = None;
+    let mut next = Next::Value;
+    loop {
+        match next {
+            Next::Value => {
+                match *b.get(i)? {
+                    c @ (b'{' | b'[') => {
+                        if depth + 1 >= MAX_DEPTH {
+                            return None;
+                        }
+                        stack[depth] = c == b'{';
+                        depth += 1;
+                        i = skip_ws(b, i + 1);
+                        let close = if c == b'{' { b'}' } else { b']' };
+                        if *b.get(i)? == close {
+                            depth -= 1;
+                            i += 1;
+                            next = Next::After;
+                        } else {
+                            next = if c == b'{' { Next::Key } else { Next::Value };
+                        }
+                        continue;
+                    }
+                    b'"' => i = string(b, i)?.0,
+                    b't' => i = literal(b, i, b"true")?,
+                    b'f' => i = literal(b, i, b"false")?,
+                    b'n' => i = literal(b, i, b"null")?,
+                    b'-' | b'0'..=b'9' => i = number(b, i)?,
+                    _ => return None,
+                }
+                next = Next::After;
+            }
+            Next::After => {
+                if depth == 1
+                    && let Some((ks, ke, escaped, vs)) = pending.take()
+                {
+                    fields.push(Span { key: (ks, ke), value: (vs, i), escaped, tag: tag(b.get(ks..ke).unwrap_or_default()) });
+                }
+                if depth == 0 {
+                    return (skip_ws(b, i) == b.len()).then_some(kind);
+                }
+                i = skip_ws(b, i);
+                let object = stack[depth - 1];
+                match (*b.get(i)?, object) {
+                    (b',', true) => {
+                        i = skip_ws(b, i + 1);
+                        next = Next::Key;
+                    }
+                    (b',', false) => {
+                        i = skip_ws(b, i + 1);
+                        next = Next::Value;
+                    }
+                    (b'}', true) | (b']', false) => {
+                        depth -= 1;
+                        i += 1;
+                    }
+                    _ => return None,
+                }
+            }
+            Next::Key => {
+                if *b.get(i)? != b'"' {
+                    return None;
+                }
+                let (end, escaped) = string(b, i)?;
+                let key = (i + 1, end - 1);
+                i = skip_ws(b, end);
+                if *b.get(i)? != b':' {
+                    return None;
+                }
+                i = skip_ws(b, i + 1);
+                if depth == 1 {
+                    pending = Some((key.0, key.1, escaped, i));
+                }
+                next = Next::Value;
+            }
+        }
+    }
 }
 
-struct Validator<'a> {
-    b: &'a [u8],
-    i: usize,
-    depth: usize,
+fn literal(b: &[u8], i: usize, lit: &[u8]) -> Option<usize> {
+    (b.get(i..i + lit.len())? == lit).then_some(i + lit.len())
 }
 
-impl Validator<'_> {
-    fn peek(&self) -> Option<u8> {
-        self.b.get(self.i).copied()
-    }
-
-    fn ws(&mut self) {
-        self.i = skip_ws(self.b, self.i);
-    }
-
-    fn value(&mut self) -> Option<()> {
-        match self.peek()? {
-            b'{' => self.object(None),
-            b'[' => self.array(),
-            b'"' => self.string().map(drop),
-            b't' => self.literal(b"true"),
-            b'f' => self.literal(b"false"),
-            b'n' => self.literal(b"null"),
-            b'-' | b'0'..=b'9' => self.number(),
-            _ => None,
+/// A string at `i` (its opening quote): where it ends (after the closing quote) and
+/// whether it held an escape. Bytes outside strings are ASCII or refused, so UTF-8 is
+/// checked only for a string with a byte above 0x7f.
+#[inline]
+fn string(b: &[u8], i: usize) -> Option<(usize, bool)> {
+    let start = i + 1;
+    let mut j = start;
+    let mut high = 0u64;
+    let mut escaped = false;
+    loop {
+        // Eight bytes at a time to the next quote, backslash or control character.
+        while let Some(w) = b.get(j..j + 8) {
+            let x = word(w);
+            let m = bytes_eq(x, b'"') | bytes_eq(x, b'\\') | bytes_below(x, 0x20);
+            if m != 0 {
+                let k = m.trailing_zeros() / 8;
+                high |= x & ((1u64 << (8 * k)) - 1);
+                j += k as usize;
+                break;
+            }
+            high |= x;
+            j += 8;
         }
-    }
-
-    fn enter(&mut self) -> Option<()> {
-        self.depth += 1;
-        (self.depth < MAX_DEPTH).then_some(())
-    }
-
-    fn object(&mut self, mut fields: Option<&mut Vec<Span>>) -> Option<()> {
-        self.enter()?;
-        self.i += 1;
-        self.ws();
-        if self.peek()? == b'}' {
-            self.i += 1;
-            self.depth -= 1;
-            return Some(());
-        }
-        loop {
-            if self.peek()? != b'"' {
-                return None;
-            }
-            let ks = self.i + 1;
-            self.string()?;
-            let ke = self.i - 1;
-            self.ws();
-            if self.peek()? != b':' {
-                return None;
-            }
-            self.i += 1;
-            self.ws();
-            let vs = self.i;
-            self.value()?;
-            if let Some(f) = fields.as_deref_mut() {
-                f.push(Span { key: (ks, ke), value: (vs, self.i) });
-            }
-            self.ws();
-            match self.peek()? {
-                b',' => {
-                    self.i += 1;
-                    self.ws();
-                }
-                b'}' => break,
-                _ => return None,
-            }
-        }
-        self.i += 1;
-        self.depth -= 1;
-        Some(())
-    }
-
-    fn array(&mut self) -> Option<()> {
-        self.enter()?;
-        self.i += 1;
-        self.ws();
-        if self.peek()? == b']' {
-            self.i += 1;
-            self.depth -= 1;
-            return Some(());
-        }
-        loop {
-            self.value()?;
-            self.ws();
-            match self.peek()? {
-                b',' => {
-                    self.i += 1;
-                    self.ws();
-                }
-                b']' => break,
-                _ => return None,
-            }
-        }
-        self.i += 1;
-        self.depth -= 1;
-        Some(())
-    }
-
-    fn literal(&mut self, lit: &[u8]) -> Option<()> {
-        (self.b.get(self.i..self.i + lit.len())? == lit).then(|| self.i += lit.len())
-    }
-
-    /// A string (at its opening quote); leaves `i` after the closing quote.
-    fn string(&mut self) -> Option<()> {
-        let b = self.b;
-        let mut j = self.i + 1;
-        loop {
-            // Eight bytes at a time to the next quote, backslash or control character.
-            while let Some(w) = b.get(j..j + 8) {
-                let x = word(w);
-                let m = bytes_eq(x, b'"') | bytes_eq(x, b'\\') | bytes_below(x, 0x20);
-                if m != 0 {
-                    j += (m.trailing_zeros() / 8) as usize;
-                    break;
-                }
-                j += 8;
-            }
-            while b.get(j).is_some_and(|&c| c != b'"' && c != b'\\' && c >= 0x20) {
-                j += 1;
-            }
-            match *b.get(j)? {
-                b'"' => {
-                    self.i = j + 1;
-                    return Some(());
-                }
-                b'\\' => j = escape(b, j)?,
-                _ => return None,
-            }
-        }
-    }
-
-    fn number(&mut self) -> Option<()> {
-        let b = self.b;
-        let start = self.i;
-        let mut j = start;
-        if b[j] == b'-' {
+        while let Some(&c) = b.get(j).filter(|&&c| c != b'"' && c != b'\\' && c >= 0x20) {
+            high |= c as u64;
             j += 1;
         }
-        let digits = j;
-        match b.get(j)? {
-            b'0' => j += 1,
-            b'1'..=b'9' => {
-                while b.get(j).is_some_and(u8::is_ascii_digit) {
-                    j += 1;
+        match *b.get(j)? {
+            b'"' => {
+                if high & 0x8080_8080_8080_8080 != 0 {
+                    std::str::from_utf8(&b[start..j]).ok()?;
                 }
+                return Some((j + 1, escaped));
+            }
+            b'\\' => {
+                escaped = true;
+                j = escape(b, j)?;
             }
             _ => return None,
         }
-        // Integers of up to 18 digits always fit; anything else serde may find out of an
-        // f64's range: it decides.
-        let mut exact = j - digits <= 18;
-        if b.get(j) == Some(&b'.') {
-            j += 1;
-            if !b.get(j)?.is_ascii_digit() {
-                return None;
-            }
+    }
+}
+
+/// A number at `i`: where it ends.
+fn number(b: &[u8], i: usize) -> Option<usize> {
+    let mut j = i;
+    if b[j] == b'-' {
+        j += 1;
+    }
+    let digits = j;
+    match b.get(j)? {
+        b'0' => j += 1,
+        b'1'..=b'9' => {
             while b.get(j).is_some_and(u8::is_ascii_digit) {
                 j += 1;
             }
-            exact = false;
         }
-        if matches!(b.get(j), Some(b'e' | b'E')) {
-            j += 1;
-            if matches!(b.get(j), Some(b'+' | b'-')) {
-                j += 1;
-            }
-            if !b.get(j)?.is_ascii_digit() {
-                return None;
-            }
-            while b.get(j).is_some_and(u8::is_ascii_digit) {
-                j += 1;
-            }
-            exact = false;
-        }
-        if !exact && serde_json::from_slice::<Number>(&b[start..j]).is_err() {
+        _ => return None,
+    }
+    // Integers of up to 18 digits always fit; anything else serde may find out of an f64's
+    // range: it decides.
+    let mut exact = j - digits <= 18;
+    if b.get(j) == Some(&b'.') {
+        j += 1;
+        if !b.get(j)?.is_ascii_digit() {
             return None;
         }
-        self.i = j;
-        Some(())
+        while b.get(j).is_some_and(u8::is_ascii_digit) {
+            j += 1;
+        }
+        exact = false;
     }
+    if matches!(b.get(j), Some(b'e' | b'E')) {
+        j += 1;
+        if matches!(b.get(j), Some(b'+' | b'-')) {
+            j += 1;
+        }
+        if !b.get(j)?.is_ascii_digit() {
+            return None;
+        }
+        while b.get(j).is_some_and(u8::is_ascii_digit) {
+            j += 1;
+        }
+        exact = false;
+    }
+    if !exact && serde_json::from_slice::<Number>(&b[i..j]).is_err() {
+        return None;
+    }
+    Some(j)
 }
 
 /// An escape at `j` (its backslash): where the string goes on after it, serde's rules (a
