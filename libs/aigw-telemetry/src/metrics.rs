@@ -3,6 +3,14 @@
 //! a read lock (uncontended: a couple of atomics) and its value updated with relaxed
 //! atomic adds; the write lock is taken only the first time a label set is seen.
 //!
+//! Cheaper still, a series can be resolved once and kept: [`Counter::handle`] /
+//! [`Histogram::handle`] give a [`CounterHandle`] / [`HistogramHandle`] whose `add` /
+//! `record` are atomic adds only (no hash, no lock, no label comparison) — for label sets
+//! known when a route is compiled. For label sets a route only meets at run time (status,
+//! model names, error type), a [`Memo`] per route and instrument keeps the handles of the
+//! first [`MEMO_SLOTS`] sets it sees: a request then finds its series with a few byte
+//! comparisons of its label values.
+//!
 //! Cardinality is bounded: a family holds at most [`MAX_SERIES`] label sets; later ones
 //! are folded into one series whose every label is [`OVERFLOW`] (as the OTel SDKs do).
 
@@ -97,33 +105,51 @@ impl Hasher for U64Key {
 }
 
 impl<V> Family<V> {
+    /// The series of `values`, created on first use (the overflow series once the family
+    /// is full).
+    fn series(&self, values: &[&str]) -> Arc<Series<V>> {
+        let mut out = None;
+        self.find(values, |s| out = Some(s.clone()));
+        out.unwrap_or_else(|| self.overflow())
+    }
+
+    fn overflow(&self) -> Arc<Series<V>> {
+        self.overflow
+            .get_or_init(|| {
+                Arc::new(Series { labels: self.labels.iter().map(|_| Box::from(OVERFLOW)).collect(), value: (self.make)(self) })
+            })
+            .clone()
+    }
+
     /// Runs `f` on the value of the series `values` (created on first use).
     fn with(&self, values: &[&str], f: impl FnOnce(&V)) {
+        self.find(values, |s| f(&s.value));
+    }
+
+    /// Runs `f` on the series `values` (created on first use).
+    fn find(&self, values: &[&str], f: impl FnOnce(&Arc<Series<V>>)) {
         debug_assert_eq!(values.len(), self.labels.len(), "{}: label count", self.name);
         let h = hash_labels(values);
         let same = |s: &Series<V>| s.labels.len() == values.len() && s.labels.iter().zip(values).all(|(a, b)| &**a == *b);
         {
             let map = self.series.read().unwrap_or_else(|e| e.into_inner());
             if let Some(s) = map.get(&h).and_then(|v| v.iter().find(|s| same(s))) {
-                f(&s.value);
+                f(s);
                 return;
             }
         }
         let mut map = self.series.write().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = map.get(&h).and_then(|v| v.iter().find(|s| same(s))) {
-            f(&s.value);
+            f(s);
             return;
         }
         if self.len.load(Ordering::Relaxed) as usize >= MAX_SERIES {
             drop(map);
-            let o = self.overflow.get_or_init(|| {
-                Arc::new(Series { labels: self.labels.iter().map(|_| Box::from(OVERFLOW)).collect(), value: (self.make)(self) })
-            });
-            f(&o.value);
+            f(&self.overflow());
             return;
         }
         let s = Arc::new(Series { labels: values.iter().map(|v| Box::from(*v)).collect(), value: (self.make)(self) });
-        f(&s.value);
+        f(&s);
         map.entry(h).or_default().push(s);
         self.len.fetch_add(1, Ordering::Relaxed);
     }
@@ -185,6 +211,26 @@ impl Counter {
         self.0.with(labels, |c| v = c.load(Ordering::Relaxed));
         v
     }
+
+    /// The series of `labels`, resolved now (created if new, counted against the
+    /// cardinality cap; the overflow series when the family is full).
+    pub fn handle(&self, labels: &[&str]) -> CounterHandle {
+        CounterHandle(self.0.series(labels))
+    }
+}
+
+/// One counter series, resolved once: [`add`](Self::add) is one relaxed atomic add.
+#[derive(Clone)]
+pub struct CounterHandle(Arc<Series<AtomicU64>>);
+
+impl CounterHandle {
+    pub fn add(&self, n: u64) {
+        self.0.value.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.value.load(Ordering::Relaxed)
+    }
 }
 
 /// A histogram family with explicit bucket boundaries.
@@ -198,6 +244,102 @@ impl Histogram {
         }
         let bounds = self.0.bounds;
         self.0.with(labels, |h| h.record(bounds, v));
+    }
+
+    /// The series of `labels`, resolved now (see [`Counter::handle`]).
+    pub fn handle(&self, labels: &[&str]) -> HistogramHandle {
+        HistogramHandle { series: self.0.series(labels), bounds: self.0.bounds }
+    }
+}
+
+/// One histogram series, resolved once: [`record`](Self::record) finds the bucket and
+/// does two relaxed atomic updates (count, sum).
+#[derive(Clone)]
+pub struct HistogramHandle {
+    series: Arc<Series<HistValue>>,
+    bounds: &'static [f64],
+}
+
+impl HistogramHandle {
+    pub fn record(&self, v: f64) {
+        if v.is_finite() {
+            self.series.value.record(self.bounds, v);
+        }
+    }
+}
+
+/// Label sets a [`Memo`] keeps handles for.
+pub const MEMO_SLOTS: usize = 4;
+
+/// What a [`Memo`] can resolve handles of: [`Counter`] and [`Histogram`].
+pub trait Instrument {
+    type Handle;
+    fn resolve(&self, labels: &[&str]) -> Self::Handle;
+}
+
+impl Instrument for Counter {
+    type Handle = CounterHandle;
+    fn resolve(&self, labels: &[&str]) -> CounterHandle {
+        self.handle(labels)
+    }
+}
+
+impl Instrument for Histogram {
+    type Handle = HistogramHandle;
+    fn resolve(&self, labels: &[&str]) -> HistogramHandle {
+        self.handle(labels)
+    }
+}
+
+/// The handles of one instrument for the label sets one route sees (kept with the
+/// compiled route, so a config change starts afresh): the first [`MEMO_SLOTS`] distinct
+/// sets are resolved on first use and kept; a request finds its handle by comparing its
+/// label values with theirs — no hash, no lock, no allocation. Later sets go through the
+/// family's lookup, as without a memo. The label values stay the caller's: bound the ones
+/// that come from outside ([`BoundedValues`]) before they get here.
+pub struct Memo<I: Instrument> {
+    instrument: I,
+    slots: [OnceLock<Kept<I::Handle>>; MEMO_SLOTS],
+}
+
+/// A label set a [`Memo`] resolved, and its handle.
+type Kept<H> = (Box<[Box<str>]>, H);
+
+impl<I: Instrument> Memo<I> {
+    pub fn new(instrument: I) -> Memo<I> {
+        Memo { instrument, slots: Default::default() }
+    }
+
+    /// Runs `f` with the handle of `labels`.
+    fn with(&self, labels: &[&str], f: impl FnOnce(&I::Handle)) -> Option<I::Handle> {
+        let same = |l: &[Box<str>]| l.len() == labels.len() && l.iter().zip(labels).all(|(a, b)| **a == **b);
+        for slot in &self.slots {
+            let (l, h) = slot.get_or_init(|| (labels.iter().map(|v| Box::from(*v)).collect(), self.instrument.resolve(labels)));
+            if same(l) {
+                f(h);
+                return None;
+            }
+        }
+        Some(self.instrument.resolve(labels))
+    }
+}
+
+impl Memo<Counter> {
+    pub fn add(&self, labels: &[&str], n: u64) {
+        if let Some(h) = self.with(labels, |h| h.add(n)) {
+            h.add(n);
+        }
+    }
+}
+
+impl Memo<Histogram> {
+    pub fn record(&self, labels: &[&str], v: f64) {
+        if !v.is_finite() {
+            return;
+        }
+        if let Some(h) = self.with(labels, |h| h.record(v)) {
+            h.record(v);
+        }
     }
 }
 
@@ -505,15 +647,51 @@ fn fmt_f64(v: f64) -> String {
     }
 }
 
+/// The bytes a bounded label value may hold: `[A-Za-z0-9._:/@+-]`.
+static LABEL_BYTES: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'/' | b'@' | b'+' | b'-');
+        b += 1;
+    }
+    t
+};
+
 /// Values a label may take when they come from outside (a client-chosen model name):
 /// at most `cap` distinct values, each at most 100 bytes of `[A-Za-z0-9._:/@+-]`; anything
-/// else is [`OVERFLOW`]. A lookup is one hash under a read lock.
+/// else is [`OVERFLOW`]. A lookup is one FxHash under a read lock. With a cap, chosen
+/// collisions cost at most `cap` comparisons, so an unkeyed hash is safe here.
 pub struct BoundedValues {
     cap: usize,
-    seen: RwLock<std::collections::HashSet<Box<str>>>,
+    seen: RwLock<std::collections::HashSet<Box<str>, BuildHasherDefault<FxHasher>>>,
     overflow: &'static str,
     /// Values folded into the overflow value (counted for `/metrics`).
     pub overflowed: std::sync::atomic::AtomicU64,
+}
+
+/// FxHash-style hashing for keys the process bounds itself (the multiply-rotate of
+/// [`hash_labels`]): SipHash's defence against chosen collisions buys little where at most
+/// `cap` values can ever be stored, and costs more than the lookup it serves.
+#[derive(Default)]
+pub struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut b = bytes;
+        while b.len() >= 8 {
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])).wrapping_mul(K);
+            b = &b[8..];
+        }
+        let mut tail = [0u8; 8];
+        tail[..b.len()].copy_from_slice(b);
+        self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(tail) ^ (b.len() as u64) << 59).wrapping_mul(K);
+    }
 }
 
 impl BoundedValues {
@@ -536,7 +714,7 @@ impl BoundedValues {
         if v.is_empty() {
             return v;
         }
-        if v.len() > 100 || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:/@+-".contains(&b)) {
+        if v.len() > 100 || !v.bytes().all(|b| LABEL_BYTES[b as usize]) {
             return self.over();
         }
         if self.seen.read().unwrap_or_else(|e| e.into_inner()).contains(v) {
@@ -601,6 +779,76 @@ mod tests {
         let p = &hist.data_points[0];
         assert_eq!((p.count, p.bucket_counts.clone(), p.explicit_bounds.clone()), (4, vec![2, 1, 0, 1], B.to_vec()));
         assert_eq!(m[1].unit, "s");
+    }
+
+    /// Handles and memos record into the very series label lookups find: the same text
+    /// and the same OTLP points, whichever way a value was recorded.
+    #[test]
+    fn handles_and_memos_record_where_lookups_do() {
+        let run = |how: u8| {
+            let r = Registry::new();
+            let c = r.counter("aigw.gateway.requests", "{request}", "Requests.", &["route", "status"]);
+            let h = r.histogram("gen_ai.client.token.usage", "{token}", "Tokens.", &["model", "type"], B);
+            let (cm, hm) = (Memo::new(c.clone()), Memo::new(h.clone()));
+            // Six label sets: more than a memo keeps.
+            let sets: Vec<[String; 2]> = (0..6).map(|i| [format!("r{i}"), format!("{}", 200 + i)]).collect();
+            for round in 0..3 {
+                for (i, l) in sets.iter().enumerate() {
+                    let l = [l[0].as_str(), l[1].as_str()];
+                    let v = (round * 10 + i) as f64 * 0.3;
+                    match how {
+                        0 => {
+                            c.add(&l, 2);
+                            h.record(&l, v);
+                        }
+                        1 => {
+                            c.handle(&l).add(2);
+                            h.handle(&l).record(v);
+                        }
+                        _ => {
+                            cm.add(&l, 2);
+                            hm.record(&l, v);
+                        }
+                    }
+                }
+            }
+            h.handle(&["r0", "200"]).record(f64::NAN);
+            hm.record(&["r9", "x"], f64::INFINITY);
+            let mut otlp = r.to_otlp();
+            for m in &mut otlp {
+                match &mut m.data {
+                    Some(pm::metric::Data::Sum(s)) => {
+                        s.data_points.iter_mut().for_each(|p| (p.start_time_unix_nano, p.time_unix_nano) = (0, 0))
+                    }
+                    Some(pm::metric::Data::Histogram(h)) => {
+                        h.data_points.iter_mut().for_each(|p| (p.start_time_unix_nano, p.time_unix_nano) = (0, 0))
+                    }
+                    _ => {}
+                }
+            }
+            (r.render_prometheus(), otlp)
+        };
+        let lookups = run(0);
+        assert!(lookups.0.contains("aigw_gateway_requests_total{route=\"r5\",status=\"205\"} 6"), "{}", lookups.0);
+        assert!(!lookups.0.contains("r9"), "non-finite values create no series");
+        assert_eq!(run(1), lookups);
+        assert_eq!(run(2), lookups);
+    }
+
+    #[test]
+    fn handles_respect_the_cardinality_cap() {
+        let r = Registry::new();
+        let c = r.counter("c", "", "", &["k"]);
+        for i in 0..MAX_SERIES {
+            c.handle(&[&i.to_string()]).add(1);
+        }
+        let late = c.handle(&["late"]);
+        late.add(5);
+        assert_eq!((c.get(&[OVERFLOW]), late.get()), (5, 5), "a handle past the cap is the overflow series");
+        let m = Memo::new(c.clone());
+        m.add(&["later"], 1);
+        m.add(&["0"], 1);
+        assert_eq!((c.get(&[OVERFLOW]), c.get(&["0"])), (6, 2));
     }
 
     #[test]
