@@ -11,7 +11,10 @@
 //! The same code serves both forms: detection, request facts and shaping are written
 //! against [`Fields`] / [`FieldsMut`], implemented by a parsed [`Value`] (and its `Map`) as
 //! much as by a [`RawBody`] and its [`Edit`]. Tests and the `request_body` fuzz target
-//! check that both give the same JSON.
+//! check that both give the same JSON. One difference, in the raw form's favour: a field
+//! it leaves alone keeps the client's digits, where the tree is written back from serde's
+//! parse of them, which (without serde_json's `float_roundtrip`) can move a float of many
+//! digits by an ulp.
 //!
 //! Duplicate top-level keys, keys with escapes and bodies of more than [`MAX_FIELDS`]
 //! fields are valid JSON the raw form does not edit: such a body answers from its tree
