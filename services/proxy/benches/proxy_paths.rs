@@ -1,7 +1,8 @@
 //! Criterion benches for the proxy: route matching at 10 and 10,000 routes (matching must
 //! not grow with the route count), compiling a 10,000-route snapshot, and what an
 //! `ai-proxy-multi` route adds per request (hash key, pick, outcome report; issue 12: a
-//! 4-instance weighted route under 2 µs). SigV4 and the plan stage are benched in
+//! 4-instance weighted route under 2 µs), and a consumer key's lookup at 1,000 and 100,000
+//! consumers (issue 19: flat in the number of consumers). SigV4 and the plan stage are benched in
 //! `aigw-providers`, picking alone in `aigw-balance`.
 //! `cargo bench -p aigw-proxy`.
 
@@ -79,5 +80,31 @@ fn benches(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(proxy_paths, benches);
+/// Consumer key lookups (one HMAC, one probe) at 1,000 and 100,000 consumers: the cost must
+/// not grow with the consumer count, and a wrong key costs what a right one does.
+fn key_lookup(c: &mut Criterion) {
+    use aigw_model::keyauth::KeyHasher;
+    use aigw_proxy::consumers::{Change, ConsumerSet, Kind};
+    let ups = Upstreams::default();
+    let ctx = CompileCtx::bare(&ups);
+    let hasher = KeyHasher::new(&[5u8; 32]);
+    use base64::Engine as _;
+    let settings = json!({"hash_key": base64::engine::general_purpose::STANDARD.encode([5u8; 32])});
+    for n in [1_000usize, 100_000] {
+        let mut changes =
+            vec![Change { kind: Kind::Settings, name: "key-auth".into(), version: "s".into(), value: Some(settings.clone()) }];
+        for i in 0..n {
+            let v = json!({"username": format!("c{i}"), "plugins": {"key-auth": {"key": hasher.stored(&format!("aigw-key-{i:08}"))}}});
+            changes.push(Change { kind: Kind::Consumer, name: format!("c{i}"), version: format!("v{i}"), value: Some(v) });
+        }
+        let set = ConsumerSet::apply(&ConsumerSet::default(), true, changes, &ctx, None).unwrap();
+        let hit = format!("aigw-key-{:08}", n / 2);
+        c.bench_function(&format!("key_auth/lookup_hit/{n}_consumers"), |b| b.iter(|| set.table.with_key(black_box(&hit)).is_some()));
+        c.bench_function(&format!("key_auth/lookup_miss/{n}_consumers"), |b| {
+            b.iter(|| set.table.with_key(black_box("aigw-key-nobody-has-this-one")).is_none())
+        });
+    }
+}
+
+criterion_group!(proxy_paths, benches, key_lookup);
 criterion_main!(proxy_paths);
