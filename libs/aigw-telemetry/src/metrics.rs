@@ -62,6 +62,8 @@ struct Family<V> {
     overflow: OnceLock<Arc<Series<V>>>,
     make: fn(&Family<V>) -> V,
     bounds: &'static [f64],
+    /// A counter whose values are f64 bits (USD): added with [`FloatCounter::add`].
+    float: bool,
 }
 
 /// A fast label-set hash (FxHash-style multiply-rotate, 8 bytes at a time), recomputed for
@@ -196,6 +198,36 @@ impl HistValue {
 /// A monotonic counter family.
 #[derive(Clone)]
 pub struct Counter(Arc<Family<AtomicU64>>);
+
+/// A monotonic counter of fractional amounts (the cost of requests, USD).
+#[derive(Clone)]
+pub struct FloatCounter(Arc<Family<AtomicU64>>);
+
+impl FloatCounter {
+    /// Adds `v` (≥ 0, finite) to the series of `labels`.
+    pub fn add(&self, labels: &[&str], v: f64) {
+        if !(v.is_finite() && v > 0.0) {
+            return;
+        }
+        self.0.with(labels, |c| {
+            let mut cur = c.load(Ordering::Relaxed);
+            loop {
+                let next = (f64::from_bits(cur) + v).to_bits();
+                match c.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+                    Ok(_) => break,
+                    Err(x) => cur = x,
+                }
+            }
+        });
+    }
+
+    /// The current value of one series.
+    pub fn get(&self, labels: &[&str]) -> f64 {
+        let mut v = 0.0;
+        self.0.with(labels, |c| v = f64::from_bits(c.load(Ordering::Relaxed)));
+        v
+    }
+}
 
 impl Counter {
     /// Adds `n` to the series of `labels` (values in the order the family declared).
@@ -426,9 +458,34 @@ impl Registry {
             overflow: OnceLock::new(),
             make: |_| AtomicU64::new(0),
             bounds: &[],
+            float: false,
         });
         self.counters.lock().unwrap_or_else(|e| e.into_inner()).push(f.clone());
         Counter(f)
+    }
+
+    /// A counter of fractional amounts (USD): Prometheus and OTLP show it as a double sum.
+    pub fn float_counter(
+        &self,
+        name: &'static str,
+        unit: &'static str,
+        help: &'static str,
+        labels: &'static [&'static str],
+    ) -> FloatCounter {
+        let f = Arc::new(Family {
+            name,
+            unit,
+            help,
+            labels,
+            series: RwLock::default(),
+            len: AtomicU64::new(0),
+            overflow: OnceLock::new(),
+            make: |_| AtomicU64::new(0f64.to_bits()),
+            bounds: &[],
+            float: true,
+        });
+        self.counters.lock().unwrap_or_else(|e| e.into_inner()).push(f.clone());
+        FloatCounter(f)
     }
 
     pub fn histogram(
@@ -449,6 +506,7 @@ impl Registry {
             overflow: OnceLock::new(),
             make: |f| HistValue { counts: (0..=f.bounds.len()).map(|_| AtomicU64::new(0)).collect(), sum: AtomicU64::new(0) },
             bounds,
+            float: false,
         });
         self.histograms.lock().unwrap_or_else(|e| e.into_inner()).push(f.clone());
         Histogram(f)
@@ -475,7 +533,9 @@ impl Registry {
             let name = prom_name(f.name, f.unit, true);
             header(&mut out, &name, f.help, "counter");
             for s in f.all() {
-                let _ = writeln!(out, "{name}{} {}", labels(f.labels, &s.labels, None), s.value.load(Ordering::Relaxed));
+                let v = s.value.load(Ordering::Relaxed);
+                let v = if f.float { fmt_f64(f64::from_bits(v)) } else { v.to_string() };
+                let _ = writeln!(out, "{name}{} {v}", labels(f.labels, &s.labels, None));
             }
         }
         let hists: Vec<_> = self.histograms.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -521,7 +581,14 @@ impl Registry {
                     attributes: f.attrs(s),
                     start_time_unix_nano: start,
                     time_unix_nano: now,
-                    value: Some(pm::number_data_point::Value::AsInt(s.value.load(Ordering::Relaxed) as i64)),
+                    value: Some({
+                        let v = s.value.load(Ordering::Relaxed);
+                        if f.float {
+                            pm::number_data_point::Value::AsDouble(f64::from_bits(v))
+                        } else {
+                            pm::number_data_point::Value::AsInt(v as i64)
+                        }
+                    }),
                     ..Default::default()
                 })
                 .collect();
@@ -876,6 +943,12 @@ mod tests {
         assert_eq!(b.admit("a\"b"), OVERFLOW);
         assert_eq!(b.admit(&"x".repeat(101)), OVERFLOW);
         assert_eq!(b.overflowed.load(std::sync::atomic::Ordering::Relaxed), 3);
+        let usd = r.float_counter("x.cost", "USD", "cost", &["m"]);
+        usd.add(&["a"], 0.25);
+        usd.add(&["a"], 0.125);
+        usd.add(&["a"], f64::NAN);
+        assert_eq!(usd.get(&["a"]), 0.375);
+        assert!(r.render_prometheus().contains("x_cost_total{m=\"a\"} 0.375"), "{}", r.render_prometheus());
         let c = BoundedValues::with_overflow(1, "other");
         assert_eq!((c.admit("team-a"), c.admit("team-b"), c.admit("team-a")), ("team-a", "other", "team-a"));
     }

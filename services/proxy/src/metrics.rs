@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use aigw_telemetry::metrics::{BoundedValues, Counter, Histogram, Registry};
+use aigw_telemetry::metrics::{BoundedValues, Counter, FloatCounter, Histogram, Registry};
 
 /// Token-count buckets the GenAI conventions advise.
 pub const TOKEN_BUCKETS: &[f64] =
@@ -81,6 +81,8 @@ pub struct Metrics {
     pub ratelimit_rejected: Counter,
     /// Requests that used tokens of a model no price matches (CONTRACT §14).
     pub unpriced: Counter,
+    /// The cost of requests, USD (CONTRACT §14).
+    pub cost: FloatCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -204,6 +206,12 @@ impl Metrics {
                 "{request}",
                 "Requests that used tokens of a model no price matches (their cost is empty, not 0).",
                 &["gen_ai.provider.name", "gen_ai.response.model"],
+            ),
+            cost: registry.float_counter(
+                "aigw.gen_ai.cost",
+                "USD",
+                "The cost of requests in USD, from the price catalog and their exact usage.",
+                &["gen_ai.provider.name", "gen_ai.response.model", "aigw.route_id", "consumer"],
             ),
             registry,
         }

@@ -139,6 +139,9 @@ impl Sink for GenAiSink {
             if r.unpriced {
                 m.unpriced.add(&[provider, resp_model], 1);
             }
+            if let Some(c) = r.cost {
+                m.cost.add(&[provider, resp_model, &r.route_id, consumer], c);
+            }
             g.token_usage.record(&[op, provider, req_model, resp_model, "input", consumer], u.prompt as f64);
             g.token_usage.record(&[op, provider, req_model, resp_model, "output", consumer], u.completion as f64);
         }
