@@ -115,7 +115,8 @@ pub fn default_catalog() -> (String, Vec<Price>) {
 /// Prices by (provider, model), exact entries and `*` entries apart.
 #[derive(Debug, Default, Clone)]
 pub struct Catalog {
-    exact: HashMap<(String, String), Price>,
+    /// provider → model → price: looked up with borrowed strings (no allocation per request).
+    exact: HashMap<String, HashMap<String, Price>>,
     /// (provider, prefix before the `*`, price), longest prefix first.
     globs: Vec<(String, String, Price)>,
 }
@@ -139,13 +140,13 @@ impl Catalog {
                 self.globs.sort_by_key(|g| std::cmp::Reverse(g.1.len()));
             }
             None => {
-                self.exact.insert((p.provider.clone(), p.model.clone()), p);
+                self.exact.entry(p.provider.clone()).or_default().insert(p.model.clone(), p);
             }
         }
     }
 
     pub fn len(&self) -> usize {
-        self.exact.len() + self.globs.len()
+        self.exact.values().map(HashMap::len).sum::<usize>() + self.globs.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -157,13 +158,13 @@ impl Catalog {
         if model.is_empty() {
             return None;
         }
-        let key = |m: &str| (provider.to_owned(), m.to_owned());
-        if let Some(p) = self.exact.get(&key(model)) {
+        let models = self.exact.get(provider);
+        if let Some(p) = models.and_then(|m| m.get(model)) {
             return Some(p);
         }
         let norm = normalize(provider, model);
         if norm != model
-            && let Some(p) = self.exact.get(&key(&norm))
+            && let Some(p) = models.and_then(|m| m.get(norm.as_str()))
         {
             return Some(p);
         }
