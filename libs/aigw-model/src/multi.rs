@@ -755,6 +755,23 @@ mod tests {
         ] {
             check(&[edit], expect);
         }
+        // Vertex AI instances by the same rules: a bare origin without provider_conf serves
+        // nothing (refused, naming the instance's field); a full URL alone is enough.
+        let vertex = ("/instances/0/provider", json!("vertex-ai"));
+        check(
+            &[vertex.clone(), ("/instances/0/override", json!({"endpoint": "http://127.0.0.1:9"}))],
+            Some(&["instances[0].override.endpoint", "instance 'openai-a': vertex-ai", "has no path", "provider_conf"]),
+        );
+        check(
+            &[
+                vertex,
+                (
+                    "/instances/0/override",
+                    json!({"endpoint": "http://127.0.0.1:9/v1/projects/p/locations/r/endpoints/openapi/chat/completions"}),
+                ),
+            ],
+            None,
+        );
         // A valid bedrock instance.
         check(
             &[

@@ -448,11 +448,30 @@ pub fn validate_ai_proxy(c: &AiProxyConfig) -> Result<(), ValidationError> {
     match c.provider {
         Provider::VertexAi => {
             let has_conf = pc.project_id.as_deref().is_some_and(|s| !s.is_empty()) && pc.region.as_deref().is_some_and(|s| !s.is_empty());
-            if !has_conf && ov.endpoint.is_none() {
-                return Err(ValidationError::new(
-                    format!("{AP}.provider_conf"),
-                    "vertex-ai requires either provider_conf (project_id + region) or override.endpoint",
-                ));
+            match ov.endpoint.as_deref() {
+                _ if has_conf => {}
+                None => {
+                    return Err(ValidationError::new(
+                        format!("{AP}.provider_conf"),
+                        "vertex-ai requires either provider_conf (project_id + region) or override.endpoint",
+                    ));
+                }
+                // A bare origin means "the provider's paths on this host", and Vertex AI's
+                // paths are built from provider_conf: no request could be served.
+                Some(ep) if !endpoint_has_path(ep) => {
+                    return Err(ValidationError::new(
+                        format!("{AP}.override.endpoint"),
+                        format!(
+                            "vertex-ai: {ep:?} has no path, and the paths of a bare origin are built from provider_conf \
+                             (project_id + region), which is missing or incomplete; set provider_conf, or give the full URL \
+                             (.../v1/projects/P/locations/R/endpoints/openapi/chat/completions for chat, \
+                             .../publishers/google/models/M:predict for embeddings)"
+                        ),
+                    ));
+                }
+                // A full URL serves one of Vertex AI's two APIs; requests for the other are
+                // refused, each naming what is missing (aigw-providers' table).
+                Some(_) => {}
             }
         }
         Provider::Bedrock => {
@@ -472,6 +491,12 @@ pub fn validate_ai_proxy(c: &AiProxyConfig) -> Result<(), ValidationError> {
         _ => {}
     }
     Ok(())
+}
+
+/// `override.endpoint` names a path (not just `https://host[:port]` or with `/`): a URL with
+/// a path is used as given, a bare origin means the provider's own paths (CONTRACT §7).
+pub fn endpoint_has_path(ep: &str) -> bool {
+    ep.parse::<http::Uri>().ok().and_then(|u| u.path_and_query().map(|p| p.as_str() != "/" && !p.as_str().is_empty())).unwrap_or(false)
 }
 
 fn check_endpoint(ep: &str) -> Result<(), ValidationError> {
@@ -700,7 +725,24 @@ mod tests {
         check(&[(&pa, pv.clone())], Some(&["vertex-ai requires either provider_conf"]));
         check(&[(&pa, pv.clone()), (&ap("provider_conf"), json!({"project_id": "p"}))], Some(&["vertex-ai requires"]));
         check(&[(&pa, pv.clone()), (&ap("provider_conf"), json!({"project_id": "p", "region": "us-central1"}))], None);
-        check(&[(&pa, pv), (&ap("override"), json!({"endpoint": "https://x.googleapis.com/v1/x"}))], None);
+        check(&[(&pa, pv.clone()), (&ap("override"), json!({"endpoint": "https://x.googleapis.com/v1/x"}))], None);
+        // A bare origin needs provider_conf to build Vertex's paths: refused, naming the field.
+        for bare in ["https://aiplatform.googleapis.com", "http://127.0.0.1:9/"] {
+            let ov = (ap("override"), json!({"endpoint": bare}));
+            check(
+                &[(&pa, pv.clone()), (&ov.0, ov.1.clone())],
+                Some(&["plugins.ai-proxy.override.endpoint", "has no path", "provider_conf"]),
+            );
+            check(&[(&pa, pv.clone()), (&ov.0, ov.1.clone()), (&ap("provider_conf"), json!({"region": "r"}))], Some(&["has no path"]));
+            check(&[(&pa, pv.clone()), (&ov.0, ov.1), (&ap("provider_conf"), json!({"project_id": "p", "region": "r"}))], None);
+        }
+        check(
+            &[
+                (&pa, pv),
+                (&ap("override"), json!({"endpoint": "http://127.0.0.1:9/v1/projects/p/locations/r/publishers/google/models/m:predict"})),
+            ],
+            None,
+        );
         let (pa, pv) = p("bedrock");
         let aws = json!({"access_key_id": "AKID", "secret_access_key": "s"});
         check(&[(&pa, pv.clone()), (&ap("auth/aws"), aws.clone())], Some(&["bedrock requires provider_conf.region"]));

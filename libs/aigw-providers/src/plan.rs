@@ -101,8 +101,11 @@ pub const DEFAULT_ANTHROPIC_MAX_TOKENS: u64 = 4096;
 /// Why a request cannot be planned for a target: a 400 for the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
-    #[error("provider {provider} does not support {protocol} protocol (supported: {supported})")]
-    Unsupported { provider: &'static str, protocol: &'static str, supported: String },
+    /// `supported` is what the route's configuration serves; `reason`, what it lacks when
+    /// the provider speaks the protocol but this configuration gives it no URL.
+    #[error("provider {provider} does not support {protocol} protocol{} (supported: {supported}){}",
+        if .reason.is_some() { " on this route" } else { "" }, .reason.map(|r| format!(": {r}")).unwrap_or_default())]
+    Unsupported { provider: &'static str, protocol: &'static str, supported: String, reason: Option<&'static str> },
     #[error("{0}")]
     Invalid(String),
 }
@@ -202,11 +205,11 @@ pub fn plan<'b>(req: &ClientRequest<'_>, body: impl Into<RequestBody<'b>>, t: &T
     let pc = ap.provider_conf.as_ref();
     let proto = req.protocol;
     let ov = ap.override_.as_ref();
-    let endpoint = ov.and_then(|o| o.endpoint.as_deref());
-    let conversion = table::route_to(ap.provider, proto, pc, endpoint).ok_or_else(|| PlanError::Unsupported {
+    let conversion = t.route(proto).map_err(|why| PlanError::Unsupported {
         provider: ap.provider.as_str(),
         protocol: proto.name(),
-        supported: table::supported(ap.provider).join(", "),
+        supported: t.supported_names(),
+        reason: why.reason(),
     })?;
     let target = conversion.target(proto);
     let request_model = match &body {
@@ -296,7 +299,7 @@ pub fn plan<'b>(req: &ClientRequest<'_>, body: impl Into<RequestBody<'b>>, t: &T
     }
 
     // 4. The upstream URL.
-    let path_q = match (t.endpoint.as_ref().and_then(|e| e.path_and_query.as_deref()), target) {
+    let path_q = match (t.endpoint_path(target), target) {
         (Some(p), Protocol::BedrockConverse) if stream => bedrock_stream_path(p),
         (Some(p), _) => p.to_owned(),
         (None, Protocol::Passthrough) if bedrock => bedrock_runtime_path(req.path_and_query)

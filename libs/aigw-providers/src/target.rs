@@ -4,8 +4,11 @@
 
 use std::sync::Arc;
 
+use aigw_llm::protocol::Protocol;
 use aigw_model::route::AiProxyConfig;
 use http::Uri;
+
+use crate::table::{self, Conversion, Unreachable};
 
 /// `override.endpoint`, parsed.
 #[derive(Debug, Clone)]
@@ -45,6 +48,9 @@ pub struct Target {
     pub authority: String,
     /// The target brings its own credentials: client credential headers are never forwarded.
     pub has_credentials: bool,
+    /// The client protocols this configuration serves ([`table::supported`]), decided here
+    /// once, never per request.
+    pub supported: Vec<Protocol>,
 }
 
 impl Target {
@@ -59,7 +65,40 @@ impl Target {
                 .ok_or_else(|| TargetError(format!("provider {} needs override.endpoint", conf.provider.as_str())))?,
         };
         let authority = origin.split_once("://").map(|(_, a)| a.to_owned()).unwrap_or_default();
-        Ok(Target { conf, endpoint, origin, authority, has_credentials })
+        let path = endpoint.as_ref().and_then(|e| e.path_and_query.as_deref());
+        let supported = table::supported(conf.provider, conf.provider_conf.as_ref(), path);
+        if supported.is_empty() {
+            // Validation refuses these first, naming the field (aigw-model's
+            // validate_ai_proxy); this keeps a target that would refuse every request out
+            // of a compiled config however it got there.
+            let why = table::CLIENT_PROTOCOLS
+                .iter()
+                .find_map(|p| table::route_to(conf.provider, *p, conf.provider_conf.as_ref(), path).err().and_then(Unreachable::reason))
+                .unwrap_or("no protocol reaches it");
+            return Err(TargetError(format!("provider {} can serve no request on this configuration: {why}", conf.provider.as_str())));
+        }
+        Ok(Target { conf, endpoint, origin, authority, has_credentials, supported })
+    }
+
+    /// How a client protocol reaches this target ([`table::route_to`] on its configuration).
+    pub fn route(&self, proto: Protocol) -> Result<Conversion, Unreachable> {
+        table::route_to(self.conf.provider, proto, self.conf.provider_conf.as_ref(), self.endpoint_path_and_query())
+    }
+
+    fn endpoint_path_and_query(&self) -> Option<&str> {
+        self.endpoint.as_ref().and_then(|e| e.path_and_query.as_deref())
+    }
+
+    /// `override.endpoint`'s path and query when they are the URL of `upstream` requests
+    /// ([`table::endpoint_path_for`]); None: the provider's path (or the client's, for
+    /// passthrough).
+    pub fn endpoint_path(&self, upstream: Protocol) -> Option<&str> {
+        table::endpoint_path_for(self.conf.provider, upstream, self.endpoint_path_and_query())
+    }
+
+    /// [`Target::supported`] as a refusal lists it (`openai-chat, anthropic-messages`).
+    pub fn supported_names(&self) -> String {
+        self.supported.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
     }
 }
 
