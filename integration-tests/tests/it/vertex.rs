@@ -74,6 +74,23 @@ fn vertex_routes(prefix: &str, vertex_origin: &str, gcp: Value) -> Vec<Value> {
     ]
 }
 
+/// The issue's configuration: vertex-ai with `auth.gcp` and a full `override.endpoint`,
+/// no `provider_conf`. Chat and Anthropic messages at the OpenAI-compatible URL,
+/// embeddings at a `:predict` URL (its model in the path), under `/{prefix}/v1/…`.
+fn override_only_routes(prefix: &str, vertex_origin: &str, gcp: Value) -> Vec<Value> {
+    let base = format!("{vertex_origin}/v1/projects/{PROJECT}/locations/{REGION}");
+    let route = |kind: &str, path: &str, endpoint: String, options: Value| {
+        json!({"id": format!("{prefix}-{kind}"), "uri": format!("/{prefix}/v1/{path}"), "methods": ["POST"],
+        "plugins": {"ai-proxy": {"provider": "vertex-ai", "auth": {"gcp": gcp}, "options": options, "override": {"endpoint": endpoint}}}})
+    };
+    let chat = format!("{base}/endpoints/openapi/chat/completions");
+    vec![
+        route("chat", "chat/completions", chat.clone(), json!({"model": CHAT_MODEL})),
+        route("embeddings", "embeddings", format!("{base}/publishers/google/models/{EMBED_MODEL}:predict"), json!({"model": EMBED_MODEL})),
+        route("messages", "messages", chat, json!({"model": CHAT_MODEL})),
+    ]
+}
+
 /// A standalone proxy on a routes file, at trace level, with `args` and `env`.
 async fn proxy(routes: &[Value], args: &[&str], env: &[(&str, &str)]) -> (Proxy, TempDir) {
     let dir = TempDir::new("vertex");
@@ -575,4 +592,138 @@ async fn a_bad_service_account_json_is_rejected_at_config_time() {
             assert!(!l.contains(f), "private key in a log line: {l}");
         }
     }
+}
+
+/// vertex-ai configured by `override.endpoint` + `auth.gcp` alone (no provider_conf): chat,
+/// a streamed chat, embeddings at a `:predict` URL, Anthropic clients (converted), the
+/// official SDKs; what such a route cannot serve is refused naming what is missing, with
+/// the route's real "supported" list, and nothing reaches Vertex.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn override_endpoint_alone_serves_chat_streams_embeddings_and_anthropic_clients() {
+    let g = Google::start().await;
+    let mut routes = override_only_routes("ov", &g.vertex.url(), json!({"service_account_json": g.sa()}));
+    let again = |base: &Value, id: &str, uri: &str| {
+        let mut r = base.clone();
+        r["id"] = json!(id);
+        r["uri"] = json!(uri);
+        r
+    };
+    // The :predict URL without options.model (the model is the one in the URL), and the
+    // same URL for Anthropic clients; the chat URL for the Responses API.
+    let mut predict = again(&routes[1], "ov2-embeddings", "/ov2/v1/embeddings");
+    predict["plugins"]["ai-proxy"].as_object_mut().unwrap().remove("options");
+    routes.push(again(&predict, "ov2-messages", "/ov2/v1/messages"));
+    routes.push(predict);
+    routes.push(again(&routes[0], "ov-responses", "/ov/v1/responses"));
+    let (p, _d) = proxy(&routes, &[], &[]).await;
+    chat_stream_embeddings_messages(&p, "ov", &g, &g.a.client_email).await;
+
+    let r = http::post_json(&format!("{}/ov2/v1/embeddings", p.data), &[], &json!({"model": "ada", "input": "hello"})).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["data"][0]["embedding"].as_array().map(Vec::len), Some(4), "{}", r.text());
+    let last = g.vertex.requests().last().cloned().unwrap();
+    assert_eq!(last.path(), format!("/v1/projects/{PROJECT}/locations/{REGION}/publishers/google/models/{EMBED_MODEL}:predict"));
+    assert_eq!(serde_json::from_slice::<Value>(&last.body).unwrap(), json!({"instances": [{"content": "hello"}]}));
+
+    if let Some(python) = python_with(&["openai", "anthropic"]) {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("py/vertex_sdks.py");
+        let out = tokio::process::Command::new(&python).arg(&script).env("AIGW_URL", format!("{}/ov", p.data)).output().await.unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("openai: OK") && text.contains("anthropic: OK"), "{text}");
+    }
+    assert_eq!((g.vertex.rejected(), g.ep.mints()), (0, 1));
+    let seen = g.vertex.requests().len();
+
+    // Embeddings on the chat URL's route: no URL for them without provider_conf.
+    let r = http::post_json(&format!("{}/ov/v1/chat/completions", p.data), &[], &json!({"model": "m", "input": "x"})).await.unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(
+        r.json()["error"]["message"],
+        "provider vertex-ai does not support openai-embeddings protocol on this route (supported: openai-chat, anthropic-messages): \
+         embeddings on vertex-ai need provider_conf (project_id + region) or an override.endpoint ending in :predict"
+    );
+    // Chat, and Anthropic clients in their own envelope, on the :predict URL's routes.
+    let chat_why = "chat on vertex-ai needs provider_conf (project_id + region) or an override.endpoint naming the OpenAI-compatible URL";
+    let r = http::post_json(&format!("{}/ov2/v1/embeddings", p.data), &[], &json!({"messages": [{"role": "user", "content": "hi"}]}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    let m = r.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(m.starts_with("provider vertex-ai does not support openai-chat protocol on this route (supported: openai-embeddings)"), "{m}");
+    assert!(m.contains(chat_why), "{m}");
+    let r = http::post_json(
+        &format!("{}/ov2/v1/messages", p.data),
+        &[("anthropic-version", "2023-06-01")],
+        &json!({"model": "c", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    let e = r.json();
+    assert_eq!((e["type"].as_str(), e["error"]["type"].as_str()), (Some("error"), Some("invalid_request_error")), "{e}");
+    let m = e["error"]["message"].as_str().unwrap();
+    assert!(
+        m.contains("does not support anthropic-messages protocol on this route (supported: openai-embeddings)") && m.contains(chat_why),
+        "{m}"
+    );
+    // What vertex-ai never serves keeps APISIX's message, with this route's list.
+    let r = http::post_json(&format!("{}/ov/v1/responses", p.data), &[], &json!({"input": "hi"})).await.unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(
+        r.json()["error"]["message"],
+        "provider vertex-ai does not support openai-responses protocol (supported: openai-chat, anthropic-messages)"
+    );
+    assert_eq!(g.vertex.requests().len(), seen, "nothing refused reached Vertex");
+    assert_no_secrets(&[&p.proc], &g);
+}
+
+/// What a vertex-ai configuration cannot serve at all — a bare origin, whose paths would be
+/// built from a provider_conf it lacks — is refused at config time, naming the field: by
+/// aigw-config (400, REST and gRPC) and by a standalone proxy on a routes file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vertex_route_that_can_serve_nothing_is_refused_at_config_time() {
+    let g = Google::start().await;
+    let gcp = json!({"service_account_json": g.sa()});
+    let mut bad = override_only_routes("bare", &g.vertex.url(), gcp.clone()).remove(0);
+    bad["id"] = json!("bare");
+    bad["plugins"]["ai-proxy"]["override"]["endpoint"] = json!(g.vertex.url());
+    bad["plugins"]["ai-proxy"]["provider_conf"] = json!({"region": REGION});
+    let field = "plugins.ai-proxy.override.endpoint";
+    let dir = TempDir::new("vertex-refusal");
+    let cfg = Config::start(dir.path(), "127.0.0.1:0", &[]).await;
+    let r = cfg.put_rest("bare", &bad).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let msg = r.json()["error_msg"].as_str().unwrap().to_owned();
+    assert!(msg.contains(field) && msg.contains("has no path") && msg.contains("provider_conf (project_id + region)"), "{msg}");
+    assert!(g.a.key_fragments().iter().all(|f| !r.text().contains(f)), "the key echoed: {}", r.text());
+    let err = cfg
+        .grpc()
+        .await
+        .put_route(aigw_proto::config::v1::PutRouteRequest { route: Some(aigw_model::proto_json::route_to_proto(&bad).unwrap()) })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().starts_with(field), "{}", err.message());
+    // The same route inside ai-proxy-multi names the instance.
+    let multi = json!({"id": "bare-multi", "uri": "/m", "plugins": {"ai-proxy-multi": {"instances": [
+        {"name": "v", "provider": "vertex-ai", "weight": 1, "auth": {"gcp": gcp}, "override": {"endpoint": g.vertex.url()}}]}}});
+    let r = cfg.put_rest("bare-multi", &multi).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let msg = r.json()["error_msg"].as_str().unwrap().to_owned();
+    assert!(msg.contains("plugins.ai-proxy-multi.instances[0].override.endpoint") && msg.contains("instance 'v'"), "{msg}");
+    // With provider_conf complete, or a full URL, the same route is stored.
+    let mut fixed = bad.clone();
+    fixed["plugins"]["ai-proxy"]["provider_conf"] = json!({"project_id": PROJECT, "region": REGION});
+    assert_eq!(cfg.put_rest("bare", &fixed).await.status, 201);
+
+    // A standalone proxy refuses the routes file at start, naming the field.
+    let file = dir.path().join("routes.json");
+    std::fs::write(&file, json!({ "routes": [bad] }).to_string()).unwrap();
+    let args = ["--routes", file.to_str().unwrap(), "--listen", "127.0.0.1:0", "--status-listen", "127.0.0.1:0"];
+    let mut proc = Proc::spawn("aigw-proxy", &args, &[]);
+    assert!(!proc.wait_exit(T).await.success(), "the proxy must refuse the routes file");
+    let logs = proc.logs().join("\n");
+    assert!(logs.contains(field) && logs.contains("has no path"), "{logs}");
+    assert_eq!(g.vertex.requests().len(), 0);
 }

@@ -502,6 +502,42 @@ fn google_error(status: StatusCode, message: &str, kind: &str) -> (StatusCode, &
     json_reply(status, json!({"error": {"code": status.as_u16(), "message": message, "status": kind}}))
 }
 
+/// Vertex AI's locations (cloud.google.com/vertex-ai/docs/general/locations).
+const VERTEX_LOCATIONS: &[&str] = &[
+    "global",
+    "us-central1",
+    "us-east1",
+    "us-east4",
+    "us-east5",
+    "us-south1",
+    "us-west1",
+    "us-west2",
+    "us-west3",
+    "us-west4",
+    "northamerica-northeast1",
+    "northamerica-northeast2",
+    "southamerica-east1",
+    "europe-central2",
+    "europe-north1",
+    "europe-southwest1",
+    "europe-west1",
+    "europe-west2",
+    "europe-west3",
+    "europe-west4",
+    "europe-west6",
+    "europe-west8",
+    "europe-west9",
+    "asia-east1",
+    "asia-east2",
+    "asia-northeast1",
+    "asia-northeast3",
+    "asia-south1",
+    "asia-southeast1",
+    "australia-southeast1",
+    "me-central1",
+    "me-west1",
+];
+
 /// `/v1/projects/{p}/locations/{r}/{rest}` (also `v1beta1`) → (p, r, rest).
 fn vertex_path(path: &str) -> Option<(String, String, String)> {
     let rest = path.strip_prefix("/v1/").or_else(|| path.strip_prefix("/v1beta1/"))?;
@@ -591,13 +627,21 @@ fn vertex_reply(issued: &IssuedTokens, rec: &Recorded) -> (StatusCode, &'static 
     let Ok(body) = serde_json::from_slice::<Value>(&rec.body) else {
         return google_error(StatusCode::BAD_REQUEST, "Invalid JSON payload received.", "INVALID_ARGUMENT");
     };
-    let Some((_project, _region, rest)) = vertex_path(rec.path()) else {
+    let Some((_project, location, rest)) = vertex_path(rec.path()) else {
         return google_error(
             StatusCode::NOT_FOUND,
             &format!("The requested URL {} was not found on this server.", rec.path()),
             "NOT_FOUND",
         );
     };
+    // As Vertex: a path built from a made-up or partial provider_conf names no location.
+    if !VERTEX_LOCATIONS.contains(&location.as_str()) {
+        return google_error(
+            StatusCode::BAD_REQUEST,
+            &format!("Location {location} is not supported for this request; use a Vertex AI location such as us-central1 or global."),
+            "INVALID_ARGUMENT",
+        );
+    }
     if rest == "endpoints/openapi/chat/completions" {
         let model = body["model"].as_str().unwrap_or_default().to_owned();
         // The OpenAI-compatible endpoint needs the publisher prefix ("google/gemini-2.5-flash").
