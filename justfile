@@ -5,9 +5,10 @@ export RUST_BACKTRACE := env_var_or_default("RUST_BACKTRACE", "short")
 default:
     @just --list
 
-# Run every test (unit + end-to-end against the real binaries). The README command.
+# Run every test (unit + end-to-end against the real binaries), after installing what the
+# machine lacks (redis-server, etcd, the SDK venv). The README command.
 test *args:
-    cargo test --workspace {{args}}
+    scripts/test {{args}}
 
 # Same, with nextest (parallel across test binaries).
 nextest *args:
