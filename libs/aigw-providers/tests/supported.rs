@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use aigw_llm::protocol::Protocol;
 use aigw_model::route::{AiProxyConfig, validate_ai_proxy};
-use aigw_providers::plan::{ClientRequest, PlanError, plan};
+use aigw_providers::plan::{ClientRequest, Plan, PlanError, plan};
 use aigw_providers::table::CLIENT_PROTOCOLS;
 use aigw_providers::target::Target;
 use bytes::Bytes;
@@ -68,6 +68,15 @@ fn path_of(p: Protocol) -> &'static str {
     }
 }
 
+/// Plans a request of protocol `p` (its usual path and a typical body) for `t`.
+fn go(t: &Target, p: Protocol) -> Result<Plan, PlanError> {
+    let body = body_of(p);
+    let bytes = Bytes::from(body.to_string());
+    let h = HeaderMap::new();
+    let req = ClientRequest { method: &Method::POST, path: path_of(p), path_and_query: path_of(p), headers: &h, body: &bytes, protocol: p };
+    plan(&req, body, t)
+}
+
 #[test]
 fn the_supported_list_is_what_the_route_accepts() {
     let (mut accepted, mut refused_at_config, mut refused_requests) = (0, 0, 0);
@@ -98,19 +107,8 @@ fn the_supported_list_is_what_the_route_accepts() {
                 accepted += 1;
                 assert!(!t.supported.is_empty(), "{c}: accepted, but serves nothing");
                 for p in CLIENT_PROTOCOLS.into_iter().chain([Protocol::Passthrough]) {
-                    let body = body_of(p);
-                    let bytes = Bytes::from(body.to_string());
-                    let h = HeaderMap::new();
-                    let req = ClientRequest {
-                        method: &Method::POST,
-                        path: path_of(p),
-                        path_and_query: path_of(p),
-                        headers: &h,
-                        body: &bytes,
-                        protocol: p,
-                    };
                     let listed = t.supported.contains(&p) || p == Protocol::Passthrough;
-                    match plan(&req, body, &t) {
+                    match go(&t, p) {
                         Ok(plan) => {
                             assert!(listed, "{c} × {}: planned, but not in the supported list {:?}", p.name(), t.supported);
                             assert!(plan.url.starts_with(&t.origin), "{c} × {}: {}", p.name(), plan.url);
@@ -166,14 +164,7 @@ fn vertex_override_alone() {
         serde_json::from_value(json!({"provider": "vertex-ai", "auth": {"gcp": {}}, "override": {"endpoint": chat}})).unwrap();
     validate_ai_proxy(&conf).unwrap();
     let t = Target::compile(Arc::new(conf), true).unwrap();
-    let go = |p: Protocol| {
-        let body = body_of(p);
-        let bytes = Bytes::from(body.to_string());
-        let h = HeaderMap::new();
-        let req =
-            ClientRequest { method: &Method::POST, path: path_of(p), path_and_query: path_of(p), headers: &h, body: &bytes, protocol: p };
-        plan(&req, body, &t)
-    };
+    let go = |p| go(&t, p);
     assert_eq!(go(Protocol::OpenAiChat).unwrap().url, chat);
     let a = go(Protocol::AnthropicMessages).unwrap();
     assert_eq!((a.url.as_str(), a.target), (chat, Protocol::OpenAiChat));
@@ -206,18 +197,7 @@ fn vertex_override_and_provider_conf() {
         for (p, want) in
             [(Protocol::OpenAiChat, &want_chat), (Protocol::AnthropicMessages, &want_chat), (Protocol::OpenAiEmbeddings, &want_embeddings)]
         {
-            let body = body_of(p);
-            let bytes = Bytes::from(body.to_string());
-            let h = HeaderMap::new();
-            let req = ClientRequest {
-                method: &Method::POST,
-                path: path_of(p),
-                path_and_query: path_of(p),
-                headers: &h,
-                body: &bytes,
-                protocol: p,
-            };
-            assert_eq!(plan(&req, body, &t).unwrap().url, format!("{origin}{want}"), "{ep} × {}", p.name());
+            assert_eq!(go(&t, p).unwrap().url, format!("{origin}{want}"), "{ep} × {}", p.name());
         }
     }
 }
