@@ -43,8 +43,10 @@ prepare_test_deps() {
     if [ -x "$HOME/.cargo/bin/cargo" ]; then export PATH="$HOME/.cargo/bin:$PATH"
     else die "cargo not found: install Rust 1.88+ (https://rustup.rs)"; fi
   fi
-  # A C compiler and libc headers: ring and the linker.
+  # A C compiler and libc headers: ring and the linker. kill(1) (procps): the tests signal
+  # the processes they start with it (minimal Debian images lack it).
   need_pkg cc gcc libc6-dev
+  need_pkg kill procps
   # Real Redis and etcd processes, started by the tests that need them.
   need_pkg redis-server redis-server
   need_pkg etcd etcd-server
