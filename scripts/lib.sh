@@ -30,7 +30,9 @@ apt_install() { # apt_install PACKAGE...
   return "$rc"
 }
 
-have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
+# An executable (not a shell builtin: `kill` is both), on PATH or in the sbin a non-root
+# PATH may lack.
+have() { type -P "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
 need_pkg() { # need_pkg COMMAND PACKAGE...
   local cmd="$1"; shift
   have "$cmd" || apt_install "$@"
