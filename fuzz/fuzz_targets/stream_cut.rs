@@ -101,7 +101,7 @@ fuzz_target!(|data: &[u8]| {
         let i = (corrupt as usize * 7) % bytes.len();
         bytes[i] ^= 0x5A;
     }
-    let mut pipe = Pipe::new(upstream, client, ToolNames::default(), "m", "id", 1 << 16);
+    let mut pipe = Pipe::new(upstream, client, ToolNames::default(), "m", "id", 1 << 16, false);
     let mut out = Vec::new();
     let mut rest = &bytes[..];
     let mut sizes = data[4..].iter().cycle();
