@@ -11,7 +11,8 @@ use std::time::Duration;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use crate::{TlsError, client_tls, provider};
@@ -42,10 +43,28 @@ pub enum Alpn {
     H2,
 }
 
+/// A client certificate and its key (PEM), with the names errors give them (mutual TLS,
+/// e.g. etcd's `--client-cert-auth`).
+#[derive(Clone, Copy)]
+pub struct Identity<'a> {
+    pub cert_pem: &'a [u8],
+    pub cert_what: &'a str,
+    pub key_pem: &'a [u8],
+    pub key_what: &'a str,
+}
+
+impl std::fmt::Debug for Identity<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity").field("cert", &self.cert_what).field("key", &self.key_what).finish_non_exhaustive()
+    }
+}
+
 /// How a client connects and pools.
 #[derive(Debug, Clone, Copy)]
 pub struct Options<'a> {
     pub roots: Roots<'a>,
+    /// A client certificate to present (with [`Roots::Webpki`] or [`Roots::Pem`]).
+    pub identity: Option<Identity<'a>>,
     pub alpn: Alpn,
     pub connect_timeout: Duration,
     /// TCP keepalive probes on idle connections.
@@ -60,6 +79,7 @@ impl Default for Options<'_> {
     fn default() -> Self {
         Options {
             roots: Roots::Webpki,
+            identity: None,
             alpn: Alpn::Http1,
             connect_timeout: Duration::from_secs(5),
             tcp_keepalive: None,
@@ -72,6 +92,10 @@ impl Default for Options<'_> {
 impl<'a> Options<'a> {
     pub fn roots(mut self, r: Roots<'a>) -> Self {
         self.roots = r;
+        self
+    }
+    pub fn identity(mut self, id: Identity<'a>) -> Self {
+        self.identity = Some(id);
         self
     }
     pub fn alpn(mut self, a: Alpn) -> Self {
@@ -98,8 +122,33 @@ impl<'a> Options<'a> {
 
 type Builder = hyper_rustls::HttpsConnectorBuilder<hyper_rustls::builderstates::WantsSchemes>;
 
-fn tls_builder(roots: Roots<'_>) -> Result<Builder, TlsError> {
+/// A rustls configuration trusting `roots` and presenting `id`.
+fn with_identity(roots: Roots<'_>, id: Identity<'_>) -> Result<rustls::ClientConfig, TlsError> {
+    let store = match roots {
+        Roots::Webpki => rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() },
+        Roots::Pem { pem, what } => crate::roots_named(pem, what)?,
+        Roots::AnyChain => return Err(TlsError::Config(format!("{}: a client certificate needs verified servers", id.cert_what))),
+    };
+    let certs = CertificateDer::pem_slice_iter(id.cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Config(format!("{}: {e}", id.cert_what)))?;
+    if certs.is_empty() {
+        return Err(TlsError::Config(format!("{}: no certificate in the file", id.cert_what)));
+    }
+    let key = PrivateKeyDer::from_pem_slice(id.key_pem).map_err(|e| TlsError::Config(format!("{}: {e}", id.key_what)))?;
+    rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(store)
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| TlsError::Config(format!("{}/{}: {e}", id.cert_what, id.key_what)))
+}
+
+fn tls_builder(roots: Roots<'_>, identity: Option<Identity<'_>>) -> Result<Builder, TlsError> {
     let b = hyper_rustls::HttpsConnectorBuilder::new();
+    if let Some(id) = identity {
+        return Ok(b.with_tls_config(with_identity(roots, id)?));
+    }
     Ok(match roots {
         Roots::Webpki => b.with_provider_and_webpki_roots(provider()).map_err(|e| TlsError::Config(e.to_string()))?,
         Roots::Pem { pem, what } => b.with_tls_config(client_tls(pem, what)?),
@@ -125,7 +174,7 @@ pub fn connector(opts: &Options<'_>) -> Result<HttpsConnector, TlsError> {
     http.set_nodelay(true);
     http.set_connect_timeout(Some(opts.connect_timeout));
     http.set_keepalive(opts.tcp_keepalive);
-    let b = tls_builder(opts.roots)?.https_or_http();
+    let b = tls_builder(opts.roots, opts.identity)?.https_or_http();
     Ok(match opts.alpn {
         Alpn::Http1 => b.enable_http1().wrap_connector(http),
         Alpn::Http1AndH2 => b.enable_http1().enable_http2().wrap_connector(http),

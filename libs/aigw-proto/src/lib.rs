@@ -17,5 +17,16 @@ pub mod tokencache {
     }
 }
 
+/// The subset of etcd's v3 API that aigw-config's etcd client uses (`proto/etcd/`):
+/// etcd's own packages, messages and field numbers. Client side only.
+pub mod etcd {
+    pub mod mvccpb {
+        tonic::include_proto!("mvccpb");
+    }
+    pub mod etcdserverpb {
+        tonic::include_proto!("etcdserverpb");
+    }
+}
+
 /// Encoded `FileDescriptorSet` of every aigw proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/aigw_descriptor.bin"));

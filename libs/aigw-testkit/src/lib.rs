@@ -2,12 +2,14 @@
 //! outside our system (LLM providers) as strictly as the real thing.
 
 pub mod bedrock;
+pub mod etcd;
 pub mod fake;
 pub mod gcp;
 pub mod http;
 pub mod otlp;
 pub mod proc;
 pub mod redis;
+pub mod relay;
 pub mod tls_front;
 
 use std::future::Future;

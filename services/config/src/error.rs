@@ -9,6 +9,10 @@ pub enum ErrorCode {
     PayloadTooLarge,
     NotFound,
     Unauthenticated,
+    /// The store cannot take writes now (etcd without quorum or unreachable).
+    Unavailable,
+    /// Concurrent writes to the same resources kept conflicting (another replica).
+    Conflict,
     Internal,
 }
 
@@ -26,9 +30,17 @@ impl ApiError {
     pub fn too_large(m: impl Into<String>) -> Self {
         Self { code: ErrorCode::PayloadTooLarge, message: m.into() }
     }
-    pub fn not_found(id: &str) -> Self {
-        let shown: String = id.chars().take(80).collect();
-        Self { code: ErrorCode::NotFound, message: format!("route {shown:?} not found") }
+    /// `{noun} "{name}" not found` (`route "r1" not found`).
+    pub fn not_found(noun: &str, name: &str) -> Self {
+        let shown: String = name.chars().take(80).collect();
+        Self { code: ErrorCode::NotFound, message: format!("{noun} {shown:?} not found") }
+    }
+    /// The message names the store (`etcd unavailable: …`).
+    pub fn unavailable(m: impl Into<String>) -> Self {
+        Self { code: ErrorCode::Unavailable, message: m.into() }
+    }
+    pub fn conflict(m: impl Into<String>) -> Self {
+        Self { code: ErrorCode::Conflict, message: m.into() }
     }
     pub fn unauthenticated() -> Self {
         Self { code: ErrorCode::Unauthenticated, message: "missing or wrong admin key (x-api-key)".into() }
@@ -46,6 +58,8 @@ impl From<ApiError> for tonic::Status {
             ErrorCode::PayloadTooLarge => tonic::Status::resource_exhausted(e.message),
             ErrorCode::NotFound => tonic::Status::not_found(e.message),
             ErrorCode::Unauthenticated => tonic::Status::unauthenticated(e.message),
+            ErrorCode::Unavailable => tonic::Status::unavailable(e.message),
+            ErrorCode::Conflict => tonic::Status::aborted(e.message),
             ErrorCode::Internal => tonic::Status::internal(e.message),
         }
     }
@@ -58,6 +72,8 @@ impl IntoResponse for ApiError {
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Conflict => StatusCode::CONFLICT,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };
         (status, axum::Json(serde_json::json!({ "error_msg": self.message }))).into_response()

@@ -1,4 +1,6 @@
-//! `aigw.config.v1.ConfigService` over the shared route service.
+//! `aigw.config.v1.ConfigService` over the shared resource service. Reads answered
+//! while the view may be stale (etcd unreachable or without quorum) carry the metadata
+//! `x-aigw-stale: true`.
 
 use std::sync::Arc;
 
@@ -8,10 +10,24 @@ use aigw_proto::config::v1::*;
 use tonic::{Request, Response, Status};
 
 use crate::error::ApiError;
-use crate::routes::RouteService;
+use crate::kinds::ROUTES;
+use crate::service::ResourceService;
 
 pub struct ConfigGrpc {
-    pub routes: Arc<RouteService>,
+    pub svc: Arc<ResourceService>,
+}
+
+/// Metadata marking a read served from a view that may be stale.
+pub const STALE_METADATA: &str = "x-aigw-stale";
+
+impl ConfigGrpc {
+    fn read_response<T>(&self, msg: T) -> Response<T> {
+        let mut r = Response::new(msg);
+        if self.svc.stale().is_some() {
+            r.metadata_mut().insert(STALE_METADATA, tonic::metadata::AsciiMetadataValue::from_static("true"));
+        }
+        r
+    }
 }
 
 fn to_proto(v: &serde_json::Value) -> Result<Route, Status> {
@@ -22,23 +38,23 @@ fn to_proto(v: &serde_json::Value) -> Result<Route, Status> {
 impl ConfigService for ConfigGrpc {
     async fn put_route(&self, req: Request<PutRouteRequest>) -> Result<Response<PutRouteResponse>, Status> {
         let route = req.into_inner().route.ok_or_else(|| Status::invalid_argument("route: is required"))?;
-        let out = self.routes.put(route_from_proto(&route), None).await?;
-        Ok(Response::new(PutRouteResponse { route: Some(to_proto(&out.route)?) }))
+        let out = self.svc.put(&ROUTES, route_from_proto(&route), None).await?;
+        Ok(Response::new(PutRouteResponse { route: Some(to_proto(&out.value)?) }))
     }
 
     async fn get_route(&self, req: Request<GetRouteRequest>) -> Result<Response<GetRouteResponse>, Status> {
-        let r = self.routes.get(&req.into_inner().id).await?;
-        Ok(Response::new(GetRouteResponse { route: Some(to_proto(&r)?) }))
+        let r = self.svc.get(&ROUTES, &req.into_inner().id)?;
+        Ok(self.read_response(GetRouteResponse { route: Some(to_proto(&r)?) }))
     }
 
     async fn list_routes(&self, _req: Request<ListRoutesRequest>) -> Result<Response<ListRoutesResponse>, Status> {
-        let (routes, version) = self.routes.list().await;
+        let (routes, version) = self.svc.list(&ROUTES);
         let routes = routes.iter().map(to_proto).collect::<Result<Vec<_>, _>>()?;
-        Ok(Response::new(ListRoutesResponse { routes, version }))
+        Ok(self.read_response(ListRoutesResponse { routes, version }))
     }
 
     async fn delete_route(&self, req: Request<DeleteRouteRequest>) -> Result<Response<DeleteRouteResponse>, Status> {
-        self.routes.delete(&req.into_inner().id).await?;
+        self.svc.delete(&ROUTES, &req.into_inner().id).await?;
         Ok(Response::new(DeleteRouteResponse {}))
     }
 }

@@ -1,11 +1,13 @@
 //! aigw-config: stores routes, validates them, encrypts secrets and publishes
 //! versioned snapshots to proxies. gRPC (with reflection) and the APISIX-compatible
-//! REST admin API share one port.
+//! REST admin API share one port. The store is embedded (files, the default) or etcd,
+//! where any number of replicas share one configuration.
 
 pub mod error;
 pub mod grpc;
+pub mod kinds;
 pub mod rest;
-pub mod routes;
+pub mod service;
 pub mod store;
 
 use std::path::PathBuf;
@@ -18,8 +20,17 @@ use aigw_proto::discovery::v1::discovery_service_server::DiscoveryServiceServer;
 use axum::response::IntoResponse;
 use tokio::net::TcpListener;
 
+/// Where the configuration lives (`--store`).
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// `file:DIR` (`--data-dir DIR`).
+    File(PathBuf),
+    /// `etcd://HOST:PORT,…` with `--etcd-*`.
+    Etcd(store::etcd::EtcdOptions),
+}
+
 pub struct Config {
-    pub data_dir: PathBuf,
+    pub store: StoreConfig,
     pub admin_key: String,
     /// Proxies must present it (metadata `x-node-token`): discovery is always authenticated.
     pub node_token: String,
@@ -37,12 +48,23 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (store, loaded) = store::Store::open(&cfg.data_dir)?;
-    tracing::info!(dir = %cfg.data_dir.display(), routes = loaded.len(), "store opened");
+    let mut shutdown = Box::pin(shutdown);
+    let store: Arc<dyn store::Store> = match cfg.store {
+        StoreConfig::File(dir) => Arc::new(store::file::FileStore::open(&dir)?),
+        StoreConfig::Etcd(opts) => Arc::new(store::etcd::EtcdStore::new(opts)?),
+    };
     if cfg.data_key.is_none() {
         tracing::warn!("no --data-encryption-key: secret fields are stored as given (reads still redact them)");
     }
-    let (routes, snapshots) = routes::RouteService::new(store, loaded, cfg.data_key).map_err(|e| anyhow::anyhow!(e.message))?;
+    let describe = store.describe();
+    // With etcd unreachable at start this waits (and logs why) until it answers.
+    let started = tokio::select! {
+        r = service::ResourceService::start(store, cfg.data_key) => r,
+        _ = &mut shutdown => return Ok(()),
+    };
+    let (svc, snapshots) = started.map_err(|e| anyhow::anyhow!("{describe}: {}", e.message))?;
+    let st = svc.store_status();
+    tracing::info!(store = %describe, routes = svc.count(&kinds::ROUTES), revision = st.revision, "store opened");
     let control_plane = format!("aigw-config/{}", std::process::id());
     let xds = aigw_xds::XdsServer::new(snapshots, control_plane, cfg.node_token);
     let admin_key = Arc::new(cfg.admin_key);
@@ -53,7 +75,7 @@ pub async fn run(
         .register_encoded_file_descriptor_set(aigw_proto::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let key = admin_key.clone();
-    let config_svc = ConfigServiceServer::with_interceptor(grpc::ConfigGrpc { routes: routes.clone() }, move |req: tonic::Request<()>| {
+    let config_svc = ConfigServiceServer::with_interceptor(grpc::ConfigGrpc { svc: svc.clone() }, move |req: tonic::Request<()>| {
         let got = req.metadata().get("x-api-key").map(|v| v.as_bytes()).unwrap_or_default();
         if aigw_xds::secret_eq(got, key.as_bytes()) {
             Ok(req)
@@ -67,7 +89,7 @@ pub async fn run(
         .add_service(DiscoveryServiceServer::new(xds.clone()))
         .prepare()
         .into_axum_router();
-    let state = rest::RestState { routes, admin_key, xds };
+    let state = rest::RestState { svc, admin_key, xds };
     if let Some(r) = &cfg.registry {
         rest::observe(r, state.clone());
     }

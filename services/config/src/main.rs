@@ -11,9 +11,42 @@ struct Args {
     /// gRPC + admin REST listen address.
     #[arg(long, env = "AIGW_LISTEN", default_value = "127.0.0.1:9180")]
     listen: SocketAddr,
-    /// Directory of the embedded durable store.
-    #[arg(long, env = "AIGW_DATA_DIR", default_value = "./aigw-data")]
-    data_dir: PathBuf,
+    /// Where the configuration is stored: `file:DIR` (the embedded store; default
+    /// `file:./aigw-data`) or `etcd://HOST:PORT[,HOST:PORT…]` (shared by any number of
+    /// aigw-config replicas).
+    #[arg(long, env = "AIGW_STORE", conflicts_with = "data_dir")]
+    store: Option<String>,
+    /// Directory of the embedded store: the same as `--store file:DIR`.
+    #[arg(long, env = "AIGW_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// etcd key prefix: keys are `{prefix}/routes/{id}`, … (`/apisix` reads what an
+    /// APISIX admin API wrote).
+    #[arg(long, env = "AIGW_ETCD_PREFIX", default_value = "/aigw")]
+    etcd_prefix: String,
+    /// etcd user (needs --etcd-password).
+    #[arg(long, env = "AIGW_ETCD_USER", requires = "etcd_password")]
+    etcd_user: Option<String>,
+    /// Password of --etcd-user.
+    #[arg(long, env = "AIGW_ETCD_PASSWORD", hide_env_values = true, requires = "etcd_user")]
+    etcd_password: Option<String>,
+    /// PEM bundle verifying the etcd members' certificates (turns TLS on; without it
+    /// but with --etcd-cert, the webpki roots).
+    #[arg(long, env = "AIGW_ETCD_CA")]
+    etcd_ca: Option<PathBuf>,
+    /// PEM client certificate for etcd (`--client-cert-auth`); needs --etcd-key.
+    #[arg(long, env = "AIGW_ETCD_CERT", requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    /// PEM private key of --etcd-cert.
+    #[arg(long, env = "AIGW_ETCD_KEY", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+    /// Deadline of one etcd request, retries across members included: a write without
+    /// quorum is answered 503 within it.
+    #[arg(long, env = "AIGW_ETCD_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    etcd_timeout: std::time::Duration,
+    /// Operations etcd accepts in one transaction (its --max-txn-ops; group commits stay
+    /// within it).
+    #[arg(long, env = "AIGW_ETCD_MAX_TXN_OPS", default_value_t = 128, value_parser = clap::value_parser!(u64).range(2..=100_000))]
+    etcd_max_txn_ops: u64,
     /// Admin key required as `x-api-key` (gRPC) / `X-API-KEY` (REST). Generated and printed once when unset.
     #[arg(long, env = "AIGW_ADMIN_KEY", hide_env_values = true)]
     admin_key: Option<String>,
@@ -34,6 +67,72 @@ struct Args {
     log: aigw_telemetry::LogArgs,
 }
 
+/// `3s`, `500ms`, `1m` or a bare number of seconds; must be positive.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration (try 3s, 500ms, 1m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
+    };
+    if !(secs > 0.0 && secs.is_finite()) {
+        return Err(format!("{s:?}: must be greater than zero"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+/// `--store` / `--data-dir` and the `--etcd-*` flags as a store configuration.
+fn store_config(args: &Args) -> anyhow::Result<aigw_config::StoreConfig> {
+    let spec = match (&args.store, &args.data_dir) {
+        (Some(s), _) => s.clone(),
+        (None, Some(d)) => format!("file:{}", d.display()),
+        (None, None) => "file:./aigw-data".to_owned(),
+    };
+    if let Some(dir) = spec.strip_prefix("file:") {
+        anyhow::ensure!(!dir.is_empty(), "--store file:DIR needs a directory");
+        return Ok(aigw_config::StoreConfig::File(PathBuf::from(dir)));
+    }
+    let Some(list) = spec.strip_prefix("etcd://") else {
+        anyhow::bail!("--store must be file:DIR or etcd://HOST:PORT[,HOST:PORT...], got {spec:?}");
+    };
+    let mut endpoints = Vec::new();
+    for ep in list.split(',').map(|e| e.trim().trim_start_matches("etcd://")) {
+        let ok = ep.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        anyhow::ensure!(ok && !ep.contains('/'), "--store: {ep:?} is not HOST:PORT");
+        endpoints.push(ep.to_owned());
+    }
+    let prefix = args.etcd_prefix.trim_end_matches('/').to_owned();
+    anyhow::ensure!(
+        prefix.starts_with('/') && prefix.len() > 1 && !prefix.contains("//"),
+        "--etcd-prefix must be a key path such as /aigw or /apisix, got {:?}",
+        args.etcd_prefix
+    );
+    let read = |p: &Option<PathBuf>, flag: &str| -> anyhow::Result<Option<Vec<u8>>> {
+        p.as_ref().map(|p| std::fs::read(p).map_err(|e| anyhow::anyhow!("{flag} {}: {e}", p.display()))).transpose()
+    };
+    let ca = read(&args.etcd_ca, "--etcd-ca")?;
+    let (cert, key) = (read(&args.etcd_cert, "--etcd-cert")?, read(&args.etcd_key, "--etcd-key")?);
+    let tls = (ca.is_some() || cert.is_some()).then(|| aigw_etcd::Tls { ca_pem: ca, identity: cert.zip(key) });
+    let mut client = aigw_etcd::Options::new(endpoints);
+    client.tls = tls;
+    client.timeout = args.etcd_timeout;
+    client.credentials = match (&args.etcd_user, &args.etcd_password) {
+        (Some(u), Some(p)) => Some(aigw_etcd::Credentials { user: u.clone(), password: p.clone() }),
+        _ => None,
+    };
+    Ok(aigw_config::StoreConfig::Etcd(aigw_config::store::etcd::EtcdOptions {
+        client,
+        prefix,
+        max_txn_ops: args.etcd_max_txn_ops as usize,
+    }))
+}
+
 fn main() {
     aigw_telemetry::exit_on_error("aigw-config", real_main(Args::parse()));
 }
@@ -49,6 +148,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     if let Some(o) = &otel {
         o.log_start();
     }
+    let store = store_config(&args)?;
     let data_key = aigw_model::secrets::DataKey::from_flag(args.data_encryption_key.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
     let admin_key = match args.admin_key.filter(|k| !k.is_empty()) {
         Some(k) => k,
@@ -78,7 +178,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     let result = rt.block_on(async move {
         let listener =
             tokio::net::TcpListener::bind(args.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
-        let cfg = aigw_config::Config { data_dir: args.data_dir, admin_key, node_token, data_key, tls, registry: exported };
+        let cfg = aigw_config::Config { store, admin_key, node_token, data_key, tls, registry: exported };
         aigw_config::run(cfg, listener, aigw_telemetry::shutdown_signal()).await
     });
     if let Some(o) = otel {

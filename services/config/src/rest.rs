@@ -1,6 +1,8 @@
 //! The APISIX-compatible admin REST API (CONTRACT §4), plus `/healthz`, `/metrics`,
-//! `/status/nodes` and `/status/quarantine`. Every error, whatever its cause (bad JSON,
-//! a body over the limit, a path segment that is not UTF-8), is `{"error_msg": ...}`.
+//! `/status/nodes`, `/status/quarantine` and `/status/store`. Every error, whatever its
+//! cause (bad JSON, a body over the limit, a path segment that is not UTF-8), is
+//! `{"error_msg": ...}`. Reads answered while the view may be stale (etcd unreachable
+//! or without quorum) carry the header `X-AIGW-Stale: true`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,7 +17,8 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
-use crate::routes::RouteService;
+use crate::kinds::ROUTES;
+use crate::service::ResourceService;
 
 /// Largest admin request body. A route is a few KB; the margin lets oversized fields (a
 /// 5 MB id) be read and rejected by name with a 400 rather than cut off with a 413.
@@ -23,7 +26,7 @@ pub const MAX_BODY: usize = 8 << 20;
 
 #[derive(Clone)]
 pub struct RestState {
-    pub routes: Arc<RouteService>,
+    pub svc: Arc<ResourceService>,
     pub admin_key: Arc<String>,
     pub xds: aigw_xds::XdsServer,
 }
@@ -34,6 +37,7 @@ pub fn router(state: RestState) -> Router {
         .route("/apisix/admin/routes/{id}", get(get_one).put(put_path).delete(delete))
         .route("/status/nodes", get(nodes))
         .route("/status/quarantine", get(quarantine))
+        .route("/status/store", get(store_status))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -100,12 +104,24 @@ fn envelope(id: &str, route: Value) -> Value {
     json!({ "key": format!("/apisix/routes/{id}"), "value": route })
 }
 
+/// Header marking a read served from a view that may be stale.
+pub const STALE_HEADER: &str = "x-aigw-stale";
+
+/// A read's answer, marked when the view may be stale.
+fn read_answer(s: &RestState, body: Value) -> Response {
+    let mut r = axum::Json(body).into_response();
+    if s.svc.stale().is_some() {
+        r.headers_mut().insert(STALE_HEADER, http::HeaderValue::from_static("true"));
+    }
+    r
+}
+
 /// After the admin key was checked.
 async fn do_put(state: &RestState, body: &Bytes, id: Option<&str>) -> Result<Response, ApiError> {
-    let out = state.routes.put(parse_body(body)?, id).await?;
-    let id = out.route.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let out = state.svc.put(&ROUTES, parse_body(body)?, id).await?;
+    let id = out.value.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
     let status = if out.created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, axum::Json(envelope(&id, out.route))).into_response())
+    Ok((status, axum::Json(envelope(&id, out.value))).into_response())
 }
 
 async fn put_path(
@@ -134,21 +150,21 @@ async fn post(State(s): State<RestState>, headers: HeaderMap, b: Result<Bytes, B
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
         o.insert("id".into(), Value::String(format!("{nanos}")));
     }
-    let out = s.routes.put(v, None).await?;
-    let id = out.route.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
-    Ok((StatusCode::CREATED, axum::Json(envelope(&id, out.route))).into_response())
+    let out = s.svc.put(&ROUTES, v, None).await?;
+    let id = out.value.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+    Ok((StatusCode::CREATED, axum::Json(envelope(&id, out.value))).into_response())
 }
 
 async fn get_one(State(s): State<RestState>, id: Result<Path<String>, PathRejection>, headers: HeaderMap) -> Result<Response, ApiError> {
     check_key(&s, &headers)?;
     let id = path_id(id)?;
-    let r = s.routes.get(&id).await?;
-    Ok(axum::Json(envelope(&id, r)).into_response())
+    let r = s.svc.get(&ROUTES, &id)?;
+    Ok(read_answer(&s, envelope(&id, r)))
 }
 
 async fn list(State(s): State<RestState>, headers: HeaderMap) -> Result<Response, ApiError> {
     check_key(&s, &headers)?;
-    let (routes, version) = s.routes.list().await;
+    let (routes, version) = s.svc.list(&ROUTES);
     let list: Vec<Value> = routes
         .into_iter()
         .map(|r| {
@@ -156,13 +172,13 @@ async fn list(State(s): State<RestState>, headers: HeaderMap) -> Result<Response
             envelope(&id, r)
         })
         .collect();
-    Ok(axum::Json(json!({ "total": list.len(), "list": list, "version": version })).into_response())
+    Ok(read_answer(&s, json!({ "total": list.len(), "list": list, "version": version })))
 }
 
 async fn delete(State(s): State<RestState>, id: Result<Path<String>, PathRejection>, headers: HeaderMap) -> Result<Response, ApiError> {
     check_key(&s, &headers)?;
     let id = path_id(id)?;
-    s.routes.delete(&id).await?;
+    s.svc.delete(&ROUTES, &id).await?;
     Ok(axum::Json(json!({ "deleted": "1", "key": format!("/apisix/routes/{id}") })).into_response())
 }
 
@@ -182,26 +198,66 @@ async fn nodes(State(s): State<RestState>, headers: HeaderMap) -> Result<Respons
 
 async fn quarantine(State(s): State<RestState>, headers: HeaderMap) -> Result<Response, ApiError> {
     check_key(&s, &headers)?;
-    let routes: Vec<Value> = s.routes.quarantine().into_iter().map(|(id, reason)| json!({"id": id, "reason": reason})).collect();
-    Ok(axum::Json(json!({ "routes": routes })).into_response())
+    let routes: Vec<Value> = s.svc.quarantine(&ROUTES).into_iter().map(|(id, reason)| json!({"id": id, "reason": reason})).collect();
+    Ok(read_answer(&s, json!({ "routes": routes })))
+}
+
+/// The store this replica uses, the revision its view reflects, and whether it is current.
+async fn store_status(State(s): State<RestState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    check_key(&s, &headers)?;
+    let st = s.svc.store_status();
+    Ok(read_answer(
+        &s,
+        json!({"store": st.kind, "describe": st.describe, "revision": st.revision, "stale": !st.health.fresh, "detail": st.health.detail}),
+    ))
 }
 
 /// Every instrument of `/metrics`: Prometheus name, OTLP name, help, counter or gauge, value.
-fn rows(s: &RestState) -> [(&'static str, &'static str, &'static str, bool, u64); 14] {
+fn rows(s: &RestState) -> [(&'static str, &'static str, &'static str, bool, u64); 19] {
     let m = s.xds.metrics();
-    let w = &s.routes.metrics;
+    let w = &s.svc.metrics;
+    let st = s.svc.store_status();
     let g = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     [
-        ("aigw_config_routes", "aigw.config.routes", "Routes stored.", false, s.routes.len() as u64),
+        ("aigw_config_routes", "aigw.config.routes", "Routes stored.", false, s.svc.count(&ROUTES) as u64),
         (
             "aigw_config_quarantined_routes",
             "aigw.config.quarantined_routes",
             "Stored routes left out of snapshots.",
             false,
-            s.routes.quarantine().len() as u64,
+            s.svc.quarantine(&ROUTES).len() as u64,
         ),
         ("aigw_config_writes_total", "aigw.config.writes", "Route writes and deletes committed.", true, g(&w.writes)),
         ("aigw_config_commits_total", "aigw.config.commits", "Group commits (each one new version).", true, g(&w.commits)),
+        (
+            "aigw_config_store_conflicts_total",
+            "aigw.config.store_conflicts",
+            "Batches another writer got in first (decided again).",
+            true,
+            g(&w.conflicts),
+        ),
+        (
+            "aigw_config_store_reloads_total",
+            "aigw.config.store_reloads",
+            "Full reloads of the store (a watch's history was compacted).",
+            true,
+            g(&w.reloads),
+        ),
+        (
+            "aigw_config_store_ignored_keys_total",
+            "aigw.config.store_ignored_keys",
+            "Keys under the prefix no resource kind owns.",
+            true,
+            g(&w.ignored_keys),
+        ),
+        ("aigw_config_store_revision", "aigw.config.store_revision", "Store revision the view reflects.", false, st.revision.max(0) as u64),
+        (
+            "aigw_config_store_stale",
+            "aigw.config.store_stale",
+            "1 while the view may be stale (etcd unreachable or without quorum).",
+            false,
+            u64::from(!st.health.fresh),
+        ),
         ("aigw_xds_streams_active", "aigw.xds.streams_active", "Open discovery streams.", false, g(&m.streams_active)),
         ("aigw_xds_responses_sent_total", "aigw.xds.responses_sent", "Updates sent (full sets and deltas).", true, g(&m.responses_sent)),
         ("aigw_xds_full_responses_sent_total", "aigw.xds.full_responses_sent", "Full sets sent.", true, g(&m.full_responses_sent)),
