@@ -21,8 +21,17 @@ pub struct Config {
 
 impl Config {
     pub async fn start(data_dir: &Path, listen: &str, extra: &[&str]) -> Config {
-        let dir = data_dir.to_str().unwrap();
-        let mut args = vec!["--listen", listen, "--data-dir", dir, "--admin-key", ADMIN_KEY];
+        Self::spawn(listen, &["--data-dir", data_dir.to_str().unwrap()], extra).await
+    }
+
+    /// A replica on etcd (`--store etcd://…`), keys under `prefix`.
+    pub async fn start_etcd(store_url: &str, prefix: &str, extra: &[&str]) -> Config {
+        Self::spawn("127.0.0.1:0", &["--store", store_url, "--etcd-prefix", prefix], extra).await
+    }
+
+    async fn spawn(listen: &str, store: &[&str], extra: &[&str]) -> Config {
+        let mut args = vec!["--listen", listen, "--admin-key", ADMIN_KEY];
+        args.extend_from_slice(store);
         if !extra.contains(&"--node-token") {
             args.extend_from_slice(&["--node-token", NODE_TOKEN]);
         }

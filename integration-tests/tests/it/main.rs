@@ -8,6 +8,7 @@ mod budgets;
 mod common;
 mod config_plane;
 mod consumers;
+mod etcd;
 mod limits;
 mod multi;
 mod observability;

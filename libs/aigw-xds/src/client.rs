@@ -9,9 +9,15 @@
 //! - `https://` endpoints are verified against `--control-plane-ca` (else the webpki
 //!   roots). Connection, TLS and authentication failures are logged with their cause and
 //!   retried; the proxy keeps its last good config meanwhile.
-//! - Disconnects: jittered exponential backoff from 0.5 s to 30 s, reset when a
-//!   response arrives (not on connect: a server that accepts and closes at once must
-//!   not cause a hot loop).
+//! - Several endpoints (aigw-config replicas on one etcd, `--config-service A,B`): a
+//!   stream that ends or cannot be opened moves to the next one. After a stream that
+//!   delivered a response, the next endpoint is tried at once (failover); when every
+//!   endpoint failed in a row without a response, the client waits: jittered
+//!   exponential backoff from 0.5 s to 30 s, reset when a response arrives (not on
+//!   connect: a server that accepts and closes at once must not cause a hot loop). With
+//!   one endpoint, a reconnect after a response waits the first backoff step, as before.
+//! - Replicas publish the same system version for the same content, so a proxy that
+//!   arrives at another replica at the version it runs gets nothing resent.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,8 +60,8 @@ pub struct ClientStats {
 
 #[derive(Clone)]
 pub struct ClientConfig {
-    /// `http://host:port` or `https://host:port` of aigw-config.
-    pub endpoint: String,
+    /// `http://host:port` or `https://host:port` of each aigw-config replica, tried in order.
+    pub endpoints: Vec<String>,
     pub node_id: String,
     pub build_version: String,
     pub node_token: Option<String>,
@@ -75,7 +81,7 @@ pub struct ClientConfig {
 impl std::fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientConfig")
-            .field("endpoint", &self.endpoint)
+            .field("endpoints", &self.endpoints)
             .field("node_id", &self.node_id)
             .field("node_token", &self.node_token.as_ref().map(|_| "<redacted>"))
             .field("ca_pem", &self.ca_pem.as_ref().map(Vec::len))
@@ -85,9 +91,9 @@ impl std::fmt::Debug for ClientConfig {
 }
 
 impl ClientConfig {
-    pub fn new(endpoint: impl Into<String>, node_id: impl Into<String>) -> Self {
+    pub fn new(endpoints: Vec<String>, node_id: impl Into<String>) -> Self {
         Self {
-            endpoint: endpoint.into(),
+            endpoints,
             node_id: node_id.into(),
             build_version: String::new(),
             node_token: None,
@@ -165,36 +171,51 @@ enum StreamEnd {
     BeforeResponse(String),
 }
 
-/// Runs until `shutdown` resolves: connects, applies updates, reconnects.
+/// Runs until `shutdown` resolves: connects, applies updates, reconnects (moving
+/// across the endpoints).
 pub async fn run(cfg: ClientConfig, applier: Applier, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
     let mut version = cfg.initial_version.clone();
     let mut backoff = Backoff::new(cfg.backoff_initial, cfg.backoff_max);
+    let n = cfg.endpoints.len().max(1);
+    let mut next = 0usize;
+    // Streams in a row that ended before any response.
+    let mut failures = 0usize;
     loop {
+        let endpoint = cfg.endpoints.get(next % n).cloned().unwrap_or_default();
+        next = (next + 1) % n;
         let end = tokio::select! {
             _ = &mut shutdown => return,
-            end = one_stream(&cfg, &applier, &mut version) => end,
+            end = one_stream(&cfg, &endpoint, &applier, &mut version) => end,
         };
-        let reason = match end {
+        let (reason, delay) = match end {
             StreamEnd::AfterResponse(r) => {
                 backoff.reset();
-                r
+                failures = 0;
+                // Another replica at once; the same one (the only one) after a pause.
+                (r, if n > 1 { Duration::ZERO } else { backoff.next_delay() })
             }
-            StreamEnd::BeforeResponse(r) => r,
+            StreamEnd::BeforeResponse(r) => {
+                failures += 1;
+                (r, if failures.is_multiple_of(n) { backoff.next_delay() } else { Duration::ZERO })
+            }
         };
-        let delay = backoff.next_delay();
         let keeping = if version.is_empty() { "no config applied yet" } else { "keeping the last good config" };
-        tracing::warn!(endpoint = %cfg.endpoint, reason = %reason, applied_version = %version, retry_in_ms = delay.as_millis() as u64,
-            "config service stream ended or refused; {keeping}");
-        tokio::select! {
-            _ = &mut shutdown => return,
-            _ = tokio::time::sleep(delay) => {}
+        let then = cfg.endpoints.get(next % n).map(String::as_str).unwrap_or_default();
+        tracing::warn!(endpoint = %endpoint, reason = %reason, applied_version = %version, next_endpoint = %then,
+            retry_in_ms = delay.as_millis() as u64, "config service stream ended or refused; {keeping}");
+        if !delay.is_zero() {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
         }
     }
 }
 
-async fn one_stream(cfg: &ClientConfig, applier: &Applier, version: &mut String) -> StreamEnd {
-    let endpoint = match Endpoint::from_shared(cfg.endpoint.clone()) {
+async fn one_stream(cfg: &ClientConfig, endpoint: &str, applier: &Applier, version: &mut String) -> StreamEnd {
+    let cfg_endpoint = endpoint;
+    let endpoint = match Endpoint::from_shared(endpoint.to_owned()) {
         Ok(e) => e
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(20))
@@ -235,6 +256,7 @@ async fn one_stream(cfg: &ClientConfig, applier: &Applier, version: &mut String)
         Ok(r) => r.into_inner(),
         Err(s) => return StreamEnd::BeforeResponse(status_reason(&s)),
     };
+    tracing::info!(endpoint = %cfg_endpoint, applied_version = %version, "discovery stream open");
     let mut got_response = false;
     let end_reason = loop {
         let resp = match inbound.message().await {
@@ -261,7 +283,7 @@ async fn one_stream(cfg: &ClientConfig, applier: &Applier, version: &mut String)
         let ack = match result {
             Ok(()) => {
                 cfg.stats.acks.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(version = %new_version, full_state, changed, removed, bytes, "applied update from config service");
+                tracing::info!(version = %new_version, full_state, changed, removed, bytes, control_plane = %resp.control_plane, "applied update from config service");
                 *version = new_version;
                 StreamSnapshotsRequest { system_version_info: version.clone(), response_nonce: nonce, ..Default::default() }
             }

@@ -600,6 +600,48 @@ mod tests {
         assert_eq!(s.message().await.unwrap_err().code(), tonic::Code::InvalidArgument);
     }
 
+    /// Two replicas publishing the same content: a client whose stream to the first one
+    /// breaks moves to the second at once, and gets nothing resent (same version).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_fails_over_to_the_next_replica_without_a_resend() {
+        let content = [(ROUTE, "a", "1"), (ROUTE, "b", "1")];
+        let (url_a, _pa, server_a) = start(snap("v1", &content)).await;
+        let (url_b, _pb, server_b) = start(snap("v1", &content)).await;
+        let relay = aigw_testkit::relay::Relay::start(url_a.trim_start_matches("http://")).await;
+        let mut cfg = crate::client::ClientConfig::new(vec![format!("http://{}", relay.addr), url_b.clone()], "n1");
+        cfg.node_token = Some(TOKEN.into());
+        let applied = Arc::new(AtomicU64::new(0));
+        let count = applied.clone();
+        let applier: crate::Applier = Arc::new(move |_u| {
+            count.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let client = tokio::spawn(crate::client::run(cfg, applier, async move {
+            let _ = stopped.await;
+        }));
+        let wait = |what: &'static str, f: Box<dyn Fn() -> bool + Send>| async move {
+            tokio::time::timeout(Duration::from_secs(10), async {
+                while !f() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+        };
+        let a = server_a.clone();
+        wait("the first replica's full set applied", Box::new(move || a.node_statuses().first().is_some_and(|n| n.acked_version == "v1")))
+            .await;
+        relay.cut();
+        let b = server_b.clone();
+        wait("a stream on the second replica", Box::new(move || b.metrics().streams_active.load(Ordering::Relaxed) == 1)).await;
+        assert_eq!(server_b.node_statuses()[0].acked_version, "v1", "the proxy said which version it runs");
+        assert_eq!(server_b.metrics().responses_sent.load(Ordering::Relaxed), 0, "nothing resent at the same version");
+        assert_eq!(applied.load(Ordering::Relaxed), 1);
+        let _ = stop.send(());
+        client.await.unwrap();
+    }
+
     #[test]
     fn secrets_compare_by_digest() {
         assert!(secret_eq(b"abc", b"abc"));

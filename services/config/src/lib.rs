@@ -26,7 +26,7 @@ pub enum StoreConfig {
     /// `file:DIR` (`--data-dir DIR`).
     File(PathBuf),
     /// `etcd://HOST:PORT,…` with `--etcd-*`.
-    Etcd(store::etcd::EtcdOptions),
+    Etcd(Box<store::etcd::EtcdOptions>),
 }
 
 pub struct Config {
@@ -51,7 +51,7 @@ pub async fn run(
     let mut shutdown = Box::pin(shutdown);
     let store: Arc<dyn store::Store> = match cfg.store {
         StoreConfig::File(dir) => Arc::new(store::file::FileStore::open(&dir)?),
-        StoreConfig::Etcd(opts) => Arc::new(store::etcd::EtcdStore::new(opts)?),
+        StoreConfig::Etcd(opts) => Arc::new(store::etcd::EtcdStore::new(*opts)?),
     };
     if cfg.data_key.is_none() {
         tracing::warn!("no --data-encryption-key: secret fields are stored as given (reads still redact them)");

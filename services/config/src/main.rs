@@ -126,11 +126,11 @@ fn store_config(args: &Args) -> anyhow::Result<aigw_config::StoreConfig> {
         (Some(u), Some(p)) => Some(aigw_etcd::Credentials { user: u.clone(), password: p.clone() }),
         _ => None,
     };
-    Ok(aigw_config::StoreConfig::Etcd(aigw_config::store::etcd::EtcdOptions {
+    Ok(aigw_config::StoreConfig::Etcd(Box::new(aigw_config::store::etcd::EtcdOptions {
         client,
         prefix,
         max_txn_ops: args.etcd_max_txn_ops as usize,
-    }))
+    })))
 }
 
 fn main() {

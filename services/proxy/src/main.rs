@@ -23,7 +23,8 @@ struct Args {
     /// Standalone mode: a YAML or JSON routes file {routes: [...]}, watched for changes.
     #[arg(long, env = "AIGW_ROUTES", conflicts_with = "config_service", required_unless_present = "config_service")]
     routes: Option<PathBuf>,
-    /// Subscribe to aigw-config at this URL (http://HOST:PORT).
+    /// Subscribe to aigw-config at this URL (http://HOST:PORT), or at any of several
+    /// replicas (URL,URL,…): a stream that ends or is refused moves to the next one.
     #[arg(long, env = "AIGW_CONFIG_SERVICE")]
     config_service: Option<String>,
     /// Node id sent to the config service (default: hostname-pid).
@@ -129,9 +130,17 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     };
     let source = match (args.routes, args.config_service) {
         (Some(path), None) => aigw_proxy::Source::File(path),
-        (None, Some(url)) => {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                anyhow::bail!("--config-service must be http://HOST:PORT or https://HOST:PORT, got {url:?}");
+        (None, Some(urls)) => {
+            let endpoints: Vec<String> = urls.split(',').map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect();
+            if endpoints.is_empty() {
+                anyhow::bail!("--config-service needs at least one URL");
+            }
+            for url in &endpoints {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    anyhow::bail!(
+                        "--config-service must be http://HOST:PORT or https://HOST:PORT (comma-separated for replicas), got {url:?}"
+                    );
+                }
             }
             let node_id = args.node_id.unwrap_or_else(|| {
                 let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -140,7 +149,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
                 format!("{host}-{}", std::process::id())
             });
             aigw_proxy::Source::Xds(Box::new(aigw_proxy::sources::XdsSource {
-                endpoint: url,
+                endpoints,
                 node_id,
                 node_token: args.node_token.clone(),
                 cache: args.snapshot_cache.map(|path| aigw_proxy::sources::SnapshotCache { path }),

@@ -267,7 +267,8 @@ impl SnapshotCache {
 }
 
 pub struct XdsSource {
-    pub endpoint: String,
+    /// aigw-config replicas (`--config-service A,B`), tried in order.
+    pub endpoints: Vec<String>,
     pub node_id: String,
     pub node_token: Option<String>,
     pub cache: Option<SnapshotCache>,
@@ -340,7 +341,7 @@ pub async fn run_xds(src: XdsSource, state: Arc<AppState>, shutdown: impl std::f
         }
         tokio::spawn(cache.writer(cache_rx));
     }
-    let mut cfg = aigw_xds::ClientConfig::new(src.endpoint.clone(), src.node_id.clone());
+    let mut cfg = aigw_xds::ClientConfig::new(src.endpoints.clone(), src.node_id.clone());
     cfg.node_token = src.node_token.clone();
     cfg.ca_pem = src.ca_pem.clone();
     cfg.type_urls = TYPE_URLS.iter().map(|t| (*t).to_owned()).collect();

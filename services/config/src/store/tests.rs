@@ -115,17 +115,10 @@ async fn check(store: Arc<dyn Store>, reopen: impl AsyncFnOnce() -> Arc<dyn Stor
     );
     // Progress: the feed says every change up to now was delivered.
     store.request_progress();
-    let p = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match feed.recv().await {
-                Some(Feed::Progress { revision }) => return revision,
-                Some(other) => panic!("unexpected {other:?}"),
-                None => panic!("feed closed"),
-            }
-        }
-    })
-    .await
-    .expect("progress in time");
+    let p = match tokio::time::timeout(Duration::from_secs(10), feed.recv()).await.expect("progress in time") {
+        Some(Feed::Progress { revision }) => revision,
+        other => panic!("unexpected {other:?}"),
+    };
     assert!(p >= r5, "{p} < {r5}");
     // Everything is there for the next process, at its revision.
     let again = reopen().await;
