@@ -132,7 +132,11 @@ pub fn all() -> &'static [&'static dyn Kind] {
     &ALL
 }
 
-/// The kind that owns a store key, and the resource name.
-pub fn owner(key: &str) -> Option<(&'static dyn Kind, &str)> {
-    all().iter().find_map(|k| k.name_of(key).map(|n| (*k, n)))
+/// Kinds a service serves, in the order keys are matched ([`all`] in production; tests
+/// add kinds of their own).
+pub type Registry = &'static [&'static dyn Kind];
+
+/// The kind of `registry` that owns a store key, and the resource name.
+pub fn owner(registry: Registry, key: &str) -> Option<(&'static dyn Kind, &str)> {
+    registry.iter().find_map(|k| k.name_of(key).map(|n| (*k, n)))
 }
