@@ -53,10 +53,10 @@ export AIGW_ADMIN_KEY="admin-$(rand_hex 16)"
 export AIGW_NODE_TOKEN="node-$(rand_hex 16)"
 export AIGW_DATA_ENCRYPTION_KEY="$(rand_hex 32)"
 # Every published port ephemeral on loopback: runs never collide.
-export AIGW_BIND=127.0.0.1 AIGW_CONFIG_PORT= AIGW_LB_PORT= AIGW_FAKE_LLM_PORT= AIGW_TRACES_UI_PORT= AIGW_TRACES_HTTP_PORT=
+export AIGW_BIND=127.0.0.1 AIGW_CONFIG_PORT= AIGW_CONFIG2_PORT= AIGW_LB_PORT= AIGW_FAKE_LLM_PORT= AIGW_TRACES_UI_PORT= AIGW_TRACES_HTTP_PORT=
 export AIGW_IMAGE=aigw-local/aigw:dev
 # The file's defaults, whatever this shell has (a trace endpoint, another replica count).
-unset OTEL_EXPORTER_OTLP_ENDPOINT OTEL_METRIC_EXPORT_INTERVAL OTEL_BSP_SCHEDULE_DELAY AIGW_PROXY_REPLICAS
+unset OTEL_EXPORTER_OTLP_ENDPOINT OTEL_METRIC_EXPORT_INTERVAL OTEL_BSP_SCHEDULE_DELAY AIGW_PROXY_REPLICAS AIGW_ETCD_IMAGE
 
 up=0
 cleanup() {
@@ -121,10 +121,11 @@ export AIGW_FLEET_PROJECT="$project"
 export AIGW_FLEET_FILES="$root/deploy/docker-compose.yml:$root/deploy/compose.local.yml"
 export AIGW_FLEET_LB="http://$(port_of lb 8080)"
 export AIGW_FLEET_CONFIG="$(port_of aigw-config 9180)"
+export AIGW_FLEET_CONFIG2="$(port_of aigw-config-2 9180)"
 export AIGW_FLEET_FAKE_LLM="http://$(port_of fake-llm 8480)"
 export AIGW_FLEET_TRACES="http://$(port_of traces 4318)"
 export AIGW_PYTHON="$venv/bin/python" AIGW_GRPCURL="$venv/bin/grpcurl"
-echo "compose-test: lb=$AIGW_FLEET_LB config=$AIGW_FLEET_CONFIG fake-llm=$AIGW_FLEET_FAKE_LLM traces=$AIGW_FLEET_TRACES"
+echo "compose-test: lb=$AIGW_FLEET_LB config=$AIGW_FLEET_CONFIG,$AIGW_FLEET_CONFIG2 fake-llm=$AIGW_FLEET_FAKE_LLM traces=$AIGW_FLEET_TRACES"
 
 step "fleet tests"
 set +e

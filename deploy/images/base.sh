@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local base image (no registry): a Debian bookworm minbase root filesystem made
 # by debootstrap from this machine's own apt mirror, imported with `docker import`.
-# One base serves every local image (aigw binaries, nginx, redis): the packages all share
+# One base serves every local image (aigw binaries, nginx, redis, etcd): the packages all share
 # libc & co, and one import is cheaper than three.
 #
 # Prints the image reference on stdout. Cached twice: the imported image (docker) and the
@@ -12,8 +12,9 @@ set -euo pipefail
 SUITE=bookworm
 # Everything the images need, installed at debootstrap time (no network in `docker build`):
 #  ca-certificates: the proxy reaches https providers; curl: health checks;
-#  nginx: the load balancer; redis-server (+ redis-tools): Redis and its health check.
-PACKAGES="ca-certificates,curl,nginx,redis-server"
+#  nginx: the load balancer; redis-server (+ redis-tools): Redis and its health check;
+#  etcd-server, etcd-client: the control plane's etcd members and their health check.
+PACKAGES="ca-certificates,curl,nginx,redis-server,etcd-server,etcd-client"
 cache="${AIGW_IMAGE_CACHE:-$HOME/.cache/aigw-images}"
 key=$( { echo "$SUITE $PACKAGES v1"; cat "$0"; } | sha256sum | cut -c1-12)
 image="aigw-local/base:$SUITE-$key"

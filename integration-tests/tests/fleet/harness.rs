@@ -249,8 +249,19 @@ impl Fleet {
 
     /// `127.0.0.1:PORT` of aigw-config (published on an ephemeral port: re-read after a restart).
     pub async fn config_addr(&self) -> String {
-        let out = self.compose(&["port", "aigw-config", "9180"]).await.unwrap();
+        self.config_addr_of("aigw-config").await
+    }
+
+    /// `127.0.0.1:PORT` of an aigw-config replica (`aigw-config`, `aigw-config-2`).
+    pub async fn config_addr_of(&self, service: &str) -> String {
+        let out = self.compose(&["port", service, "9180"]).await.unwrap();
         out.lines().last().unwrap().trim().to_owned()
+    }
+
+    /// The version the aigw-config replica at `addr` publishes (ListRoutes).
+    pub async fn version_at(&self, addr: &str) -> String {
+        let list = self.grpcurl_at(addr, "ListRoutes", "{}").await.unwrap();
+        list["version"].as_str().expect("ListRoutes version").to_owned()
     }
 
     /// `grpcurl -plaintext -H "x-api-key: KEY" -d @ CONFIG aigw.config.v1.ConfigService/METHOD < input`
