@@ -186,3 +186,41 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(args: &[&str]) -> Result<aigw_config::StoreConfig, String> {
+        let a = Args::try_parse_from(std::iter::once("aigw-config").chain(args.iter().copied())).map_err(|e| e.to_string())?;
+        store_config(&a).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn store_flags() {
+        assert!(matches!(store(&[]).unwrap(), aigw_config::StoreConfig::File(d) if d == std::path::Path::new("./aigw-data")));
+        assert!(matches!(store(&["--data-dir", "/d"]).unwrap(), aigw_config::StoreConfig::File(d) if d == std::path::Path::new("/d")));
+        assert!(matches!(store(&["--store", "file:/x"]).unwrap(), aigw_config::StoreConfig::File(d) if d == std::path::Path::new("/x")));
+        let aigw_config::StoreConfig::Etcd(e) = store(&["--store", "etcd://a:2379,etcd://b:2380", "--etcd-prefix", "/apisix/"]).unwrap()
+        else {
+            panic!("not etcd")
+        };
+        assert_eq!(
+            (e.client.endpoints.clone(), e.prefix.as_str(), e.max_txn_ops),
+            (vec!["a:2379".to_owned(), "b:2380".to_owned()], "/apisix", 128)
+        );
+        assert!(e.client.tls.is_none() && e.client.credentials.is_none());
+        for (bad, needle) in [
+            (vec!["--store", "redis://x"], "file:DIR or etcd://"),
+            (vec!["--store", "etcd://a"], "HOST:PORT"),
+            (vec!["--store", "etcd://a:1", "--etcd-prefix", "aigw"], "--etcd-prefix"),
+            (vec!["--store", "etcd://a:1", "--etcd-prefix", "/"], "--etcd-prefix"),
+            (vec!["--store", "file:/x", "--data-dir", "/y"], "cannot be used with"),
+            (vec!["--store", "etcd://a:1", "--etcd-user", "u"], "--etcd-password"),
+            (vec!["--store", "etcd://a:1", "--etcd-ca", "/nonexistent/ca.pem"], "--etcd-ca /nonexistent/ca.pem"),
+        ] {
+            let e = store(&bad).err().unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert!(e.contains(needle), "{bad:?}: {e}");
+        }
+    }
+}
