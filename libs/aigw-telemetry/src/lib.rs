@@ -4,6 +4,7 @@
 //! `docs/observability.md`.
 
 pub mod config;
+pub mod duration;
 
 /// A bad `OTEL_*` setting or an exporter that cannot start (the message names the variable).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -41,7 +41,7 @@ struct Args {
     etcd_key: Option<PathBuf>,
     /// Deadline of one etcd request, retries across members included: a write without
     /// quorum is answered 503 within it.
-    #[arg(long, env = "AIGW_ETCD_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, env = "AIGW_ETCD_TIMEOUT", default_value = "3s", value_parser = aigw_telemetry::duration::parse_duration)]
     etcd_timeout: std::time::Duration,
     /// Operations etcd accepts in one transaction (its --max-txn-ops; group commits stay
     /// within it).
@@ -65,26 +65,6 @@ struct Args {
     data_encryption_key: Option<String>,
     #[command(flatten)]
     log: aigw_telemetry::LogArgs,
-}
-
-/// `3s`, `500ms`, `1m` or a bare number of seconds; must be positive.
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration (try 3s, 500ms, 1m)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
-    };
-    if !(secs > 0.0 && secs.is_finite()) {
-        return Err(format!("{s:?}: must be greater than zero"));
-    }
-    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 /// `--store` / `--data-dir` and the `--etcd-*` flags as a store configuration.

@@ -55,11 +55,11 @@ struct Args {
     access_log_format: String,
     /// Close a connection whose request head has not fully arrived within this time
     /// (nginx `client_header_timeout`): `60s`, `500ms`, `2m`, or seconds.
-    #[arg(long, env = "AIGW_CLIENT_HEADER_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "AIGW_CLIENT_HEADER_TIMEOUT", default_value = "60s", value_parser = aigw_telemetry::duration::parse_duration)]
     client_header_timeout: Duration,
     /// Answer 408 when the request body stalls between two reads for this long (nginx
     /// `client_body_timeout`).
-    #[arg(long, env = "AIGW_CLIENT_BODY_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "AIGW_CLIENT_BODY_TIMEOUT", default_value = "60s", value_parser = aigw_telemetry::duration::parse_duration)]
     client_body_timeout: Duration,
     /// Redis for fleet-wide token limits and budgets (`policy: redis` without
     /// `redis_host`): redis://[:password@]HOST:PORT[/DB].
@@ -70,26 +70,6 @@ struct Args {
     metrics_max_consumers: usize,
     #[command(flatten)]
     log: aigw_telemetry::LogArgs,
-}
-
-/// `60s`, `500ms`, `2m` or a bare number of seconds; must be positive.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration (try 60s, 500ms, 2m)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
-    };
-    if !(secs > 0.0 && secs.is_finite()) {
-        return Err(format!("{s:?}: must be greater than zero"));
-    }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 /// `--redis` must be a redis:// URL (checked at start, named without its password).
@@ -197,21 +177,4 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         o.shutdown(Duration::from_secs(5));
     }
     result
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_duration;
-    use std::time::Duration;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_duration("60"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        for bad in ["", "0", "-1s", "5h", "x"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
 }
