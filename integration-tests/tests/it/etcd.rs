@@ -64,9 +64,12 @@ async fn replicas_on_etcd_converge_serve_each_others_writes_and_a_proxy_moves_wi
     let etcd = EtcdCluster::single().await;
     let key = ["--data-encryption-key", DEK];
     let mut a = Config::start_etcd(&etcd.store_url(), "/aigw", &key).await;
-    let b = Config::start_etcd(&etcd.store_url(), "/aigw", &key).await;
+    let mut b = Config::start_etcd(&etcd.store_url(), "/aigw", &key).await;
     let pa = Proxy::subscribed(&format!("{},{}", a.url(), b.url()), &["--node-id", "pa", "--data-encryption-key", DEK]).await;
-    let pb = Proxy::subscribed(&b.url(), &["--node-id", "pb", "--data-encryption-key", DEK]).await;
+    let cache_dir = aigw_testkit::proc::TempDir::new("etcd-cache");
+    let cache = cache_dir.path().join("snapshot.json");
+    let cache_s = cache.to_str().unwrap().to_owned();
+    let pb = Proxy::subscribed(&b.url(), &["--node-id", "pb", "--data-encryption-key", DEK, "--snapshot-cache", &cache_s]).await;
     pa.wait_ready().await;
     pb.wait_ready().await;
     // Writes at either replica; each one, acknowledged by one, is served by the proxy of
@@ -130,6 +133,12 @@ async fn replicas_on_etcd_converge_serve_each_others_writes_and_a_proxy_moves_wi
     pa.wait_chat_status("/after", 200).await;
     let logs = [b.proc.logs(), pa.proc.logs(), pb.proc.logs()].concat().join("\n");
     assert!(!logs.contains("sk-up"), "a secret in the logs");
+    // Every replica down: a proxy started cold on both URLs serves from its snapshot cache.
+    wait_until("the cache written", T, || async { std::fs::read_to_string(&cache).ok().filter(|c| c.contains("/after")) }).await;
+    b.proc.kill9().await;
+    let cold = Proxy::subscribed(&format!("{},{}", a.url(), b.url()), &["--data-encryption-key", DEK, "--snapshot-cache", &cache_s]).await;
+    cold.wait_chat_status("/after", 200).await;
+    assert!(cold.ready().await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
