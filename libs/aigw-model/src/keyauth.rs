@@ -3,10 +3,11 @@
 //!
 //! A key is stored, published and looked up only as `HMAC-SHA-256(hash key, key)`, written
 //! `hmac-sha256:<64 hex>` where a key would be. The hash key is the same on aigw-config
-//! (which hashes keys it is given) and every proxy (which hashes keys clients present):
-//! derived from `--data-encryption-key` (HKDF-SHA-256), or, without one, a random key the
-//! store keeps; either way aigw-config publishes it to proxies in the key-auth settings
-//! resource (encrypted under the data key when there is one). A leaked snapshot,
+//! (which hashes keys it is given) and every proxy (which hashes keys clients present): a
+//! random key of the store, written once by the first aigw-config to start and published
+//! to proxies in the key-auth settings resource, encrypted under `--data-encryption-key`
+//! when there is one (so adding or rotating a data key keeps every stored hash valid,
+//! which a hash key derived from the data key would not). A leaked snapshot,
 //! discovery stream or `/config_dump` thus gives no usable key, and a lookup costs the
 //! same whatever part of a key is right (one HMAC, one hash-table probe).
 
@@ -14,7 +15,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::route::{ValidationError, from_value_at};
-use crate::secrets::DataKey;
 
 /// The marker of a hashed key.
 pub const HASH_PREFIX: &str = "hmac-sha256:";
@@ -98,19 +98,6 @@ impl KeyHasher {
         KeyHasher(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, hash_key))
     }
 
-    /// The hash key derived from the data encryption key (HKDF-SHA-256, fixed info), so
-    /// every service holding the data key agrees on it.
-    pub fn derive_key(data_key: &DataKey) -> [u8; 32] {
-        let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"aigw key-auth");
-        let prk = salt.extract(data_key.raw());
-        let mut out = [0u8; 32];
-        // Expanding 32 bytes of SHA-256 output with a fixed info never fails.
-        if let Ok(okm) = prk.expand(&[b"consumer key hash v1"], Len32) {
-            let _ = okm.fill(&mut out);
-        }
-        out
-    }
-
     /// A fresh random hash key (a store without a data key keeps one).
     pub fn random_key() -> [u8; 32] {
         let mut k = [0u8; 32];
@@ -129,14 +116,6 @@ impl KeyHasher {
     /// `hmac-sha256:<hex>`, the stored form of `key`.
     pub fn stored(&self, key: &str) -> String {
         format!("{HASH_PREFIX}{}", hex::encode(self.hash(key.as_bytes())))
-    }
-}
-
-struct Len32;
-
-impl ring::hkdf::KeyType for Len32 {
-    fn len(&self) -> usize {
-        32
     }
 }
 
@@ -200,11 +179,10 @@ mod tests {
 
     #[test]
     fn hashes_are_keyed_and_stable() {
-        let dk = DataKey::parse(&"11".repeat(32)).unwrap();
-        let h1 = KeyHasher::new(&KeyHasher::derive_key(&dk));
-        let h2 = KeyHasher::new(&KeyHasher::derive_key(&DataKey::parse(&"11".repeat(32)).unwrap()));
-        let other = KeyHasher::new(&KeyHasher::derive_key(&DataKey::parse(&"22".repeat(32)).unwrap()));
-        assert_eq!(h1.stored("sk-team-a"), h2.stored("sk-team-a"), "the same data key, the same hash");
+        let h1 = KeyHasher::new(&[0x11; 32]);
+        let h2 = KeyHasher::new(&[0x11; 32]);
+        let other = KeyHasher::new(&[0x22; 32]);
+        assert_eq!(h1.stored("sk-team-a"), h2.stored("sk-team-a"), "the same hash key, the same hash");
         assert_ne!(h1.stored("sk-team-a"), other.stored("sk-team-a"));
         assert_ne!(h1.stored("sk-team-a"), h1.stored("sk-team-b"));
         let s = h1.stored("sk-team-a");

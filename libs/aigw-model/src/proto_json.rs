@@ -197,6 +197,23 @@ pub fn group_from_proto(g: &pb::ConsumerGroup) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
+pub fn price_to_proto(p: &crate::prices::Price) -> pb::Price {
+    pb::Price {
+        provider: p.provider.clone(),
+        model: p.model.clone(),
+        input: p.input,
+        output: p.output,
+        cache_read: p.cache_read,
+        cache_write: p.cache_write,
+    }
+}
+
+/// Proto price → its JSON object (validated by the caller).
+pub fn price_from_proto(p: &pb::Price) -> Value {
+    serde_json::json!({"provider": p.provider, "model": p.model, "input": p.input, "output": p.output,
+        "cache_read": p.cache_read, "cache_write": p.cache_write})
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

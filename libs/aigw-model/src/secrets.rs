@@ -34,7 +34,7 @@ pub enum SecretError {
 
 /// A parsed `--data-encryption-key`.
 #[derive(Clone)]
-pub struct DataKey(Aes256Gcm, [u8; 32]);
+pub struct DataKey(Aes256Gcm);
 
 impl std::fmt::Debug for DataKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -54,19 +54,12 @@ impl DataKey {
         if bytes.len() != 32 {
             return Err(SecretError::BadKey);
         }
-        let mut raw = [0u8; 32];
-        raw.copy_from_slice(&bytes);
-        Ok(DataKey(Aes256Gcm::new_from_slice(&bytes).map_err(|_| SecretError::BadKey)?, raw))
+        Ok(DataKey(Aes256Gcm::new_from_slice(&bytes).map_err(|_| SecretError::BadKey)?))
     }
 
     /// `--data-encryption-key`, when given.
     pub fn from_flag(flag: Option<&str>) -> Result<Option<DataKey>, SecretError> {
         flag.map(|k| DataKey::parse(k).map_err(|e| SecretError::Flag(Box::new(e)))).transpose()
-    }
-
-    /// The key's bytes, for deriving other keys from it (`keyauth::KeyHasher::derive_key`).
-    pub fn raw(&self) -> &[u8; 32] {
-        &self.1
     }
 
     pub fn encrypt(&self, plain: &str) -> String {

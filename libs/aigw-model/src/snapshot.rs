@@ -28,6 +28,8 @@ pub const CONSUMER_TYPE_URL: &str = "type.googleapis.com/aigw.config.v1.Consumer
 pub const CREDENTIAL_TYPE_URL: &str = "type.googleapis.com/aigw.config.v1.Credential";
 pub const CONSUMER_GROUP_TYPE_URL: &str = "type.googleapis.com/aigw.config.v1.ConsumerGroup";
 pub use crate::keyauth::SETTINGS_TYPE_URL as KEY_AUTH_SETTINGS_TYPE_URL;
+/// Operator prices (named `{provider}/{model}`) on the discovery stream (CONTRACT §14).
+pub const PRICE_TYPE_URL: &str = "type.googleapis.com/aigw.config.v1.Price";
 
 /// Content hash of one resource (a route as stored): the same object gives the same
 /// version everywhere.

@@ -9,6 +9,7 @@ pub mod kinds;
 pub mod rest;
 pub mod service;
 pub mod store;
+pub mod usage;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,6 +40,8 @@ pub struct Config {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// With an OTLP exporter: the instruments of `/metrics` are exported too.
     pub registry: Option<Arc<aigw_telemetry::metrics::Registry>>,
+    /// `--redis URL`: where the proxies count budgets (the usage read-back reads it).
+    pub redis: Option<String>,
 }
 
 /// Serves until `shutdown` resolves, then drains for at most 5 s (discovery streams
@@ -53,6 +56,7 @@ pub async fn run(
         StoreConfig::File(dir) => Arc::new(store::file::FileStore::open(&dir)?),
         StoreConfig::Etcd(opts) => Arc::new(store::etcd::EtcdStore::new(*opts)?),
     };
+    let data_key = cfg.data_key.clone();
     if cfg.data_key.is_none() {
         tracing::warn!("no --data-encryption-key: secret fields are stored as given (reads still redact them)");
     }
@@ -63,6 +67,17 @@ pub async fn run(
         _ = &mut shutdown => return Ok(()),
     };
     let (svc, snapshots) = started.map_err(|e| anyhow::anyhow!("{describe}: {}", e.message))?;
+    // The key-auth hash key: written once by the first replica to start (a write of
+    // another replica keeps the first one: SettingsKind::prepare).
+    if svc.stored(&kinds::SETTINGS, "key-auth").is_none() {
+        let started = tokio::select! {
+            r = svc.put(&kinds::SETTINGS, kinds::consumer::new_settings(data_key.as_ref()), Some("key-auth")) => r,
+            _ = &mut shutdown => return Ok(()),
+        };
+        started.map_err(|e| anyhow::anyhow!("initialising the key-auth hash key in {describe}: {}", e.message))?;
+        tracing::info!("key-auth hash key initialised (a random key of this store)");
+    }
+    let usage = Arc::new(usage::Usage::new(cfg.redis.clone()).map_err(|e| anyhow::anyhow!("--redis: {e}"))?);
     let st = svc.store_status();
     tracing::info!(store = %describe, routes = svc.count(&kinds::ROUTES), revision = st.revision, "store opened");
     let control_plane = format!("aigw-config/{}", std::process::id());
@@ -89,7 +104,7 @@ pub async fn run(
         .add_service(DiscoveryServiceServer::new(xds.clone()))
         .prepare()
         .into_axum_router();
-    let state = rest::RestState { svc, admin_key, xds };
+    let state = rest::RestState { svc, admin_key, xds, usage };
     if let Some(r) = &cfg.registry {
         rest::observe(r, state.clone());
     }

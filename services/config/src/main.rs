@@ -63,6 +63,10 @@ struct Args {
     /// 32-byte key (64 hex chars or base64) to encrypt secret fields with AES-256-GCM.
     #[arg(long, env = "AIGW_DATA_ENCRYPTION_KEY", hide_env_values = true)]
     data_encryption_key: Option<String>,
+    /// The Redis the proxies count budgets in (`GET /aigw/admin/usage` reads it):
+    /// redis://[:password@]HOST:PORT[/DB].
+    #[arg(long, env = "AIGW_REDIS", hide_env_values = true)]
+    redis: Option<String>,
     #[command(flatten)]
     log: aigw_telemetry::LogArgs,
 }
@@ -158,7 +162,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     let result = rt.block_on(async move {
         let listener =
             tokio::net::TcpListener::bind(args.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
-        let cfg = aigw_config::Config { store, admin_key, node_token, data_key, tls, registry: exported };
+        let cfg = aigw_config::Config { store, admin_key, node_token, data_key, tls, registry: exported, redis: args.redis.clone() };
         aigw_config::run(cfg, listener, aigw_telemetry::shutdown_signal()).await
     });
     if let Some(o) = otel {

@@ -17,7 +17,8 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
-use crate::kinds::ROUTES;
+use crate::kinds::consumer::CredentialKind;
+use crate::kinds::{CONSUMERS, CREDENTIALS, GROUPS, Kind, PRICES, ROUTES};
 use crate::service::ResourceService;
 
 /// Largest admin request body. A route is a few KB; the margin lets oversized fields (a
@@ -29,12 +30,51 @@ pub struct RestState {
     pub svc: Arc<ResourceService>,
     pub admin_key: Arc<String>,
     pub xds: aigw_xds::XdsServer,
+    /// The usage read-back's Redis (`--redis`).
+    pub usage: Arc<crate::usage::Usage>,
 }
 
 pub fn router(state: RestState) -> Router {
     Router::new()
         .route("/apisix/admin/routes", get(list).put(put_body).post(post))
         .route("/apisix/admin/routes/{id}", get(get_one).put(put_path).delete(delete))
+        .route("/apisix/admin/consumers", get(|s, h| list_of(s, h, &CONSUMERS)).put(|s, h, b| put_of(s, h, b, &CONSUMERS, None)))
+        .route(
+            "/apisix/admin/consumers/{username}",
+            get(|s, p, h| get_of(s, p, h, &CONSUMERS))
+                .put(|s, p: Result<Path<String>, PathRejection>, h, b| async move { put_of(s, h, b, &CONSUMERS, Some(path_id(p)?)).await })
+                .delete(|s, p, h| delete_of(s, p, h, &CONSUMERS)),
+        )
+        .route("/apisix/admin/consumers/{username}/credentials", get(list_credentials))
+        .route(
+            "/apisix/admin/consumers/{username}/credentials/{id}",
+            get(|s, p: Result<Path<(String, String)>, PathRejection>, h| async move { get_of(s, Ok(Path(cred(p)?)), h, &CREDENTIALS).await })
+                .put(|s, p: Result<Path<(String, String)>, PathRejection>, h, b| async move {
+                    put_of(s, h, b, &CREDENTIALS, Some(cred(p)?)).await
+                })
+                .delete(|s, p: Result<Path<(String, String)>, PathRejection>, h| async move {
+                    delete_of(s, Ok(Path(cred(p)?)), h, &CREDENTIALS).await
+                }),
+        )
+        .route("/apisix/admin/consumer_groups", get(|s, h| list_of(s, h, &GROUPS)).put(|s, h, b| put_of(s, h, b, &GROUPS, None)))
+        .route(
+            "/apisix/admin/consumer_groups/{id}",
+            get(|s, p, h| get_of(s, p, h, &GROUPS))
+                .put(|s, p: Result<Path<String>, PathRejection>, h, b| async move { put_of(s, h, b, &GROUPS, Some(path_id(p)?)).await })
+                .delete(|s, p, h| delete_of(s, p, h, &GROUPS)),
+        )
+        .route("/aigw/admin/prices", get(list_prices))
+        .route(
+            "/aigw/admin/prices/{provider}/{*model}",
+            get(|s, p: Result<Path<(String, String)>, PathRejection>, h| async move { get_of(s, Ok(Path(price_name(p)?)), h, &PRICES).await })
+                .put(|s, p: Result<Path<(String, String)>, PathRejection>, h, b| async move {
+                    put_of(s, h, b, &PRICES, Some(price_name(p)?)).await
+                })
+                .delete(|s, p: Result<Path<(String, String)>, PathRejection>, h| async move {
+                    delete_of(s, Ok(Path(price_name(p)?)), h, &PRICES).await
+                }),
+        )
+        .route("/aigw/admin/usage", get(usage))
         .route("/status/nodes", get(nodes))
         .route("/status/quarantine", get(quarantine))
         .route("/status/store", get(store_status))
@@ -101,7 +141,118 @@ fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
 }
 
 fn envelope(id: &str, route: Value) -> Value {
-    json!({ "key": format!("/apisix/routes/{id}"), "value": route })
+    envelope_of(&ROUTES, id, route)
+}
+
+/// APISIX's envelope: `/apisix/{store key}` (`/apisix/consumers/bob/credentials/c1`);
+/// prices, which APISIX does not have, under `/aigw/prices/…`.
+fn envelope_of(kind: &'static dyn Kind, name: &str, value: Value) -> Value {
+    let root = if kind.plural() == PRICES.plural() { "/aigw" } else { "/apisix" };
+    json!({ "key": format!("{root}/{}", kind.key(name)), "value": value })
+}
+
+/// `(username, id)` of a credential path → its name.
+fn cred(p: Result<Path<(String, String)>, PathRejection>) -> Result<String, ApiError> {
+    let Path((u, id)) = p.map_err(|_| ApiError::invalid("username, id: a path segment is not valid UTF-8 once percent-decoded"))?;
+    Ok(CredentialKind::name(&u, &id))
+}
+
+/// `(provider, model)` of a price path (the model may hold `/`) → its name.
+fn price_name(p: Result<Path<(String, String)>, PathRejection>) -> Result<String, ApiError> {
+    let Path((provider, model)) = p.map_err(|_| ApiError::invalid("provider, model: the path is not valid UTF-8 once percent-decoded"))?;
+    Ok(format!("{provider}/{model}"))
+}
+
+async fn put_of(
+    State(s): State<RestState>,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+    kind: &'static dyn Kind,
+    name: Option<String>,
+) -> Result<Response, ApiError> {
+    check_key(&s, &headers)?;
+    let out = s.svc.put(kind, parse_body(&body(b)?)?, name.as_deref()).await?;
+    let name = out.name.clone();
+    let status = if out.created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, axum::Json(envelope_of(kind, &name, out.value))).into_response())
+}
+
+async fn get_of(
+    State(s): State<RestState>,
+    p: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    kind: &'static dyn Kind,
+) -> Result<Response, ApiError> {
+    check_key(&s, &headers)?;
+    let name = path_id(p)?;
+    let v = s.svc.get(kind, &name)?;
+    Ok(read_answer(&s, envelope_of(kind, &name, v)))
+}
+
+async fn delete_of(
+    State(s): State<RestState>,
+    p: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    kind: &'static dyn Kind,
+) -> Result<Response, ApiError> {
+    check_key(&s, &headers)?;
+    let name = path_id(p)?;
+    s.svc.delete(kind, &name).await?;
+    let root = if kind.plural() == PRICES.plural() { "/aigw" } else { "/apisix" };
+    Ok(axum::Json(json!({ "deleted": "1", "key": format!("{root}/{}", kind.key(&name)) })).into_response())
+}
+
+async fn list_of(State(s): State<RestState>, headers: HeaderMap, kind: &'static dyn Kind) -> Result<Response, ApiError> {
+    check_key(&s, &headers)?;
+    let list: Vec<Value> = s.svc.list_named(kind).into_iter().map(|(n, v)| envelope_of(kind, &n, v)).collect();
+    Ok(read_answer(&s, json!({ "total": list.len(), "list": list })))
+}
+
+async fn list_credentials(
+    State(s): State<RestState>,
+    p: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_key(&s, &headers)?;
+    let username = path_id(p)?;
+    s.svc.get(&CONSUMERS, &username)?;
+    let list: Vec<Value> = s
+        .svc
+        .list_prefix(&CREDENTIALS, &format!("consumers/{username}/credentials/"))
+        .into_iter()
+        .map(|(n, v)| envelope_of(&CREDENTIALS, &n, v))
+        .collect();
+    Ok(read_answer(&s, json!({ "total": list.len(), "list": list })))
+}
+
+/// The operator's prices and the default catalog (with its date).
+async fn list_prices(State(s): State<RestState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    check_key(&s, &headers)?;
+    let list: Vec<Value> = s.svc.list_named(&PRICES).into_iter().map(|(n, v)| envelope_of(&PRICES, &n, v)).collect();
+    let (date, defaults) = aigw_model::prices::default_catalog();
+    Ok(read_answer(&s, json!({ "total": list.len(), "list": list, "defaults": {"date": date, "prices": defaults} })))
+}
+
+async fn usage(State(s): State<RestState>, q: axum::extract::RawQuery, headers: HeaderMap) -> Result<Response, ApiError> {
+    check_key(&s, &headers)?;
+    let mut consumer = None;
+    for pair in q.0.as_deref().unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("consumer", v)) => {
+                // Usernames are [a-zA-Z0-9_-]: nothing to percent-decode.
+                aigw_model::consumer::validate_username("consumer", v).map_err(|e| ApiError::invalid(e.to_string()))?;
+                consumer = Some(v.to_owned());
+            }
+            _ => {
+                return Err(ApiError::invalid(format!(
+                    "query: unknown parameter {:?} (only consumer=NAME)",
+                    pair.chars().take(40).collect::<String>()
+                )));
+            }
+        }
+    }
+    let out = crate::usage::report(&s.svc, &s.usage, consumer.as_deref()).await?;
+    Ok(read_answer(&s, out))
 }
 
 /// Header marking a read served from a view that may be stale.
@@ -198,8 +349,15 @@ async fn nodes(State(s): State<RestState>, headers: HeaderMap) -> Result<Respons
 
 async fn quarantine(State(s): State<RestState>, headers: HeaderMap) -> Result<Response, ApiError> {
     check_key(&s, &headers)?;
-    let routes: Vec<Value> = s.svc.quarantine(&ROUTES).into_iter().map(|(id, reason)| json!({"id": id, "reason": reason})).collect();
-    Ok(read_answer(&s, json!({ "routes": routes })))
+    let mut out = serde_json::Map::new();
+    for kind in crate::kinds::all() {
+        let field = if kind.noun() == "route" { "id" } else { "name" };
+        let list: Vec<Value> = s.svc.quarantine(*kind).into_iter().map(|(n, reason)| json!({field: n, "reason": reason})).collect();
+        if kind.noun() == "route" || !list.is_empty() {
+            out.insert(kind.plural().to_owned(), Value::Array(list));
+        }
+    }
+    Ok(read_answer(&s, Value::Object(out)))
 }
 
 /// The store this replica uses, the revision its view reflects, and whether it is current.
@@ -213,7 +371,7 @@ async fn store_status(State(s): State<RestState>, headers: HeaderMap) -> Result<
 }
 
 /// Every instrument of `/metrics`: Prometheus name, OTLP name, help, counter or gauge, value.
-fn rows(s: &RestState) -> [(&'static str, &'static str, &'static str, bool, u64); 19] {
+fn rows(s: &RestState) -> [(&'static str, &'static str, &'static str, bool, u64); 23] {
     let m = s.xds.metrics();
     let w = &s.svc.metrics;
     let st = s.svc.store_status();
@@ -226,6 +384,16 @@ fn rows(s: &RestState) -> [(&'static str, &'static str, &'static str, bool, u64)
             "Stored routes left out of snapshots.",
             false,
             s.svc.quarantine(&ROUTES).len() as u64,
+        ),
+        ("aigw_config_consumers", "aigw.config.consumers", "Consumers stored.", false, s.svc.count(&CONSUMERS) as u64),
+        ("aigw_config_credentials", "aigw.config.credentials", "Consumer credentials stored.", false, s.svc.count(&CREDENTIALS) as u64),
+        ("aigw_config_consumer_groups", "aigw.config.consumer_groups", "Consumer groups stored.", false, s.svc.count(&GROUPS) as u64),
+        (
+            "aigw_config_prices",
+            "aigw.config.prices",
+            "Operator prices stored (over the default catalog).",
+            false,
+            s.svc.count(&PRICES) as u64,
         ),
         ("aigw_config_writes_total", "aigw.config.writes", "Route writes and deletes committed.", true, g(&w.writes)),
         ("aigw_config_commits_total", "aigw.config.commits", "Group commits (each one new version).", true, g(&w.commits)),

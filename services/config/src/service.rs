@@ -21,7 +21,7 @@
 //! listed by [`ResourceService::quarantine`], left out of what proxies receive, until a
 //! write replaces or a delete removes them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -71,11 +71,37 @@ struct State {
     version: String,
     /// The revision the view reflects.
     revision: Rev,
+    /// Stored key-auth hash → the consumer and credential keys holding it (uniqueness
+    /// without a scan of every consumer).
+    key_holders: HashMap<String, BTreeSet<String>>,
+}
+
+impl State {
+    fn index_keys(&mut self, key: &str, old: Option<&Value>, new: Option<&Value>) {
+        let (old, new) = (old.and_then(kinds::stored_key_hash), new.and_then(kinds::stored_key_hash));
+        if old == new {
+            return;
+        }
+        if let Some(h) = old
+            && let Some(set) = self.key_holders.get_mut(h)
+        {
+            set.remove(key);
+            if set.is_empty() {
+                self.key_holders.remove(h);
+            }
+        }
+        if let Some(h) = new {
+            self.key_holders.entry(h.to_owned()).or_default().insert(key.to_owned());
+        }
+    }
 }
 
 /// Result of a put: whether the resource is new, and what the answer shows.
+#[derive(Debug)]
 pub struct PutOutcome {
     pub created: bool,
+    /// The resource's name (from the path or the body).
+    pub name: String,
     pub value: Value,
 }
 
@@ -217,6 +243,35 @@ impl ResourceService {
         (list, state.version.clone())
     }
 
+    /// Every readable resource of a kind, with its name, in key order.
+    pub fn list_named(&self, kind: &'static dyn Kind) -> Vec<(String, Value)> {
+        self.list_prefix(kind, kind.key_prefix())
+    }
+
+    /// The readable resources of a kind whose store keys start with `key_prefix` (one
+    /// consumer's credentials: `consumers/bob/credentials/`), by name.
+    pub fn list_prefix(&self, kind: &'static dyn Kind, key_prefix: &str) -> Vec<(String, Value)> {
+        let state = self.read();
+        state
+            .entries
+            .range::<str, _>((std::ops::Bound::Included(key_prefix), std::ops::Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(key_prefix))
+            .filter_map(|(k, s)| Some((kind.name_of(k)?.to_owned(), kind.view(s.value.as_deref()?))))
+            .collect()
+    }
+
+    /// The stored (normalized, unredacted) value of a resource: for the service's own
+    /// reads (the usage read-back's budgets). Never answered to a client as is.
+    pub fn stored(&self, kind: &'static dyn Kind, name: &str) -> Option<Arc<Value>> {
+        self.read().entries.get(&kind.key(name)).and_then(|s| s.value.clone())
+    }
+
+    /// Every stored (unredacted) value of a kind, by name (the service's own reads).
+    pub fn stored_all(&self, kind: &'static dyn Kind) -> Vec<(String, Arc<Value>)> {
+        let state = self.read();
+        owned(&state.entries, kind).filter_map(|(k, s)| Some((kind.name_of(k)?.to_owned(), s.value.clone()?))).collect()
+    }
+
     pub fn count(&self, kind: &'static dyn Kind) -> usize {
         owned(&self.read().entries, kind).count()
     }
@@ -325,6 +380,24 @@ impl Lookup for Overlay<'_> {
     fn guard(&self, key: &str) -> Option<Guard> {
         Overlay::guard(self, key)
     }
+
+    fn key_holders(&self, hash: &str) -> Vec<String> {
+        let mut out: BTreeSet<String> = self
+            .state
+            .key_holders
+            .get(hash)
+            .into_iter()
+            .flatten()
+            .filter(|k| !self.staged.contains_key(k.as_str()) && self.committed(k).is_some())
+            .cloned()
+            .collect();
+        for (k, v) in &self.staged {
+            if v.as_deref().and_then(kinds::stored_key_hash) == Some(hash) {
+                out.insert(k.clone());
+            }
+        }
+        out.into_iter().collect()
+    }
 }
 
 /// One decided job.
@@ -423,7 +496,7 @@ impl Committer {
                         let value = serde_json::to_vec(&p.stored).map_err(ApiError::internal)?;
                         let answer = p.answer.unwrap_or_else(|| kind.view(&p.stored));
                         let guards: Vec<Guard> = overlay.guard(&key).into_iter().chain(p.guards).collect();
-                        let done = Done::Put(PutOutcome { created: !overlay.exists(&key), value: answer });
+                        let done = Done::Put(PutOutcome { created: !overlay.exists(&key), name: name.clone(), value: answer });
                         Ok((vec![store::Op::Put { key: key.clone(), value }], guards, done, vec![(key, Some(Arc::new(p.stored)))]))
                     })
                 }
@@ -729,6 +802,8 @@ impl Applier {
             }
         };
         tracing::debug!(key = %key, revision, "stored");
+        let old = state.entries.get(&key).and_then(|s| s.value.clone());
+        state.index_keys(&key, old.as_deref(), value.as_deref());
         state.entries.insert(key, Stored { value, revision });
     }
 
@@ -738,7 +813,9 @@ impl Applier {
             self.unpublish(next, t, name);
         }
         state.quarantine.remove(key);
-        state.entries.remove(key);
+        if let Some(old) = state.entries.remove(key) {
+            state.index_keys(key, old.value.as_deref(), None);
+        }
         tracing::debug!(key = %key, "deleted");
     }
 }
@@ -938,6 +1015,66 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(a.get(&CHILDREN, "bob/c1").err().unwrap().code, crate::error::ErrorCode::NotFound);
+    }
+
+    /// The real consumer kinds on two etcd replicas: credentials racing for one key — in
+    /// one group and across replicas — give exactly one holder (the index of hashes and
+    /// the prefix guard); once its holder is deleted the key is free again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_key_has_one_holder_across_replicas() {
+        use crate::kinds::{CONSUMERS, CREDENTIALS, SETTINGS, consumer};
+        let etcd = EtcdCluster::single().await;
+        let store = || {
+            let client = aigw_etcd::Options::new(vec![etcd.endpoint(0)]);
+            Arc::new(EtcdStore::new(EtcdOptions { client, prefix: "/keys".into(), max_txn_ops: 128 }).unwrap()) as Arc<dyn Store>
+        };
+        let (a, _sa) = ResourceService::start(store(), None).await.unwrap();
+        let (b, _sb) = ResourceService::start(store(), None).await.unwrap();
+        a.put(&SETTINGS, consumer::new_settings(None), Some("key-auth")).await.unwrap();
+        // The second replica's settings write keeps the first hash key.
+        let first = a.stored(&SETTINGS, "key-auth").unwrap();
+        b.put(&SETTINGS, consumer::new_settings(None), Some("key-auth")).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while b.stored(&SETTINGS, "key-auth").as_deref() != Some(&*first) || a.stored(&SETTINGS, "key-auth").as_deref() != Some(&*first) {
+            assert!(tokio::time::Instant::now() < deadline, "the settings never converged");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for u in ["u1", "u2"] {
+            a.put(&CONSUMERS, json!({"username": u}), None).await.unwrap();
+        }
+        while b.count(&CONSUMERS) < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let svc = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let name = consumer::CredentialKind::name(if i < 4 { "u1" } else { "u2" }, &format!("c{i}"));
+            tasks.push(tokio::spawn(async move {
+                svc.put(&CREDENTIALS, json!({"plugins": {"key-auth": {"key": "the-one-key"}}}), Some(&name)).await.map(|_| name)
+            }));
+        }
+        let mut holders = Vec::new();
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(name) => holders.push(name),
+                Err(e) => assert!(e.message.contains("already used") || e.code == crate::error::ErrorCode::Conflict, "{e:?}"),
+            }
+        }
+        assert_eq!(holders.len(), 1, "exactly one holder: {holders:?}");
+        // The key is taken: a later write anywhere is refused, by name.
+        let e = b.put(&CONSUMERS, json!({"username": "u3", "plugins": {"key-auth": {"key": "the-one-key"}}}), None).await.unwrap_err();
+        assert!(e.message.contains("already used"), "{e:?}");
+        // Deleting its consumer (and so the credential) frees it.
+        let (owner, _) = consumer::CredentialKind::split(&holders[0]).unwrap();
+        a.delete(&CONSUMERS, owner).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match b.put(&CONSUMERS, json!({"username": "u3", "plugins": {"key-auth": {"key": "the-one-key"}}}), None).await {
+                Ok(_) => break,
+                Err(e) => assert!(tokio::time::Instant::now() < deadline, "never freed: {e:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aigw_model::keyauth::KeyHasher;
-use aigw_model::proto_json::{consumer_from_proto, credential_from_proto, group_from_proto, route_from_proto};
+use aigw_model::prices::Price;
+use aigw_model::proto_json::{consumer_from_proto, credential_from_proto, group_from_proto, price_from_proto, route_from_proto};
 use aigw_model::secrets::DataKey;
 use aigw_model::snapshot::{
-    CONSUMER_GROUP_TYPE_URL, CONSUMER_TYPE_URL, CREDENTIAL_TYPE_URL, KEY_AUTH_SETTINGS_TYPE_URL, ROUTE_TYPE_URL, parse_config_file,
-    resource_version, version_of,
+    CONSUMER_GROUP_TYPE_URL, CONSUMER_TYPE_URL, CREDENTIAL_TYPE_URL, KEY_AUTH_SETTINGS_TYPE_URL, PRICE_TYPE_URL, ROUTE_TYPE_URL,
+    parse_config_file, resource_version, version_of,
 };
 use aigw_proto::config::v1 as pb;
 use aigw_proto::discovery::v1::Resource;
@@ -278,8 +279,8 @@ pub struct XdsSource {
 }
 
 /// The type URLs a proxy subscribes to.
-pub const TYPE_URLS: [&str; 5] =
-    [ROUTE_TYPE_URL, CONSUMER_TYPE_URL, CREDENTIAL_TYPE_URL, CONSUMER_GROUP_TYPE_URL, KEY_AUTH_SETTINGS_TYPE_URL];
+pub const TYPE_URLS: [&str; 6] =
+    [ROUTE_TYPE_URL, CONSUMER_TYPE_URL, CREDENTIAL_TYPE_URL, CONSUMER_GROUP_TYPE_URL, KEY_AUTH_SETTINGS_TYPE_URL, PRICE_TYPE_URL];
 
 fn consumer_kind(type_url: &str) -> Option<Kind> {
     match type_url {
@@ -303,6 +304,11 @@ fn resource_change(r: Resource) -> Result<Change, String> {
         let route = route_from_proto(&pb::Route::decode(bytes).map_err(bad)?);
         return Ok(Change::Upsert { id: r.name, version: r.version, route });
     }
+    if r.type_url == PRICE_TYPE_URL {
+        let p = price_from_proto(&pb::Price::decode(bytes).map_err(bad)?);
+        let price = Price::from_json(&p).map_err(|e| format!("price {:?}: {e}", r.name))?;
+        return Ok(Change::Price { name: r.name, version: r.version, price: Some(price) });
+    }
     let kind = consumer_kind(&r.type_url).ok_or_else(|| format!("resource {:?}: unknown type {:?}", r.name, r.type_url))?;
     let value = match kind {
         Kind::Consumer => consumer_from_proto(&pb::Consumer::decode(bytes).map_err(bad)?),
@@ -316,6 +322,9 @@ fn resource_change(r: Resource) -> Result<Change, String> {
 fn removed_change(type_url: &str, name: String) -> Result<Change, String> {
     if type_url == ROUTE_TYPE_URL {
         return Ok(Change::Remove { id: name });
+    }
+    if type_url == PRICE_TYPE_URL {
+        return Ok(Change::Price { name, version: String::new(), price: None });
     }
     match consumer_kind(type_url) {
         Some(kind) => Ok(Change::Consumer(consumers::Change { kind, name, version: String::new(), value: None })),

@@ -12,6 +12,8 @@
 //! kind whose [`Kind::name_of`] accepts a store key owns it, so a nested kind
 //! (`consumers/{u}/credentials/{id}`) comes before its parent (`consumers/{u}`).
 
+pub mod consumer;
+pub mod price;
 pub mod route;
 
 use aigw_model::secrets::DataKey;
@@ -31,6 +33,9 @@ pub trait Lookup {
     /// A guard that `key` is still as this write sees it, existing or not (readable or
     /// not). None when an earlier write of the same group made it what it is.
     fn guard(&self, key: &str) -> Option<Guard>;
+    /// The keys of the readable consumers and credentials whose stored key-auth key is
+    /// `hash` (an index: no scan of every consumer).
+    fn key_holders(&self, hash: &str) -> Vec<String>;
 }
 
 /// The context of one write.
@@ -125,11 +130,21 @@ pub trait Kind: Send + Sync + 'static {
 }
 
 pub static ROUTES: route::RouteKind = route::RouteKind;
+pub static CONSUMERS: consumer::ConsumerKind = consumer::ConsumerKind;
+pub static CREDENTIALS: consumer::CredentialKind = consumer::CredentialKind;
+pub static GROUPS: consumer::GroupKind = consumer::GroupKind;
+pub static SETTINGS: consumer::SettingsKind = consumer::SettingsKind;
+pub static PRICES: price::PriceKind = price::PriceKind;
 
-/// Every kind, in the order keys are matched.
+/// Every kind, in the order keys are matched (credentials before their consumers).
 pub fn all() -> &'static [&'static dyn Kind] {
-    static ALL: [&dyn Kind; 1] = [&ROUTES];
+    static ALL: [&dyn Kind; 6] = [&ROUTES, &CREDENTIALS, &CONSUMERS, &GROUPS, &SETTINGS, &PRICES];
     &ALL
+}
+
+/// The stored key-auth key of a consumer or credential value (`hmac-sha256:…`).
+pub fn stored_key_hash(v: &Value) -> Option<&str> {
+    v.pointer("/plugins/key-auth/key").and_then(Value::as_str)
 }
 
 /// Kinds a service serves, in the order keys are matched ([`all`] in production; tests

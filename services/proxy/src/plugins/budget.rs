@@ -56,12 +56,6 @@ pub fn period_of(p: BudgetPeriod) -> Period {
     }
 }
 
-/// The spend key of `scope` (`consumer:NAME` or `route:ID`) in the period `w` of `p`; the
-/// tokens key is the same with `:tokens`.
-pub fn spend_key(scope: &str, p: Period, w: &Window) -> String {
-    format!("aigw:budget:{scope}:{}:{}", p.tag(), w.index)
-}
-
 pub fn factory(conf: &Value, env: &PluginEnv<'_>) -> Result<Arc<dyn Plugin>, PluginError> {
     let c: AiBudget = from_value_at("plugins.ai-budget", conf).map_err(|e| PluginError::new(NAME, e.message))?;
     let mut r = c.redis();
@@ -133,7 +127,7 @@ impl Plugin for Budget {
             me.route_scope.clone()
         };
         let window = me.period.at(me.store.now_ms());
-        let key = spend_key(&scope, me.period, &window);
+        let key = aigw_limits::period::budget_key(&scope, me.period, &window);
         Step::Wait(Box::pin(async move {
             let reading = me.store.read(std::slice::from_ref(&key)).await;
             let Some(spent) = reading.counts().map(|c| c.first().copied().unwrap_or(0)) else {
