@@ -361,7 +361,9 @@ async fn discovery_is_always_authenticated_and_a_generated_token_is_printed_once
         assert_eq!(err.code(), tonic::Code::Unauthenticated, "{token:?}: {err:?}");
     }
     let ok = discover(&cfg.url(), Some(NODE_TOKEN), None).await.unwrap();
-    assert!(ok.full_state && ok.resources.len() == 1 && ok.resources[0].name == "chat");
+    // Every type when none is named: the route, and the key-auth settings (the hash key).
+    let routes: Vec<_> = ok.resources.iter().filter(|r| r.type_url == aigw_model::snapshot::ROUTE_TYPE_URL).collect();
+    assert!(ok.full_state && routes.len() == 1 && routes[0].name == "chat", "{:?}", ok.resources);
     let metrics = http::get(&format!("http://{}/metrics", cfg.addr), &[]).await.unwrap().text();
     assert!(metrics.contains("aigw_xds_unauthenticated_total 3"), "{metrics}");
     // A proxy with the wrong token is refused, says why, and stays unready.
