@@ -162,7 +162,7 @@ fn tag_kind(t: &str) -> Option<Kind> {
 
 impl SnapshotCache {
     /// `{"version", "resources": [{"name", "version", "route"} | {"type", "name", "version",
-    /// "value"}]}`; the first release's `{"version", "routes": [...]}` is read too.
+    /// "value"}]}` (types: the consumer kinds and `price`); the first release's `{"version", "routes": [...]}` is read too.
     pub fn load(&self) -> Option<(String, Vec<Change>)> {
         let bytes = std::fs::read(&self.path).ok()?;
         let mut v: Value = match serde_json::from_slice(&bytes) {
@@ -183,6 +183,10 @@ impl SnapshotCache {
                             let route = r.get_mut("route")?.take();
                             let id = route.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
                             Some(Change::Upsert { id, version, route })
+                        }
+                        Some("price") => {
+                            let price = Price::from_json(r.get("value")?).ok()?;
+                            Some(Change::Price { name, version, price: Some(price) })
                         }
                         Some(t) => {
                             let kind = tag_kind(t)?;
@@ -241,6 +245,18 @@ impl SnapshotCache {
             out.push_str(&text(&src.version));
             out.push_str(",\"value\":");
             out.push_str(&src.source);
+            out.push('}');
+        }
+        for (name, (version, price)) in &cfg.price_entries {
+            if !std::mem::take(&mut first) {
+                out.push(',');
+            }
+            out.push_str("{\"type\":\"price\",\"name\":");
+            out.push_str(&text(name));
+            out.push_str(",\"version\":");
+            out.push_str(&text(version));
+            out.push_str(",\"value\":");
+            out.push_str(&serde_json::to_string(price).unwrap_or_else(|_| "null".into()));
             out.push('}');
         }
         out.push_str("]}");
@@ -407,8 +423,18 @@ mod tests {
             Arc::from("a"),
             Arc::new(runtime::Entry { version: "rv".into(), source: route.to_string().into_boxed_str(), compiled: None }),
         );
+        let price = Price::from_json(&json!({"provider": "openai", "model": "gpt-x", "input": 1.0, "output": 2.0})).unwrap();
+        cfg.price_entries.insert("openai/gpt-x".into(), ("pv".into(), price.clone()));
         cache.store(&cfg).unwrap();
         let (version, changes) = cache.load().unwrap();
+        let prices: Vec<_> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Price { name, version, price } => Some((name.clone(), version.clone(), price.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(prices, vec![("openai/gpt-x".to_owned(), "pv".to_owned(), Some(price))], "operator prices are cached too");
         let routes: Vec<(String, Value)> = changes
             .into_iter()
             .filter_map(|c| match c {
