@@ -137,7 +137,7 @@ out="bench/results/$(date -u +%Y-%m-%d)-consumers-scale-$commit.md"
   echo
   echo "\`bench/consumers-scale.sh $N $C\`: release builds, aigw-config (file store, data encryption key) and one"
   echo "subscribed aigw-proxy on 127.0.0.1, driven by Python http.client keep-alive clients. Key lookup cost"
-  echo "against the number of consumers: the criterion bench \`cargo bench -p aigw-proxy --bench proxy_paths -- consumer\`."
+  echo "against the number of consumers: the criterion bench \`cargo bench -p aigw-proxy --bench proxy_paths -- key_auth\`."
   echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs);"
   echo "load average at the start: $LOAD_AT_START, at the end: $LOAD_AT_END; busiest processes at the start: $BUSY_AT_START."
   echo
