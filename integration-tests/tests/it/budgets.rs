@@ -48,8 +48,12 @@ async fn the_cost_of_every_request_is_computed_once_from_the_catalog() {
     ]});
     std::fs::write(&file, routes.to_string()).unwrap();
     let fmt = "$route_id|$request_type|$llm_cost";
+    let col = aigw_testkit::otlp::Collector::start().await;
+    let endpoint = col.grpc_endpoint();
+    let env =
+        [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "50"), ("OTEL_METRIC_EXPORT_INTERVAL", "200")];
     let p =
-        Proxy::start(&["--routes", file.to_str().unwrap(), "--access-log", log.to_str().unwrap(), "--access-log-format", fmt], &[]).await;
+        Proxy::start(&["--routes", file.to_str().unwrap(), "--access-log", log.to_str().unwrap(), "--access-log-format", fmt], &env).await;
     let url = |path: &str| format!("{}{path}", p.data);
     // Chat: 23 × $10 + 8 × $100 per million = $0.001030.
     assert_eq!(http::post_json(&url("/v1/chat/completions"), &[], &chat()).await.unwrap().status, 200);
@@ -89,6 +93,42 @@ async fn the_cost_of_every_request_is_computed_once_from_the_catalog() {
         ),
         "{metrics}"
     );
+    // The same figure in the cost counter (by route) and on each SERVER span.
+    let cost_of = |route: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("aigw_gen_ai_cost_total{") && l.contains(&format!("aigw_route_id=\"{route}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    for (route, want) in [("chat", 0.001030 * 2.0 + 0.000410), ("claude", 0.001035), ("bedrock", 0.000177), ("mystery", 0.0)] {
+        assert!((cost_of(route) - want).abs() < 1e-9, "{route}: counter {} vs {want}\n{metrics}", cost_of(route));
+    }
+    let mut costs = col
+        .wait_spans("six SERVER spans", T, |spans| {
+            let server: Vec<_> = spans.iter().filter(|s| s.kind() == "server").collect();
+            (server.len() == 6).then(|| {
+                server.iter().map(|s| (s.str("aigw.route_id").unwrap_or("").to_owned(), s.double("aigw.usage.cost"))).collect::<Vec<_>>()
+            })
+        })
+        .await;
+    costs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let want = [
+        ("bedrock", Some(0.000177)),
+        ("chat", Some(0.000410)),
+        ("chat", Some(0.001030)),
+        ("chat", Some(0.001030)),
+        ("claude", Some(0.001035)),
+        ("mystery", None),
+    ];
+    for ((route, got), (wr, w)) in costs.iter().zip(want) {
+        assert_eq!(route, wr, "{costs:?}");
+        match (got, w) {
+            (Some(g), Some(w)) => assert!((g - w).abs() < 1e-9, "{route}: span {g} vs {w}"),
+            (None, None) => {}
+            _ => panic!("{route}: span cost {got:?}, want {w:?} (an unpriced request has none)"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
