@@ -174,3 +174,51 @@ async fn a_consumer_budget_holds_across_two_proxies() {
     let r = http::post_json(&format!("{}/v1/chat/completions", ps[0].data), &[("apikey", "kb")], &chat()).await.unwrap();
     assert_eq!((r.status.as_u16(), r.headers["x-ai-budget-remaining"].to_str().unwrap()), (200, "0.010000"));
 }
+
+/// The official SDKs on budgeted consumers: served, then each raises its own rate-limit
+/// error once the budget is spent (integration-tests/py/budget_sdks.py).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdks_see_a_spent_budget_as_their_rate_limit_error() {
+    let Some(python) = crate::common::python_with(&["openai", "anthropic", "boto3"]) else { return };
+    let redis = RedisServer::start().await;
+    let up = FakeServer::start(ProviderSpec::new("up", AuthCheck::Bearer("sk-up".into())).handler()).await;
+    let keys = AwsKeys::example();
+    let br = FakeServer::start(bedrock(keys.clone(), "us-east-1")).await;
+    let dir = TempDir::new("budget-sdks");
+    let file = dir.path().join("routes.json");
+    // $0.001030 a chat request: a $0.0025 budget serves two or three, then refuses; a
+    // Bedrock request is $0.000177 (default catalog): $0.0004 serves two or three.
+    let budget = |b: f64| json!({"budget": b, "period": "day"});
+    let routes = json!({"prices": prices(),
+    "consumers": [
+        {"username": "oa", "plugins": {"key-auth": {"key": "k-oa"}, "ai-budget": budget(0.0025)}},
+        {"username": "an", "plugins": {"key-auth": {"key": "k-an"}, "ai-budget": budget(0.0025)}},
+        {"username": "br", "plugins": {"key-auth": {"key": "k-br"}, "ai-budget": budget(0.0004)}}
+    ],
+    "routes": [
+        {"id": "chat", "uris": ["/v1/chat/completions", "/v1/messages"], "plugins": {"key-auth": {}, "ai-proxy": openai(&up, "gpt-4o-mini")}},
+        {"id": "bedrock", "uri": "/model/*", "plugins": {"key-auth": {}, "ai-proxy": {"provider": "bedrock",
+            "auth": {"aws": {"access_key_id": keys.access_key_id, "secret_access_key": keys.secret_access_key}},
+            "provider_conf": {"region": "us-east-1"}, "override": {"endpoint": br.url()}}}}
+    ]});
+    std::fs::write(&file, routes.to_string()).unwrap();
+    let p = Proxy::start(&["--routes", file.to_str().unwrap(), "--redis", &redis.url()], &[]).await;
+    let data: std::net::SocketAddr = p.data.trim_start_matches("http://").parse().unwrap();
+    let front = aigw_testkit::tls_front::TlsFront::start(data, dir.path()).await;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("py/budget_sdks.py");
+    let out = tokio::process::Command::new(&python)
+        .arg(&script)
+        .env("AIGW_URL", &p.data)
+        .env("AIGW_TLS_URL", &front.url)
+        .env("AWS_CA_BUNDLE", &front.ca_file)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("OA_KEY", "k-oa")
+        .env("AN_KEY", "k-an")
+        .env("BR_KEY", "k-br")
+        .output()
+        .await
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("openai: OK") && text.contains("anthropic: OK") && text.contains("boto3: OK"), "{text}");
+}
