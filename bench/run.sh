@@ -141,10 +141,47 @@ cat >> "$work/routes.yaml" <<ROUTES
           - {name: w5, provider: openai-compatible, weight: 5, auth: {header: {Authorization: "Bearer bench"}},
              options: {model: gpt-4o-mini}, override: {endpoint: "http://$UP/v1/chat/completions"}}
 ROUTES
+# Policies (issues 19, 20): a key-auth route, and a route with a token limit counted in a
+# local redis-server (a limit no request reaches: admission and charge, never a refusal).
+REDIS_PORT=16379
+REDIS_ARGS=()
+if command -v redis-server >/dev/null 2>&1; then
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no > "$work/redis.log" 2>&1 & echo $! > "$work/redis.pid"
+  for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  REDIS_ARGS=(--redis "redis://127.0.0.1:$REDIS_PORT")
+  cat >> "$work/routes.yaml" <<ROUTES
+  - id: keyauth
+    uri: /ka/v1/chat/completions
+    plugins:
+      key-auth: {}
+      ai-proxy:
+        provider: openai-compatible
+        auth: {header: {Authorization: "Bearer bench"}}
+        options: {model: gpt-4o-mini}
+        override: {endpoint: "http://$UP/v1/chat/completions"}
+  - id: limited
+    uri: /rl/v1/chat/completions
+    plugins:
+      ai-rate-limiting: {limit: 1000000000000, time_window: 3600, policy: redis}
+      ai-proxy:
+        provider: openai-compatible
+        auth: {header: {Authorization: "Bearer bench"}}
+        options: {model: gpt-4o-mini}
+        override: {endpoint: "http://$UP/v1/chat/completions"}
+consumers:
+  - username: bench
+    plugins:
+      key-auth: {key: bench-consumer-key-0123456789}
+ROUTES
+else
+  echo "bench: no redis-server: the key-auth and limited rows are skipped" >&2
+fi
 start_proxy() { # NAME BINARY PORT STATUS_PORT [ROUTES_FILE]
   # A leftover from an interrupted run would answer the readiness check below.
   if curl -s -o /dev/null "http://127.0.0.1:$4/readyz"; then echo "bench: port $4 is already in use (a leftover run?)" >&2; exit 1; fi
-  "$2" --routes "${5:-$work/routes.yaml}" --listen "127.0.0.1:$3" --status-listen "127.0.0.1:$4" --access-log off --log-level warn 2>"$work/$1.log" &
+  local extra=()
+  if [ -z "${5:-}" ]; then extra=("${REDIS_ARGS[@]}"); fi
+  "$2" --routes "${5:-$work/routes.yaml}" "${extra[@]}" --listen "127.0.0.1:$3" --status-listen "127.0.0.1:$4" --access-log off --log-level warn 2>"$work/$1.log" &
   echo $! > "$work/$1.pid"
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$4/readyz" >/dev/null && break; sleep 0.1; done
   curl -sf "http://127.0.0.1:$4/readyz" >/dev/null || { echo "bench: $1 did not start:" >&2; cat "$work/$1.log" >&2; exit 1; }
@@ -212,6 +249,10 @@ for r in $(seq "$ROUNDS"); do
     wrk_run aigw-anthropic "http://$GW/v1/messages" anthropic_request.json "$c" "$PID"
     wrk_run aigw-multi1 "http://$GW/multi1/v1/chat/completions" chat_request.json "$c" "$PID"
     wrk_run aigw-multi4 "http://$GW/multi4/v1/chat/completions" chat_request.json "$c" "$PID"
+    if [ "${#REDIS_ARGS[@]}" -gt 0 ]; then
+      API_KEY=bench-consumer-key-0123456789 wrk_run aigw-keyauth "http://$GW/ka/v1/chat/completions" chat_request.json "$c" "$PID"
+      wrk_run aigw-limited "http://$GW/rl/v1/chat/completions" chat_request.json "$c" "$PID"
+    fi
     if [ -n "$BPID" ]; then
       wrk_run base "http://$BGW/v1/chat/completions" chat_request.json "$c" "$BPID"
       wrk_run base-anthropic "http://$BGW/v1/messages" anthropic_request.json "$c" "$BPID"
@@ -245,6 +286,7 @@ fi
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 out="bench/results/$(date -u +%Y-%m-%d)-$commit.md"
 names="direct nginx-hop aigw aigw-anthropic aigw-multi1 aigw-multi4"
+if [ "${#REDIS_ARGS[@]}" -gt 0 ]; then names="$names aigw-keyauth aigw-limited"; fi
 if [ -n "$BPID" ]; then names="$names base base-anthropic"; fi
 if [ -n "$OPID" ]; then names="$names aigw-otel"; fi
 {
@@ -270,6 +312,12 @@ if [ -n "$OPID" ]; then names="$names aigw-otel"; fi
   echo "- throughput at c32: nginx hop $(div "$h32" "$d32") × direct; aigw $(div "$a32" "$d32") × direct = $(div "$a32" "$h32") × the hop"
   read -r _ _ _ cpu_pass <<<"$(row aigw 32)"; read -r _ _ _ cpu_m1 <<<"$(row aigw-multi1 32)"; read -r _ _ _ cpu_m4 <<<"$(row aigw-multi4 32)"
   echo "- ai-proxy-multi CPU µs/req at c32: 1 instance $cpu_m1, 4 weighted $cpu_m4 (ai-proxy $cpu_pass; bar: 1 instance within noise, 4 weighted < +2 µs)"
+  if [ "${#REDIS_ARGS[@]}" -gt 0 ]; then
+    read -r _ _ _ cpu_ka <<<"$(row aigw-keyauth 32)"; read -r _ _ _ cpu_rl <<<"$(row aigw-limited 32)"
+    k1=$(col aigw-keyauth 1 4 | to_ms | median); l1=$(col aigw-limited 1 4 | to_ms | median)
+    echo "- key-auth route: CPU µs/req at c32 $cpu_ka vs $cpu_pass without it ($(sub "$cpu_ka" "$cpu_pass") µs; bar ≤ +1 µs); added p50 at c1 $(sub "$k1" "$a1") ms"
+    echo "- token-limited route (ai-rate-limiting, policy redis, a local redis-server): added p50 at c1 $(sub "$l1" "$a1") ms (bar ≤ +0.1 ms), CPU µs/req at c32 $cpu_rl ($(sub "$cpu_rl" "$cpu_pass") µs; bar ≤ +5 µs)"
+  fi
   if [ -n "$BPID" ]; then
     b1=$(col base 1 4 | to_ms | median); bn1=$(col base-anthropic 1 4 | to_ms | median); b32=$(col base 32 3 | median)
     echo "- baseline ($BASELINE_REV): added p50 at c1 pass-through $(sub "$b1" "$d1") ms, Anthropic $(sub "$bn1" "$d1") ms; c32 $(div "$b32" "$d32") × direct; this build / baseline throughput at c32: $(div "$a32" "$b32")"
