@@ -192,6 +192,11 @@ impl AiRateLimiting {
 pub const COST_VARS: [&str; 6] =
     ["input_tokens", "cached_input_tokens", "cache_creation_input_tokens", "output_tokens", "reasoning_tokens", "total_tokens"];
 
+/// Why a `cost_expr` does not parse (where, and what).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ExprError(pub String);
+
 /// A parsed `cost_expr`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expr {
@@ -204,7 +209,11 @@ pub enum Expr {
 
 impl Expr {
     /// Parses arithmetic over [`COST_VARS`]; the error says where and what.
-    pub fn parse(src: &str) -> Result<Expr, String> {
+    pub fn parse(src: &str) -> Result<Expr, ExprError> {
+        Self::parse_str(src).map_err(ExprError)
+    }
+
+    fn parse_str(src: &str) -> Result<Expr, String> {
         let toks = tokenize(src)?;
         let mut p = Parser { toks: &toks, i: 0 };
         let e = p.expr()?;
@@ -443,7 +452,7 @@ pub(crate) fn validate(path: &str, conf: &Value) -> Result<(), ValidationError> 
             return Err(ValidationError::new(format!("{path}.cost_expr"), "is required with limit_strategy expression"));
         }
         (Strategy::Expression, Some(e)) => {
-            Expr::parse(e).map_err(|m| ValidationError::new(format!("{path}.cost_expr"), m))?;
+            Expr::parse(e).map_err(|m| ValidationError::new(format!("{path}.cost_expr"), m.0))?;
         }
         (_, Some(_)) => return Err(ValidationError::new(format!("{path}.cost_expr"), "is only used with limit_strategy expression")),
         _ => {}
@@ -486,7 +495,7 @@ mod tests {
             ("input_tokens output_tokens", "unexpected \"output_tokens\""),
         ] {
             let e = Expr::parse(bad).unwrap_err();
-            assert!(e.contains(want), "{bad}: {e}");
+            assert!(e.0.contains(want), "{bad}: {e}");
         }
     }
 

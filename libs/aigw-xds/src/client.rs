@@ -47,7 +47,10 @@ pub struct Update {
 
 /// Applies an update: Ok = now serving it; Err = rejected (nothing of it applied), with
 /// the reason.
-pub type Applier = Arc<dyn Fn(Update) -> Result<(), String> + Send + Sync>;
+pub type Applier = Arc<dyn Fn(Update) -> Result<(), ApplyRejected> + Send + Sync>;
+
+/// Why an applier rejected an update: the NACK's message is its display.
+pub type ApplyRejected = Box<dyn std::error::Error + Send + Sync>;
 
 /// What the client has received, for metrics and benchmarks.
 #[derive(Debug, Default)]
@@ -279,7 +282,8 @@ async fn one_stream(cfg: &ClientConfig, endpoint: &str, applier: &Applier, versi
         };
         let applier = applier.clone();
         // Compiling a large update is CPU work: keep it off the async workers.
-        let result = tokio::task::spawn_blocking(move || applier(update)).await.unwrap_or_else(|e| Err(format!("applier panicked: {e}")));
+        let result =
+            tokio::task::spawn_blocking(move || applier(update)).await.unwrap_or_else(|e| Err(format!("applier panicked: {e}").into()));
         let ack = match result {
             Ok(()) => {
                 cfg.stats.acks.fetch_add(1, Ordering::Relaxed);
@@ -293,7 +297,7 @@ async fn one_stream(cfg: &ClientConfig, endpoint: &str, applier: &Applier, versi
                 StreamSnapshotsRequest {
                     system_version_info: version.clone(),
                     response_nonce: nonce,
-                    error_detail: Some(ErrorDetail { code: tonic::Code::InvalidArgument as i32, message: reason }),
+                    error_detail: Some(ErrorDetail { code: tonic::Code::InvalidArgument as i32, message: reason.to_string() }),
                     ..Default::default()
                 }
             }

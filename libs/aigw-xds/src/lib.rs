@@ -6,5 +6,5 @@
 pub mod client;
 pub mod server;
 
-pub use client::{Applier, ClientConfig, ClientStats, Update};
+pub use client::{Applier, ApplyRejected, ClientConfig, ClientStats, Update};
 pub use server::{Metrics, NodeStatus, Snapshot, TypeSet, XdsServer, secret_eq};

@@ -34,12 +34,12 @@ pub struct Usage {
 
 impl Usage {
     /// Needs a tokio runtime (the Redis client connects on first use).
-    pub fn new(redis: Option<String>) -> Result<Usage, String> {
+    pub fn new(redis: Option<String>) -> Result<Usage, aigw_limits::ConfigError> {
         let counters = aigw_limits::Counters::new(redis.clone(), aigw_limits::system_clock());
         let store = match redis {
             Some(_) => {
                 let spec = StoreSpec { redis: true, allow_degradation: false, url: None, timeout: Duration::from_secs(1) };
-                Some(counters.store(&spec).map_err(|e| e.to_string())?)
+                Some(counters.store(&spec)?)
             }
             None => None,
         };

@@ -389,7 +389,7 @@ pub async fn run_xds(src: XdsSource, state: Arc<AppState>, shutdown: impl std::f
             }
             Err(e) => {
                 crate::metrics::Metrics::add(&st.metrics.config_rejected, 1);
-                Err(e.to_string())
+                Err(Box::new(e))
             }
         }
     });

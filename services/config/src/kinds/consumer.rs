@@ -53,19 +53,29 @@ fn hasher(ctx: &WriteCtx<'_>) -> Result<KeyHasher, ApiError> {
     settings_key(v, ctx.data_key).map(|k| KeyHasher::new(&k)).map_err(ApiError::internal)
 }
 
+/// Why the stored key-auth settings give no hash key.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("no hash_key")]
+    Missing,
+    #[error("the hash key is encrypted and this service has no --data-encryption-key")]
+    NoDataKey,
+    #[error("hash_key: {0}")]
+    Decrypt(String),
+    #[error("hash_key: not 32 bytes of base64")]
+    Malformed,
+}
+
 /// The 32-byte hash key of a settings value.
-pub fn settings_key(v: &Value, data_key: Option<&DataKey>) -> Result<[u8; 32], String> {
-    let raw = v.get("hash_key").and_then(Value::as_str).ok_or("no hash_key")?;
+pub fn settings_key(v: &Value, data_key: Option<&DataKey>) -> Result<[u8; 32], SettingsError> {
+    let raw = v.get("hash_key").and_then(Value::as_str).ok_or(SettingsError::Missing)?;
     let b64 = if secrets::is_encrypted(raw) {
-        data_key
-            .ok_or("the hash key is encrypted and this service has no --data-encryption-key")?
-            .decrypt(raw, "hash_key")
-            .map_err(|e| e.to_string())?
+        data_key.ok_or(SettingsError::NoDataKey)?.decrypt(raw, "hash_key").map_err(|e| SettingsError::Decrypt(e.to_string()))?
     } else {
         raw.to_owned()
     };
-    let bytes = base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|_| "hash_key: not base64")?;
-    bytes.try_into().map_err(|_| "hash_key: not 32 bytes".to_owned())
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|_| SettingsError::Malformed)?;
+    bytes.try_into().map_err(|_| SettingsError::Malformed)
 }
 
 /// A fresh settings value (a random hash key, encrypted under `data_key` when given).
@@ -453,11 +463,11 @@ impl Kind for SettingsKind {
     /// so no stored hash ever becomes unusable.
     fn prepare(&self, ctx: &WriteCtx<'_>, _name: &str, body: Value, existing: Option<&Value>) -> Result<Prepared, ApiError> {
         let stored = existing.cloned().unwrap_or(body);
-        settings_key(&stored, ctx.data_key).map_err(ApiError::invalid)?;
+        settings_key(&stored, ctx.data_key).map_err(|e| ApiError::invalid(e.to_string()))?;
         Ok(Prepared { stored, answer: Some(json!({"hash_key": REDACTED})), guards: Vec::new() })
     }
     fn check(&self, _name: &str, stored: &Value, key: Option<&DataKey>) -> Result<Option<Published>, String> {
-        settings_key(stored, key)?;
+        settings_key(stored, key).map_err(|e| e.to_string())?;
         let raw = stored.get("hash_key").and_then(Value::as_str).unwrap_or_default().to_owned();
         let pb = aigw_proto::config::v1::KeyAuthSettings { hash_key: raw };
         Ok(Some(publish(KEY_AUTH_SETTINGS_TYPE_URL, stored, pb.encode_to_vec())))
