@@ -140,19 +140,7 @@ fn unique(ctx: &WriteCtx<'_>, me: &str, v: &Value) -> Result<Vec<crate::store::G
     Ok(vec![ctx.prefix_unchanged("consumers/")])
 }
 
-fn undecryptable(v: &Value, key: Option<&DataKey>) -> Option<String> {
-    let mut bad = None;
-    secrets::for_each_secret(&mut v.clone(), |path, s| {
-        if bad.is_none() && secrets::is_encrypted(s) {
-            match key {
-                None => bad = Some(format!("{path}: is encrypted but this service has no --data-encryption-key")),
-                Some(k) if k.decrypt(s, path).is_err() => bad = Some(format!("{path}: cannot be decrypted with this service's key")),
-                _ => {}
-            }
-        }
-    });
-    bad
-}
+use super::route::undecryptable;
 
 /// A stored key must be a hash: anything else (an APISIX-written clear or encrypted key)
 /// is quarantined rather than published.

@@ -33,7 +33,7 @@ pub fn view(stored: &Value) -> Value {
 }
 
 /// The first secret that is encrypted but cannot be decrypted with `key`.
-fn undecryptable(v: &Value, key: Option<&DataKey>) -> Option<String> {
+pub fn undecryptable(v: &Value, key: Option<&DataKey>) -> Option<String> {
     let mut bad = None;
     secrets::for_each_secret(&mut v.clone(), |path, s| {
         if bad.is_none() && secrets::is_encrypted(s) {
