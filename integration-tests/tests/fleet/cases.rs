@@ -542,3 +542,147 @@ async fn c1_config_replica_then_etcd_member_killed_under_load() {
     load.settle(load::RATE).await;
     load::assert_clean(&load.finish().await, 3 * load::RATE);
 }
+
+/// One request to the limited route: `(status, tokens the answer reported)`.
+async fn limited_chat(url: &str) -> (u16, u64, http::Reply) {
+    let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "What is 1+1?"}]});
+    let r = http::post_json(url, &[], &body).await.unwrap();
+    let tokens = if r.status == 200 { r.json()["usage"]["total_tokens"].as_u64().expect("usage in a 200") } else { 0 };
+    (r.status.as_u16(), tokens, r)
+}
+
+/// A token limit (`ai-rate-limiting`, `policy: redis`, the proxies' `--redis`) holds at the
+/// load balancer while the proxies are scaled 2 → 3 in the middle of its window: the new
+/// replica counts against the same Redis counter, the tokens admitted in the window stay
+/// within the documented bound (limit + 2 × concurrent clients × tokens of one request,
+/// docs/limits.md), and once it is spent every replica refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn b8_token_limit_holds_at_the_lb_while_proxies_scale_2_to_3() {
+    let Some((f, _lock)) = fleet().await else { return };
+    const WINDOW: u64 = 3600;
+    const LIMIT_REQUESTS: u64 = 600;
+    const CLIENTS: u64 = 8;
+    // Windows are aligned to the epoch: the whole case must fit in one (it takes < 2 min).
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let left = WINDOW - now % WINDOW;
+    if left < 180 {
+        println!("waiting {left} s for the next window");
+        tokio::time::sleep(Duration::from_secs(left + 1)).await;
+    }
+    // A fresh route id, so that a counter of an earlier run in this window is not reused.
+    let id = format!("fleet-limited-{}-{now}", std::process::id());
+    let path = format!("/fleet/limited/{now}");
+    let url = format!("{}{path}", f.lb);
+    let probe = Fleet::probe_route("gpt-4o-mini");
+    let mut route: Value = serde_json::from_str(&probe).unwrap();
+    route["route"]["id"] = json!(id);
+    route["route"]["uri"] = json!(path);
+    // The limit is set once the size of one answer is known: first a generous one.
+    route["route"]["plugins"]["ai-rate-limiting"] =
+        json!({"limit": 1_000_000_000u64, "time_window": WINDOW, "policy": "redis", "rejected_code": 429});
+    f.grpcurl("PutRoute", &route.to_string()).await.unwrap();
+    f.wait_version_everywhere(&f.version().await, Duration::from_secs(20)).await;
+    let (status, per_request, r) = limited_chat(&url).await;
+    assert_eq!(status, 200, "{}", r.text());
+    let limit = LIMIT_REQUESTS * per_request;
+    // A new limit is a new counter key only if the window changes; the route keeps its key
+    // (route id, window): what the probe request was charged counts against the limit.
+    route["route"]["plugins"]["ai-rate-limiting"]["limit"] = json!(limit);
+    f.grpcurl("PutRoute", &route.to_string()).await.unwrap();
+    f.wait_version_everywhere(&f.version().await, Duration::from_secs(20)).await;
+    let admitted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(per_request));
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    use std::sync::atomic::Ordering::Relaxed;
+
+    // Phase 1, two replicas: a sixth of the limit, CLIENTS at a time.
+    let burst = |until_tokens: u64| {
+        let (admitted, refused, url) = (admitted.clone(), refused.clone(), url.clone());
+        async move {
+            let workers: Vec<_> = (0..CLIENTS)
+                .map(|_| {
+                    let (admitted, refused, url) = (admitted.clone(), refused.clone(), url.clone());
+                    tokio::spawn(async move {
+                        let mut my_refusals = 0;
+                        while admitted.load(Relaxed) < until_tokens && my_refusals < 5 {
+                            let (status, tokens, r) = limited_chat(&url).await;
+                            match status {
+                                200 => {
+                                    admitted.fetch_add(tokens, Relaxed);
+                                }
+                                429 => {
+                                    assert_eq!(r.json()["error"]["type"], "rate_limit_exceeded", "{}", r.text());
+                                    assert!(r.headers.contains_key("retry-after"), "{:?}", r.headers);
+                                    refused.fetch_add(1, Relaxed);
+                                    my_refusals += 1;
+                                }
+                                s => panic!("limited route answered {s}: {}", r.text()),
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.await.unwrap();
+            }
+        }
+    };
+    burst(limit / 6).await;
+    assert_eq!(refused.load(Relaxed), 0, "refused below the limit");
+
+    // Phase 2: scale to three while requests keep coming (one at a time, paced).
+    let old: Vec<String> = f.replicas().await.into_iter().map(|r| r.id).collect();
+    let undo = f.undo_compose(&["up", "-d", "--no-build", "--no-recreate", "--scale", "aigw-proxy=2"]);
+    let pacer = {
+        let (admitted, url) = (admitted.clone(), url.clone());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let h = tokio::spawn(async move {
+            while !s.load(Relaxed) {
+                let (status, tokens, r) = limited_chat(&url).await;
+                assert_eq!(status, 200, "refused while scaling, below the limit: {}", r.text());
+                admitted.fetch_add(tokens, Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        (stop, h)
+    };
+    f.compose(&["up", "-d", "--no-build", "--no-recreate", "--scale", "aigw-proxy=3"]).await.unwrap();
+    f.wait_healthy("aigw-proxy", 3, Duration::from_secs(60)).await;
+    let added = f.replicas().await.into_iter().find(|r| !old.contains(&r.id)).expect("a new replica");
+    let status = f.published(&added.id, 9091).await.unwrap();
+    aigw_testkit::wait_until("the new replica to serve the limited route", Duration::from_secs(30), || async {
+        let m = http::get(&format!("{status}/metrics"), &[]).await.ok()?;
+        (requests_total(&m.text()) >= 5).then_some(())
+    })
+    .await;
+    pacer.0.store(true, Relaxed);
+    pacer.1.await.unwrap();
+    let before_phase3 = admitted.load(Relaxed);
+    println!("{} serves; {} of {limit} tokens admitted so far", added.name, before_phase3);
+    assert!(before_phase3 < limit, "the limit was spent before phase 3 ({before_phase3} of {limit})");
+
+    // Phase 3, three replicas: until every client is refused.
+    burst(u64::MAX).await;
+    let tokens = admitted.load(Relaxed);
+    let bound = limit + 2 * CLIENTS * per_request;
+    println!(
+        "limit {limit} tokens ({LIMIT_REQUESTS} requests of {per_request}): {tokens} admitted ({} requests over), bound {bound}; {} refusals",
+        (tokens.saturating_sub(limit)) / per_request,
+        refused.load(Relaxed)
+    );
+    assert!(tokens >= limit, "the limit was reached: {tokens} of {limit}");
+    assert!(tokens <= bound, "over-admission beyond the documented bound: {tokens} > {bound}");
+    // Spent everywhere: the load balancer spreads these over all three replicas.
+    let served_new = requests_total(&http::get(&format!("{status}/metrics"), &[]).await.unwrap().text());
+    for _ in 0..30 {
+        let (s, _, r) = limited_chat(&url).await;
+        assert_eq!(s, 429, "{}", r.text());
+    }
+    let after = requests_total(&http::get(&format!("{status}/metrics"), &[]).await.unwrap().text());
+    assert!(after > served_new, "the new replica refused some of the last 30 too ({served_new} -> {after})");
+
+    f.grpcurl("DeleteRoute", &json!({"id": id}).to_string()).await.unwrap();
+    f.compose(&["up", "-d", "--no-build", "--no-recreate", "--scale", "aigw-proxy=2"]).await.unwrap();
+    undo.done();
+    f.wait_healthy("aigw-proxy", 2, Duration::from_secs(60)).await;
+}

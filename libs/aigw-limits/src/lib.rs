@@ -223,7 +223,8 @@ impl Counters {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(ConfigError { endpoint: redact(url), message: "no runtime to connect on".into() });
         }
-        let r = redis::RedisCounters::new(client, timeout.max(Duration::from_millis(50)), self.clock.clone());
+        let r = redis::RedisCounters::new(client, timeout.max(Duration::from_millis(50)), self.clock.clone())
+            .map_err(|e| ConfigError { endpoint: redact(url), message: e.to_string() })?;
         let (local, clock) = (self.local.clone(), self.clock.clone());
         r.on_failed_charge(move |k, n, at| {
             let now = clock();
@@ -310,5 +311,41 @@ mod tests {
         server.restart().await;
         wait_until("redis back", T, || async { (strict.read(one).await == Reading::Counts(vec![0])).then_some(()) }).await;
         assert!(r.is_up());
+    }
+
+    /// A password and a database from the URL (APISIX's `redis_password`, `redis_database`):
+    /// AUTH and SELECT on connect; a wrong password is an outage, not a count.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_auth_and_database_from_the_url() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut child = tokio::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--requirepass", "s3cret"])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server");
+        let c = Counters::new(None, system_clock());
+        let spec = |pw: &str| StoreSpec {
+            redis: true,
+            url: Some(format!("redis://:{pw}@127.0.0.1:{port}/3")),
+            timeout: Duration::from_secs(1),
+            ..Default::default()
+        };
+        let good = c.store(&spec("s3cret")).unwrap();
+        let w = Window::at(good.now_ms(), 60);
+        let one = ["auth-k".to_owned()];
+        wait_until("redis-server up", T, || async { (good.read(&one).await == Reading::Counts(vec![0])).then_some(()) }).await;
+        good.charge("auth-k".into(), 5, &w);
+        wait_until("charged", T, || async { (good.read(&one).await == Reading::Counts(vec![5])).then_some(()) }).await;
+        // In database 3, not 0.
+        let mut raw =
+            ::redis::Client::open(format!("redis://:s3cret@127.0.0.1:{port}/3")).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let v: Option<u64> = ::redis::cmd("GET").arg("auth-k").query_async(&mut raw).await.unwrap();
+        assert_eq!(v, Some(5));
+        let bad = Counters::new(None, system_clock());
+        let b = bad.store(&spec("wrong")).unwrap();
+        assert_eq!(b.read(&one).await, Reading::Unavailable);
+        assert!(!bad.endpoints()[0].is_up());
+        let _ = child.kill().await;
     }
 }
