@@ -68,7 +68,12 @@ async fn a_route_limit_holds_across_three_proxies() {
                 admitted += 1;
                 assert_eq!(header(&r, "x-ai-ratelimit-limit-ai-proxy-openai-compatible"), Some(limit));
                 let remaining = header(&r, "x-ai-ratelimit-remaining-ai-proxy-openai-compatible").unwrap();
-                assert!(remaining <= limit - (admitted - 1) * CHAT_TOKENS + CHAT_TOKENS, "remaining {remaining} after {admitted}");
+                // The headers show Redis before this request; a finished request's charge
+                // lands within LINGER (1 ms) + a round trip, and this fake answers in under
+                // a millisecond, so a few of the latest requests may not be counted yet —
+                // never more than the 1 % (five requests) the first refusal is allowed.
+                let lag = 5;
+                assert!(remaining <= limit - admitted.saturating_sub(1 + lag) * CHAT_TOKENS, "remaining {remaining} after {admitted}");
                 assert!(header(&r, "x-ai-ratelimit-reset-ai-proxy-openai-compatible").is_some_and(|s| s <= 3600));
             }
             429 => {
@@ -124,13 +129,17 @@ async fn consumer_limits_are_independent_and_every_usage_is_charged() {
         "headers on a stream"
     );
     s.rest().await;
-    // The next answer sees the stream's tokens charged.
-    let r = wait_until("stream charged", T, || async {
-        let r = http::post_json(&url(1, "/v1/chat/completions"), &[("apikey", "ka")], &chat()).await.unwrap();
-        (header(&r, "x-ai-ratelimit-remaining-ai-proxy-openai-compatible") == Some(2 * CHAT_TOKENS - STREAM_TOKENS)).then_some(r)
-    })
-    .await;
+    // The stream's tokens reach Redis (a charge rides the node's next exchange, at most
+    // LINGER later); a probe sent before that would charge too and never see 48, so wait
+    // on Redis itself. Then the other node's next answer sees them.
+    wait_until("stream charged in redis", T, || async { (redis.sum("aigw:rl:*").await == STREAM_TOKENS).then_some(()) }).await;
+    let r = http::post_json(&url(1, "/v1/chat/completions"), &[("apikey", "ka")], &chat()).await.unwrap();
     assert_eq!(r.status, 200);
+    assert_eq!(
+        header(&r, "x-ai-ratelimit-remaining-ai-proxy-openai-compatible"),
+        Some(2 * CHAT_TOKENS - STREAM_TOKENS),
+        "the other node sees the stream"
+    );
     // 14 + 31 = 45 < 62: one more; 76 ≥ 62: refused — in Anthropic's shape for a Messages client.
     let m = json!({"model": "claude", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]});
     let r = http::post_json(&url(0, "/v1/messages"), &[("x-api-key", "ka")], &m).await.unwrap();

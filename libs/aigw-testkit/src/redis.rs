@@ -101,6 +101,20 @@ impl RedisServer {
         self.spawn().await.unwrap_or_else(|e| panic!("redis-server did not restart on port {}: {e}", self.port));
     }
 
+    /// The sum of the integer counters whose keys match `pattern` (via `redis-cli`, which
+    /// Debian's redis-server package brings). For tests that must know a charge has landed
+    /// before they probe with a request that charges too.
+    pub async fn sum(&self, pattern: &str) -> u64 {
+        let script = "local s = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do s = s + tonumber(redis.call('GET', k)) end return s";
+        let out = Command::new(binary().replace("redis-server", "redis-cli"))
+            .args(["-p", &self.port.to_string(), "--raw", "EVAL", script, "0", pattern])
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("redis-cli: {e}"));
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.trim().parse().unwrap_or_else(|_| panic!("redis-cli EVAL answered {text:?} {}", String::from_utf8_lossy(&out.stderr)))
+    }
+
     pub fn logs(&self) -> Vec<String> {
         self.lines.lock().unwrap().clone()
     }
