@@ -107,13 +107,17 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
 pub struct Consumer {
     pub identity: Identity,
     pub plugins: Arc<[Arc<dyn Plugin>]>,
+    /// What the snapshot keeps of the resource (its version, key hash and, only when it
+    /// cannot be rebuilt from those, its JSON): one allocation per consumer.
+    pub(crate) held: crate::consumers::Held,
 }
 
 /// The consumers of a snapshot: by name, and by the keyed hash of each of their keys
 /// (CONTRACT §12; `aigw_model::keyauth`). Keys themselves are never held.
 #[derive(Debug, Default)]
 pub struct Consumers {
-    pub by_name: HashMap<Arc<str>, Arc<Consumer>>,
+    /// Also the snapshot's consumer set itself (deltas clone it and apply their changes).
+    pub by_name: BTreeMap<Arc<str>, Arc<Consumer>>,
     pub by_key: HashMap<[u8; 32], Arc<Consumer>>,
     /// Hashes presented keys the way the config service hashed the stored ones; None
     /// until the config service sent its key-auth settings (no key then matches).
