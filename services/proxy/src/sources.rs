@@ -242,7 +242,7 @@ impl SnapshotCache {
             out.push_str(",\"name\":");
             out.push_str(&text(name));
             out.push_str(",\"version\":");
-            out.push_str(&text(&src.version));
+            out.push_str(&text(src.version));
             out.push_str(",\"value\":");
             out.push_str(&src.source);
             out.push('}');
