@@ -17,7 +17,7 @@ use aigw_model::secrets::{self, DataKey};
 use serde_json::Value;
 
 use crate::compiled::CompileCtx;
-use crate::phases::{Consumer, Consumers, Identity, Plugin, PluginEnv, Scope};
+use crate::phases::{Consumer, Consumers, Held, Identity, Plugin, PluginEnv, Scope};
 
 /// What kind of consumer resource a change is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -62,21 +62,6 @@ pub struct Source {
 struct GroupEntry {
     src: Source,
     plugins: Arc<[Arc<dyn Plugin>]>,
-}
-
-/// What a snapshot keeps of a consumer resource beside its compiled form ([`Consumer`]).
-/// Most consumers are a name, a key and maybe a group: their JSON is rebuilt from those
-/// when it is needed (`/config_dump`, the snapshot cache, a group change) instead of being
-/// held — at 100,000 consumers that is a tenth of a proxy's memory for them.
-#[derive(Debug)]
-pub struct Held {
-    version: Box<str>,
-    /// The inline `key-auth` key's hash.
-    key: Option<[u8; 32]>,
-    create_time: Option<u64>,
-    update_time: Option<u64>,
-    /// The JSON as received (key hashed), when it holds more than the fields above.
-    source: Option<Box<str>>,
 }
 
 /// A resource's JSON as kept: held, or rebuilt.
