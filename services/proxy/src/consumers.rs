@@ -1,8 +1,8 @@
 //! Consumers, credentials and consumer groups compiled for the data plane (CONTRACT §12),
 //! kept beside the routes of a snapshot and updated incrementally like them: a consumer
-//! or group whose resource version did not change keeps its compiled form; the lookup
-//! tables ([`Consumers`]: by name, by key hash) are rebuilt from the compiled entries
-//! (pointer copies) whenever any of them changes.
+//! or group whose resource version did not change keeps its compiled form. The by-name
+//! table ([`Consumers::by_name`]) is the set itself (a delta clones it, pointer copies);
+//! the by-key-hash table is rebuilt from it whenever anything changes.
 //!
 //! Keys arrive from aigw-config as keyed hashes (`hmac-sha256:…`) with the hash key in
 //! the key-auth settings resource. A routes file (standalone) holds keys in clear: they
