@@ -203,22 +203,30 @@ pub struct Counter(Arc<Family<AtomicU64>>);
 #[derive(Clone)]
 pub struct FloatCounter(Arc<Family<AtomicU64>>);
 
+/// Adds `v` to the f64 whose bits `c` holds.
+fn add_f64(c: &AtomicU64, v: f64) {
+    let mut cur = c.load(Ordering::Relaxed);
+    loop {
+        let next = (f64::from_bits(cur) + v).to_bits();
+        match c.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => break,
+            Err(x) => cur = x,
+        }
+    }
+}
+
 impl FloatCounter {
     /// Adds `v` (≥ 0, finite) to the series of `labels`.
     pub fn add(&self, labels: &[&str], v: f64) {
         if !(v.is_finite() && v > 0.0) {
             return;
         }
-        self.0.with(labels, |c| {
-            let mut cur = c.load(Ordering::Relaxed);
-            loop {
-                let next = (f64::from_bits(cur) + v).to_bits();
-                match c.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
-                    Ok(_) => break,
-                    Err(x) => cur = x,
-                }
-            }
-        });
+        self.0.with(labels, |c| add_f64(c, v));
+    }
+
+    /// The series of `labels`, resolved now (see [`Counter::handle`]).
+    pub fn handle(&self, labels: &[&str]) -> FloatCounterHandle {
+        FloatCounterHandle(self.0.series(labels))
     }
 
     /// The current value of one series.
@@ -262,6 +270,19 @@ impl CounterHandle {
 
     pub fn get(&self) -> u64 {
         self.0.value.load(Ordering::Relaxed)
+    }
+}
+
+/// One fractional counter series, resolved once.
+#[derive(Clone)]
+pub struct FloatCounterHandle(Arc<Series<AtomicU64>>);
+
+impl FloatCounterHandle {
+    /// Adds `v` (≥ 0, finite).
+    pub fn add(&self, v: f64) {
+        if v.is_finite() && v > 0.0 {
+            add_f64(&self.0.value, v);
+        }
     }
 }
 
@@ -316,6 +337,13 @@ impl Instrument for Counter {
     }
 }
 
+impl Instrument for FloatCounter {
+    type Handle = FloatCounterHandle;
+    fn resolve(&self, labels: &[&str]) -> FloatCounterHandle {
+        self.handle(labels)
+    }
+}
+
 impl Instrument for Histogram {
     type Handle = HistogramHandle;
     fn resolve(&self, labels: &[&str]) -> HistogramHandle {
@@ -342,12 +370,18 @@ impl<I: Instrument> Memo<I> {
         Memo { instrument, slots: Default::default() }
     }
 
+    /// The handle of `labels` when a slot already holds them (fills no slot). A caller
+    /// whose label values still await bounding ([`BoundedValues::admit`]) may look them
+    /// up raw first: a slot holding them proves they were admitted.
+    pub fn get(&self, labels: &[&str]) -> Option<&I::Handle> {
+        self.slots.iter().map_while(OnceLock::get).find(|(l, _)| same_labels(l, labels)).map(|(_, h)| h)
+    }
+
     /// Runs `f` with the handle of `labels`.
     fn with(&self, labels: &[&str], f: impl FnOnce(&I::Handle)) -> Option<I::Handle> {
-        let same = |l: &[Box<str>]| l.len() == labels.len() && l.iter().zip(labels).all(|(a, b)| **a == **b);
         for slot in &self.slots {
             let (l, h) = slot.get_or_init(|| (labels.iter().map(|v| Box::from(*v)).collect(), self.instrument.resolve(labels)));
-            if same(l) {
+            if same_labels(l, labels) {
                 f(h);
                 return None;
             }
@@ -356,10 +390,25 @@ impl<I: Instrument> Memo<I> {
     }
 }
 
+fn same_labels(kept: &[Box<str>], labels: &[&str]) -> bool {
+    kept.len() == labels.len() && kept.iter().zip(labels).all(|(a, b)| **a == **b)
+}
+
 impl Memo<Counter> {
     pub fn add(&self, labels: &[&str], n: u64) {
         if let Some(h) = self.with(labels, |h| h.add(n)) {
             h.add(n);
+        }
+    }
+}
+
+impl Memo<FloatCounter> {
+    pub fn add(&self, labels: &[&str], v: f64) {
+        if !(v.is_finite() && v > 0.0) {
+            return;
+        }
+        if let Some(h) = self.with(labels, |h| h.add(v)) {
+            h.add(v);
         }
     }
 }
@@ -916,6 +965,28 @@ mod tests {
         m.add(&["later"], 1);
         m.add(&["0"], 1);
         assert_eq!((c.get(&[OVERFLOW]), c.get(&["0"])), (6, 2));
+    }
+
+    /// `get` finds only label sets a slot holds and fills none itself.
+    #[test]
+    fn memo_get_finds_kept_sets_only() {
+        let r = Registry::new();
+        let c = r.counter("c", "", "", &["k", "v"]);
+        let m = Memo::new(c.clone());
+        assert!(m.get(&["a", "1"]).is_none());
+        assert!(m.get(&["a", "1"]).is_none(), "a miss fills no slot");
+        m.add(&["a", "1"], 2);
+        m.add(&["b", "2"], 1);
+        m.get(&["a", "1"]).expect("kept").add(3);
+        assert!(m.get(&["a", "2"]).is_none() && m.get(&["a"]).is_none());
+        assert_eq!((c.get(&["a", "1"]), c.get(&["b", "2"])), (5, 1));
+        let f = r.float_counter("usd", "", "", &["k"]);
+        let fm = Memo::new(f.clone());
+        fm.add(&["a"], 0.25);
+        fm.add(&["a"], f64::NAN);
+        fm.add(&["a"], -1.0);
+        fm.get(&["a"]).expect("kept").add(0.5);
+        assert_eq!(f.get(&["a"]), 0.75);
     }
 
     #[test]

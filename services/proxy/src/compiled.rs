@@ -59,6 +59,8 @@ pub struct CompiledRoute {
     pub plugins: Arc<[Arc<dyn Plugin>]>,
     /// What the request path keeps for the plugins and `logging`.
     pub needs: Needs,
+    /// The metric series this route's requests record into (filled on first use).
+    pub memo: Arc<crate::metrics::RouteMemo>,
 }
 
 /// The `ai-proxy-multi` part of a compiled route. `targets[i]` is instance `i`.
@@ -391,6 +393,7 @@ pub fn compile_route(v: &Value, ctx: &CompileCtx<'_>) -> Result<CompiledRoute, C
         multi,
         plugins: Arc::from(plugins),
         needs,
+        memo: Arc::default(),
     })
 }
 

@@ -4,10 +4,10 @@
 //! Recording is a handful of relaxed atomic adds per request (see
 //! `aigw_telemetry::metrics`).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
-use aigw_telemetry::metrics::{BoundedValues, Counter, FloatCounter, Histogram, Registry};
+use aigw_telemetry::metrics::{BoundedValues, Counter, FloatCounter, Histogram, Memo, Registry};
 
 /// Token-count buckets the GenAI conventions advise.
 pub const TOKEN_BUCKETS: &[f64] =
@@ -83,6 +83,46 @@ pub struct Metrics {
     pub unpriced: Counter,
     /// The cost of requests, USD (CONTRACT §14).
     pub cost: FloatCounter,
+}
+
+/// The series one route's requests record into, kept with the compiled route (so a config
+/// change starts afresh) and filled by its first completed request: a request then finds
+/// its series by comparing a few label values (`aigw_telemetry::metrics::Memo`), without
+/// a hash, a lock or the bounding of its model and consumer names.
+#[derive(Default)]
+pub struct RouteMemo(OnceLock<RouteSeries>);
+
+pub struct RouteSeries {
+    pub requests: Memo<Counter>,
+    pub server_request_duration: Memo<Histogram>,
+    pub operation_duration: Memo<Histogram>,
+    pub token_usage: Memo<Histogram>,
+    pub server_ttft: Memo<Histogram>,
+    pub server_tpot: Memo<Histogram>,
+    pub unpriced: Memo<Counter>,
+    pub cost: Memo<FloatCounter>,
+}
+
+impl RouteMemo {
+    /// The route's series memos on `m`'s instruments (made on first use).
+    pub fn series(&self, m: &Metrics) -> &RouteSeries {
+        self.0.get_or_init(|| RouteSeries {
+            requests: Memo::new(m.gateway.requests.clone()),
+            server_request_duration: Memo::new(m.genai.server_request_duration.clone()),
+            operation_duration: Memo::new(m.genai.operation_duration.clone()),
+            token_usage: Memo::new(m.genai.token_usage.clone()),
+            server_ttft: Memo::new(m.genai.server_ttft.clone()),
+            server_tpot: Memo::new(m.genai.server_tpot.clone()),
+            unpriced: Memo::new(m.unpriced.clone()),
+            cost: Memo::new(m.cost.clone()),
+        })
+    }
+}
+
+impl std::fmt::Debug for RouteMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RouteMemo")
+    }
 }
 
 impl std::fmt::Debug for Metrics {

@@ -123,12 +123,14 @@ async fn proxy(
     let (mut parts, body) = req.into_parts();
 
     // read: bounded by the largest body a candidate route accepts.
-    let limit = body_limit(cfg, &parts).ok_or_else(|| GatewayError::no_route(parts.uri.path()))?;
+    let host = crate::routing::host_of(&parts);
+    let limit = body_limit(cfg, &parts, &host).ok_or_else(|| GatewayError::no_route(parts.uri.path()))?;
     let client = read_body(&parts, body, limit, state.client_limits.body_timeout).await?;
 
     // route
-    let route = find_route(cfg, &parts, rec.remote_addr, &client).ok_or_else(|| GatewayError::no_route(parts.uri.path()))?;
+    let route = find_route(cfg, &parts, &host, rec.remote_addr, &client).ok_or_else(|| GatewayError::no_route(parts.uri.path()))?;
     rec.set_route(route.id(), route.needs, route.spec.ai_proxy.logging.as_ref().is_some_and(|l| l.payloads), &parts.headers);
+    rec.memo = Some(route.memo.clone());
     let ap = &route.spec.ai_proxy;
     rec.provider = Some(ap.provider);
     if client.bytes.len() as u64 > ap.max_req_body_size {

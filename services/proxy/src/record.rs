@@ -133,6 +133,8 @@ pub struct Record {
     /// The request headers, kept only when a sink needs them (`$http_*`).
     pub headers: Option<HeaderMap>,
     pub route_id: String,
+    /// The matched route's metric series (None before routing, or outside a route).
+    pub memo: Option<Arc<crate::metrics::RouteMemo>>,
     /// `traditional_http`, `ai_chat` or `ai_stream`.
     pub request_type: &'static str,
     pub client_protocol: Option<Protocol>,
@@ -227,6 +229,7 @@ impl Record {
             request_id,
             headers,
             route_id: String::new(),
+            memo: None,
             request_type: "traditional_http",
             client_protocol: None,
             provider: None,

@@ -2,6 +2,7 @@
 //! known before the body is read (that bounds the read); `vars` may look at the parsed
 //! body (`post_arg.*`), so the final match runs after the read stage.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -14,20 +15,20 @@ use crate::router::MatchInput;
 use crate::runtime::RuntimeConfig;
 
 /// `Host` without its port, lower-case.
-pub fn host_of(parts: &http::request::Parts) -> String {
+pub fn host_of(parts: &http::request::Parts) -> Cow<'_, str> {
     let raw = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).or_else(|| parts.uri.host()).unwrap_or_default();
     let no_port = match raw.rfind(':') {
         Some(i) if !raw.ends_with(']') && raw[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &raw[..i],
         _ => raw,
     };
-    no_port.to_ascii_lowercase()
+    // Clients send lower case: lower only what is not (no allocation per request).
+    if no_port.bytes().any(|b| b.is_ascii_uppercase()) { Cow::Owned(no_port.to_ascii_lowercase()) } else { Cow::Borrowed(no_port) }
 }
 
-/// The largest body any route matching the path, method and host accepts; None when no
+/// The largest body any route matching the path, method and host (`host_of`) accepts; None when no
 /// route can match.
-pub fn body_limit(cfg: &RuntimeConfig, parts: &http::request::Parts) -> Option<u64> {
-    let host = host_of(parts);
-    let input = MatchInput { path: parts.uri.path(), method: parts.method.as_str(), host: &host };
+pub fn body_limit(cfg: &RuntimeConfig, parts: &http::request::Parts, host: &str) -> Option<u64> {
+    let input = MatchInput { path: parts.uri.path(), method: parts.method.as_str(), host };
     let mut limit = 0u64;
     cfg.router.first_where(input.path, |r| {
         if r.matches_static(&input) {
@@ -38,17 +39,22 @@ pub fn body_limit(cfg: &RuntimeConfig, parts: &http::request::Parts) -> Option<u
     (limit > 0).then_some(limit)
 }
 
-/// The route for a request whose body has been read.
-pub fn find_route(cfg: &RuntimeConfig, parts: &http::request::Parts, remote: IpAddr, body: &ClientBody) -> Option<Arc<CompiledRoute>> {
-    let host = host_of(parts);
+/// The route for a request whose body has been read (`host`: [`host_of`]).
+pub fn find_route(
+    cfg: &RuntimeConfig,
+    parts: &http::request::Parts,
+    host: &str,
+    remote: IpAddr,
+    body: &ClientBody,
+) -> Option<Arc<CompiledRoute>> {
     let path = parts.uri.path();
-    let input = MatchInput { path, method: parts.method.as_str(), host: &host };
+    let input = MatchInput { path, method: parts.method.as_str(), host };
     let vars = RequestVars {
         path,
         request_uri: parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or(path),
         query: parts.uri.query().unwrap_or_default(),
         method: parts.method.as_str(),
-        host: &host,
+        host,
         scheme: "http",
         remote,
         headers: &parts.headers,

@@ -13,6 +13,7 @@ use std::time::SystemTime;
 use aigw_llm::protocol::Protocol;
 use aigw_model::Provider;
 use aigw_telemetry::export::{Kind, SpanBatch, SpanBuilder, Tracer};
+use aigw_telemetry::metrics::{Counter, FloatCounter, Histogram, Memo};
 
 use crate::complete::Sink;
 use crate::metrics::Metrics;
@@ -98,70 +99,167 @@ pub fn request_error(r: &Record) -> Option<&'static str> {
 /// The GenAI and gateway metrics of each completed request.
 pub struct GenAiSink(pub Arc<Metrics>);
 
+/// A request's model and consumer names as metric label values.
+#[derive(Clone, Copy)]
+struct Names<'a> {
+    req_model: &'a str,
+    resp_model: &'a str,
+    consumer: &'a str,
+}
+
+/// The names as the request has them (what a route's memo is searched with) and, once a
+/// lookup needs them, bounded (`BoundedValues::admit`): a memo slot holding the raw
+/// values proves they were admitted, so a request that finds its series admits nothing.
+struct Labels<'a> {
+    m: &'a Metrics,
+    raw: Names<'a>,
+    admitted: Option<Names<'a>>,
+}
+
+impl<'a> Labels<'a> {
+    fn admitted(&mut self) -> Names<'a> {
+        let (m, raw) = (self.m, self.raw);
+        *self.admitted.get_or_insert_with(|| Names {
+            req_model: m.models.admit(raw.req_model),
+            resp_model: m.models.admit(raw.resp_model),
+            consumer: m.consumers.admit(raw.consumer),
+        })
+    }
+}
+
+/// Adds `n` to the series `labels` gives: the route's memo first, with the raw names.
+fn add<'a, const N: usize>(
+    memo: Option<&Memo<Counter>>,
+    c: &Counter,
+    l: &mut Labels<'a>,
+    labels: impl Fn(Names<'a>) -> [&'a str; N],
+    n: u64,
+) {
+    if let Some(h) = memo.and_then(|mm| mm.get(&labels(l.raw))) {
+        return h.add(n);
+    }
+    let v = labels(l.admitted());
+    match memo {
+        Some(mm) => mm.add(&v, n),
+        None => c.add(&v, n),
+    }
+}
+
+/// Adds the cost `usd` to the series `labels` gives: the route's memo first.
+fn add_cost<'a, const N: usize>(
+    memo: Option<&Memo<FloatCounter>>,
+    c: &FloatCounter,
+    l: &mut Labels<'a>,
+    labels: impl Fn(Names<'a>) -> [&'a str; N],
+    usd: f64,
+) {
+    if let Some(h) = memo.and_then(|mm| mm.get(&labels(l.raw))) {
+        return h.add(usd);
+    }
+    let v = labels(l.admitted());
+    match memo {
+        Some(mm) => mm.add(&v, usd),
+        None => c.add(&v, usd),
+    }
+}
+
+/// Records `x` in the series `labels` gives: the route's memo first, with the raw names.
+fn record<'a, const N: usize>(
+    memo: Option<&Memo<Histogram>>,
+    h: &Histogram,
+    l: &mut Labels<'a>,
+    labels: impl Fn(Names<'a>) -> [&'a str; N],
+    x: f64,
+) {
+    if let Some(s) = memo.and_then(|mm| mm.get(&labels(l.raw))) {
+        return s.record(x);
+    }
+    let v = labels(l.admitted());
+    match memo {
+        Some(mm) => mm.record(&v, x),
+        None => h.record(&v, x),
+    }
+}
+
 impl Sink for GenAiSink {
     fn complete(&self, r: &Record) {
         let m = &self.0;
+        let memo = r.memo.as_deref().map(|mm| mm.series(m));
         let provider = r.provider.map(provider_name).unwrap_or_default();
-        let consumer = r.consumer.as_ref().map_or("", |c| m.consumers.admit(&c.name));
-        m.gateway.requests.add(&[&r.route_id, provider, status_str(r.status), consumer], 1);
+        let raw = Names {
+            req_model: &r.request_llm_model,
+            resp_model: r.response_model.as_deref().unwrap_or_default(),
+            consumer: r.consumer.as_ref().map_or("", |c| &c.name),
+        };
+        let l = &mut Labels { m, raw, admitted: None };
+        let (route, status) = (r.route_id.as_str(), status_str(r.status));
+        add(memo.map(|s| &s.requests), &m.gateway.requests, l, |n| [route, provider, status, n.consumer], 1);
         for a in &r.earlier {
             if let Some(e) = a.error.or(a.status.map(status_str)) {
-                m.gateway.upstream_errors.add(&[&r.route_id, provider, e], 1);
+                m.gateway.upstream_errors.add(&[route, provider, e], 1);
             }
         }
         let last = r.attempt.as_ref();
         let last_error = last.and_then(|a| attempt_error(r, a));
         if let Some(e) = last_error.filter(|e| *e != "client_gone") {
-            m.gateway.upstream_errors.add(&[&r.route_id, provider, e], 1);
+            m.gateway.upstream_errors.add(&[route, provider, e], 1);
         }
         let (Some(_), Some(_)) = (r.client_protocol, r.provider) else { return };
         let op = operation(r.client_protocol);
-        let req_model = m.models.admit(&r.request_llm_model);
-        let resp_model = m.models.admit(r.response_model.as_deref().unwrap_or_default());
         let g = &m.genai;
         let req_err = request_error(r).unwrap_or_default();
-        g.server_request_duration.record(&[op, provider, req_model, resp_model, req_err], r.request_time.as_secs_f64());
+        let secs = r.request_time.as_secs_f64();
+        record(
+            memo.map(|s| &s.server_request_duration),
+            &g.server_request_duration,
+            l,
+            |n| [op, provider, n.req_model, n.resp_model, req_err],
+            secs,
+        );
         for a in &r.earlier {
             let err = a.error.or(a.status.map(status_str)).unwrap_or_default();
             let model = m.models.admit(&a.model);
             let d = a.duration.unwrap_or_default().as_secs_f64();
             g.operation_duration.record(&[op, provider, model, "", err], d);
-            if let Some(l) = &g.latest {
-                l.inference_duration.record(&[op, provider, model, "", err], d);
+            if let Some(lt) = &g.latest {
+                lt.inference_duration.record(&[op, provider, model, "", err], d);
             }
         }
         let Some(a) = last else { return };
         let d = r.upstream_time.or(a.duration).unwrap_or_else(|| r.request_time.saturating_sub(a.offset)).as_secs_f64();
         let err = last_error.unwrap_or_default();
-        g.operation_duration.record(&[op, provider, req_model, resp_model, err], d);
+        record(memo.map(|s| &s.operation_duration), &g.operation_duration, l, |n| [op, provider, n.req_model, n.resp_model, err], d);
         let u = &r.usage;
         if u.prompt + u.completion > 0 {
             if r.unpriced {
-                m.unpriced.add(&[provider, resp_model], 1);
+                add(memo.map(|s| &s.unpriced), &m.unpriced, l, |n| [provider, n.resp_model], 1);
             }
             if let Some(c) = r.cost {
-                m.cost.add(&[provider, resp_model, &r.route_id, consumer], c);
+                add_cost(memo.map(|s| &s.cost), &m.cost, l, |n| [provider, n.resp_model, route, n.consumer], c);
             }
-            g.token_usage.record(&[op, provider, req_model, resp_model, "input", consumer], u.prompt as f64);
-            g.token_usage.record(&[op, provider, req_model, resp_model, "output", consumer], u.completion as f64);
+            let tokens = memo.map(|s| &s.token_usage);
+            record(tokens, &g.token_usage, l, |n| [op, provider, n.req_model, n.resp_model, "input", n.consumer], u.prompt as f64);
+            record(tokens, &g.token_usage, l, |n| [op, provider, n.req_model, n.resp_model, "output", n.consumer], u.completion as f64);
         }
         let ok = req_err.is_empty();
         let first = r.ttft.filter(|_| r.stream).map(|t| a.offset + t);
         if let (true, Some(first)) = (ok, first) {
-            g.server_ttft.record(&[op, provider, req_model, resp_model], first.as_secs_f64());
+            record(memo.map(|s| &s.server_ttft), &g.server_ttft, l, |n| [op, provider, n.req_model, n.resp_model], first.as_secs_f64());
             if u.completion > 1 {
                 let per = r.request_time.saturating_sub(first).as_secs_f64() / (u.completion - 1) as f64;
-                g.server_tpot.record(&[op, provider, req_model, resp_model], per);
+                record(memo.map(|s| &s.server_tpot), &g.server_tpot, l, |n| [op, provider, n.req_model, n.resp_model], per);
             }
         }
-        if let Some(l) = &g.latest {
-            l.inference_duration.record(&[op, provider, req_model, resp_model, err], d);
+        if let Some(lt) = &g.latest {
+            let n = l.admitted();
+            let (req_model, resp_model) = (n.req_model, n.resp_model);
+            lt.inference_duration.record(&[op, provider, req_model, resp_model, err], d);
             if u.prompt + u.completion > 0 {
-                l.input_tokens.record(&[op, provider, req_model, resp_model], u.prompt as f64);
-                l.output_tokens.record(&[op, provider, req_model, resp_model], u.completion as f64);
+                lt.input_tokens.record(&[op, provider, req_model, resp_model], u.prompt as f64);
+                lt.output_tokens.record(&[op, provider, req_model, resp_model], u.completion as f64);
             }
             if let Some(t) = r.ttft.filter(|_| r.stream) {
-                l.time_to_first_chunk.record(&[op, provider, req_model, resp_model, err], t.as_secs_f64());
+                lt.time_to_first_chunk.record(&[op, provider, req_model, resp_model, err], t.as_secs_f64());
             }
         }
     }
@@ -373,6 +471,62 @@ fn spans(r: &Record, out: &mut SpanBatch) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use aigw_llm::protocol::Protocol;
+    use aigw_model::Provider;
+    use aigw_telemetry::metrics::Registry;
+
+    use crate::complete::Sink;
+    use crate::metrics::{Metrics, RouteMemo};
+    use crate::record::{Attempt, Identity, Record};
+
+    /// A route's memo changes where a series is found, never what is recorded: the same
+    /// requests through a memo and through the families' lookups give the same text, and
+    /// model and consumer names past their bounds are folded either way (a raw name
+    /// never matches a memo slot it was not admitted into).
+    #[test]
+    fn memoed_series_record_what_lookups_do() {
+        let run = |memo: bool| {
+            let m = Arc::new(Metrics::new(Registry::new(), true, 2));
+            let sink = super::GenAiSink(m.clone());
+            let route_memo = Arc::new(RouteMemo::default());
+            let bad_model = "a model with spaces";
+            let long_model = "m".repeat(150);
+            let models = ["gpt-4o", "gpt-4o-mini", bad_model, &long_model, "o3", "gpt-4o"];
+            let consumers = ["team-a", "team-b", "team-c", "other", "", "team-a"];
+            for round in 0..3u64 {
+                for (i, (model, consumer)) in models.iter().zip(consumers).enumerate() {
+                    let mut r = Record::new("127.0.0.1".parse().unwrap(), "POST /v1/chat/completions HTTP/1.1".into(), "id".into(), None);
+                    r.route_id = "r1".into();
+                    r.memo = memo.then(|| route_memo.clone());
+                    r.client_protocol = Some(Protocol::OpenAiChat);
+                    r.provider = Some(Provider::Openai);
+                    r.request_llm_model = model.to_string();
+                    r.response_model = Some(format!("{model}{}", if i % 2 == 0 { "" } else { "-2024" }));
+                    r.status = if i == 4 { 429 } else { 200 };
+                    r.consumer = (!consumer.is_empty()).then(|| Identity { name: Arc::from(consumer), group: None });
+                    r.request_time = Duration::from_millis(10 * (i as u64 + 1) + round);
+                    r.stream = i % 2 == 1;
+                    r.ttft = Some(Duration::from_millis(3));
+                    r.usage.prompt = 10 + i as u64;
+                    r.usage.completion = 5 * round;
+                    r.cost = (i == 0).then_some(0.001);
+                    r.unpriced = i == 1;
+                    r.attempt = Some(Attempt { offset: Duration::from_millis(1), ..Default::default() });
+                    sink.complete(&r);
+                }
+            }
+            m.registry.render_prometheus()
+        };
+        let lookups = run(false);
+        assert!(lookups.contains("consumer=\"other\""), "{lookups}");
+        assert!(lookups.contains("gen_ai_request_model=\"_OTHER\""), "{lookups}");
+        assert!(!lookups.contains("team-c") && !lookups.contains("spaces"), "{lookups}");
+        assert_eq!(run(true), lookups);
+    }
+
     #[test]
     fn ipv4_text_is_the_dotted_quad() {
         for ip in ["0.0.0.0", "127.0.0.1", "10.20.30.40", "255.255.255.255", "1.100.99.109", "192.168.0.200"] {
